@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, rte_task, write_config
+from lmadapt.config import ConfigError, check_config, load_config
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(REPO / "config" / name)
+    assert config["tasks"]
+
+
+def test_defaults_are_filled_from_the_schema():
+    config = check_config({"tasks": {"rte": {"labels": ["a", "b"], "data": {"train": {"path": "x.csv"}}}}})
+    task = config["tasks"]["rte"]
+    assert config["seeds"] == [1] and config["test_seed"] == 0 and config["models"] == {}
+    assert task["fields"] == ["text"] and task["k"] == [2, 32, 128] and task["n_test"] == 200
+    assert task["data"]["train"]["format"] == "auto" and task["data"]["train"]["exclude_labels"] == []
+    assert task["ood"] == {}
+
+
+def test_out_of_range_value_names_the_key_path():
+    with pytest.raises(ConfigError, match=r"tasks\.rte\.k\[0\]: -3 is less than the minimum of 1"):
+        check_config({"tasks": {"rte": rte_task(k=[-3])}})
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"tasks\.rte: unknown key 'shots'"):
+        check_config({"tasks": {"rte": rte_task(shots=4)}})
+    with pytest.raises(ConfigError, match=r"\(top level\): unknown key 'taks'"):
+        check_config({"taks": {}, "tasks": {"rte": rte_task()}})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"seeds: 3 is not of type 'array'"):
+        check_config({"seeds": 3, "tasks": {"rte": rte_task()}})
+    with pytest.raises(ConfigError, match=r"tasks\.rte\.n_test"):
+        check_config({"tasks": {"rte": rte_task(n_test="some")}})
+
+
+def test_source_needs_exactly_one_origin():
+    task = rte_task()
+    task["data"]["train"] = {"path": "a.csv", "hub": "glue"}
+    with pytest.raises(ConfigError, match=r"tasks\.rte\.data\.train"):
+        check_config({"tasks": {"rte": task}})
+
+
+def test_label_map_must_land_on_declared_labels():
+    task = rte_task()
+    task["ood"]["hans"]["label_map"] = {"non-entailment": "contradiction"}
+    with pytest.raises(ConfigError, match=r"tasks\.rte\.ood\.hans\.label_map\.non-entailment: 'contradiction'"):
+        check_config({"tasks": {"rte": task}})
+
+
+def test_validate_config_command(tmp_path):
+    good = write_config(tmp_path / "good.yaml", {"tasks": {"rte": rte_task()}})
+    bad = write_config(tmp_path / "bad.yaml", {"tasks": {"rte": rte_task(k=[-3])}})
+    cmd = [sys.executable, "-m", "lmadapt", "validate-config"]
+    ok = subprocess.run(cmd + [str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    fail = subprocess.run(cmd + [str(bad)], capture_output=True, text=True)
+    assert fail.returncode == 2
+    assert str(bad) in fail.stderr and "tasks.rte.k[0]: -3 is less than the minimum of 1" in fail.stderr
+    missing = subprocess.run(cmd + [str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such config file" in missing.stderr

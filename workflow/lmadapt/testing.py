@@ -1,0 +1,46 @@
+"""Offline stand-ins for real checkpoints: a tiny random OPT and a byte-level BPE tokenizer built in-process.
+
+They are saved to a folder and loaded back through `from_pretrained`, the same code path as a real model, so
+tests and benchmarks never touch the network.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = ("the a an this that movie film review story plot acting great good bad awful boring fun loved hated "
+         "positive negative neutral yes no true false question answer sentiment premise hypothesis entailment "
+         "not is was were it and but or of to in on for with as at by from very really quite too so").split()
+
+
+def build_tokenizer(texts=(), vocab_size: int = 400):
+    """A byte-level BPE tokenizer (like GPT-2/OPT) trained on `texts` plus a small English word list."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = list(texts) + [" ".join(WORDS)] * 4
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def build_tiny_opt(folder: str | Path, texts=(), hidden: int = 32, layers: int = 3, heads: int = 4,
+                   max_positions: int = 512, seed: int = 0) -> Path:
+    """Save a random OPT (hidden <= 64) and its tokenizer to `folder`; returns the folder."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer(texts)
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, ffn_dim=hidden * 4, max_position_embeddings=max_positions,
+                       word_embed_proj_dim=hidden, pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    OPTForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,71 @@
+# Config validation, wildcard constraints and input functions shared by every rule.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lmadapt's config code only
+from lmadapt.config import SCHEMA_PATH, check_config
+from lmadapt.data import resolve_path
+
+# lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
+# Snakemake's own validation then records the schema for the report.
+config.update(check_config(config, origin="config (config/config.yaml and --configfile/--config)"))
+validate(config, str(SCHEMA_PATH))
+
+TASKS = sorted(config["tasks"])
+
+
+wildcard_constraints:
+    task="[a-z][a-z0-9_]*",
+    k=r"\d+",
+    seed=r"\d+",
+    role=r"train|test|ood_[a-z][a-z0-9_]*",
+
+
+def as_arg(value):
+    """A config slice as one shell-quoted JSON argument (kept in params so a change reruns its jobs)."""
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def source_entry(task, role):
+    """role: train, test, or ood_<name> (as in file names)."""
+    spec = config["tasks"][task]
+    if role.startswith("ood_"):
+        return spec["ood"][role.removeprefix("ood_")]
+    return spec["data"][role]
+
+
+def source_file(task, role):
+    """Hub datasets are fetched once into resources/; local and package files are read where they are."""
+    source = source_entry(task, role)
+    if source.get("hub"):
+        return f"resources/data/{task}/{role}.parquet"
+    return str(resolve_path(source))
+
+
+def sample_inputs(wildcards):
+    """The source files a sample needs: the train pool always (test may be carved from it), test if declared."""
+    roles = ["train"] + (["test"] if "test" in config["tasks"][wildcards.task]["data"] else [])
+    return {role: source_file(wildcards.task, role) for role in roles}
+
+
+def train_samples(task):
+    spec = config["tasks"][task]
+    return expand("results/samples/{task}/train_k{k}_seed{seed}.parquet", task=task, k=spec["k"], seed=config["seeds"])
+
+
+def eval_samples(task):
+    """The in-domain test sample and every out-of-domain set of a task."""
+    return [f"results/samples/{task}/test.parquet"] + [
+        f"results/samples/{task}/ood_{name}.parquet" for name in config["tasks"][task]["ood"]
+    ]
+
+
+def all_targets(wildcards):
+    targets = []
+    for task in TASKS:
+        targets += train_samples(task) + eval_samples(task)
+    return targets
