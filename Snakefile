@@ -10,9 +10,15 @@ if not config.get("tasks"):
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/probe.smk"
+include: "workflow/rules/icl.smk"
+include: "workflow/rules/aggregate.smk"
 
 
 rule all:
     input:
         all_targets,
+        "results/tables",
+        "results/figures",
     default_target: True

@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from .config import ConfigError, check_config, load_config
+from .config import ConfigError, check_task_slice, load_config
 from .data import DataError
+from .models import ModelError
+from .prompt import PromptError
 
 
 def _json_arg(text: str) -> dict:
@@ -32,7 +35,7 @@ def _pairs(items: list[str]) -> dict[str, str]:
 
 def _task_from_json(name: str, task: dict) -> dict:
     """Check a task slice against the schema (direct CLI use gets the same checks as the workflow)."""
-    return check_config({"tasks": {name: task}}, origin=f"task {name}")["tasks"][name]
+    return check_task_slice(name, task)
 
 
 def cmd_validate_config(args) -> int:
@@ -63,6 +66,68 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_fetch_model(args) -> int:
+    from .models import fetch_model
+
+    info = fetch_model(args.name, args.model, args.out)
+    print(f"{args.name}: {info['source']} @ {info['revision']} -> {args.out}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .extract import run_extract
+
+    task = _task_from_json(args.task, args.task_config)
+    if len(args.sample) != len(args.out):
+        raise SystemExit("lmadapt extract: give one --out per --sample")
+    for meta, out in zip(run_extract(args.model_dir, task, list(zip(args.sample, args.out)), args.settings,
+                                     demos_path=args.demos, seed=args.seed), args.out):
+        print(f"{out}: {meta['n']} rows, layers {meta['layers']}, prefix {meta['prompt']['prefix_tokens']} "
+              f"tokens, {meta['truncated']} truncated, {meta['seconds']:.1f}s")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .probe import run_probe
+
+    result = run_probe(args.train, _pairs(args.eval), _pairs(args.eval_sample), args.out, args.settings, args.keys)
+    print(f"{args.out}: {len(result['records'])} records")
+    return 0
+
+
+def cmd_bow(args) -> int:
+    from .probe import run_bow
+
+    result = run_bow(args.train, _pairs(args.eval), args.out, args.settings, args.keys)
+    print(f"{args.out}: {len(result['records'])} records")
+    return 0
+
+
+def cmd_icl(args) -> int:
+    from .icl import run_icl
+
+    task = _task_from_json(args.task, args.task_config)
+    result = run_icl(args.model_dir, task, args.train, _pairs(args.eval), args.out, args.settings, args.keys)
+    for r in result["records"]:
+        score = f"accuracy {r['accuracy']:.3f}" + (" DEGENERATE" if r["degenerate"] else "") \
+            if r["skipped"] is None else f"skipped: {r['skipped']['reason']}"
+        print(f"{r['prompt']} {r['k']}-shot {r['split']}: {score}")
+    return 0
+
+
+def cmd_aggregate(args) -> int:
+    from .aggregate import run_aggregate
+
+    expected = args.expected.read_text().split() if args.expected else []
+    metrics = args.metrics or expected
+    summary = run_aggregate(metrics, expected, args.tables, args.figures, args.settings)
+    print(f"{summary['rows']} rows from {summary['files']} metrics files; {len(summary['tables'])} table files, "
+          f"{len(summary['figures'])} figure files; {len(summary['missing'])} expected files missing")
+    for path in summary["missing"][:20]:
+        print(f"  missing: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmadapt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +153,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("fetch-model", help="prepare a model folder: download a hub id, or dequantise a GGUF file")
+    p.add_argument("--name", required=True)
+    p.add_argument("--model", type=_json_arg, required=True, help="the model's config entry, as JSON")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_fetch_model)
+
+    p = sub.add_parser("extract", help="hidden states of a sample, with or without a few-shot prefix")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--task-config", type=_json_arg, required=True)
+    p.add_argument("--sample", nargs="+", required=True, help="sample files, all with the same prefix")
+    p.add_argument("--demos", help="training sample to draw the few-shot demonstrations from")
+    p.add_argument("--seed", type=int, help="seed of the demonstration draw")
+    p.add_argument("--settings", type=_json_arg, required=True, help="the extract config section, as JSON")
+    p.add_argument("--out", nargs="+", required=True, help="one activation file per sample, in order")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("icl", help="in-context learning with k demonstrations, every pattern of the task")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--task-config", type=_json_arg, required=True)
+    p.add_argument("--train", help="training sample the demonstrations are drawn from (not needed for 0 shots)")
+    p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
+    p.add_argument("--settings", type=_json_arg, required=True, help="the icl config section, as JSON")
+    p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, k (shots), seed")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_icl)
+
+    p = sub.add_parser("aggregate", help="every metrics file -> tidy table, paper tables and figures")
+    p.add_argument("--metrics", nargs="*", help="metrics files (default: those listed in --expected that exist)")
+    p.add_argument("--expected", type=Path, help="a file listing every metrics file of the grid, to report missing ones")
+    p.add_argument("--settings", type=_json_arg, required=True, help="the aggregate config section, as JSON")
+    p.add_argument("--tables", default="results/tables")
+    p.add_argument("--figures", default="results/figures")
+    p.set_defaults(func=cmd_aggregate)
+
+    for name, func, helptext in (("probe", cmd_probe, "probes on activations of every layer and pooling"),
+                                 ("bow", cmd_bow, "bag-of-words baseline on the samples' text")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--train", required=True, help="training activations (probe) or sample (bow)")
+        p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
+        if name == "probe":
+            p.add_argument("--eval-sample", nargs="+", required=True, metavar="SPLIT=PATH",
+                           help="the evaluation samples (for per-heuristic scores)")
+        p.add_argument("--settings", type=_json_arg, required=True)
+        p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys (task, model, k, seed, ...)")
+        p.add_argument("--out", required=True)
+        p.set_defaults(func=func)
     return parser
 
 
@@ -95,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, ModelError, PromptError) as e:
         print(f"lmadapt {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -64,13 +64,26 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{key_path(error.absolute_path)}: {error.message}"
 
 
+def _raise_for(errors, origin: str, prefix: str = "") -> None:
+    errors = sorted(errors, key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(prefix + _describe(e) for e in errors)
+        raise ConfigError(f"{origin}: invalid configuration:\n  {lines}")
+
+
+def check_task_slice(name: str, task: dict) -> dict:
+    """Check the part of a task's config a stage was given (the CLI's --task-config); fill its defaults."""
+    schema = load_schema()
+    task_schema = dict(schema["$defs"]["task"], required=[], **{"$defs": schema["$defs"]})
+    task = copy.deepcopy(task)
+    _raise_for(_Validator(task_schema).iter_errors(task), f"task {name}", prefix=f"tasks.{name}.")
+    return task
+
+
 def check_config(config: dict, origin: str = "config") -> dict:
     """Return a copy of `config` with defaults filled in, or raise ConfigError naming every bad key."""
     config = copy.deepcopy(dict(config))
-    errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n  ".join(_describe(e) for e in errors)
-        raise ConfigError(f"{origin}: invalid configuration:\n  {lines}")
+    _raise_for(_Validator(load_schema()).iter_errors(config), origin)
     _check_cross_references(config, origin)
     return config
 
@@ -86,8 +99,28 @@ def _check_cross_references(config: dict, origin: str) -> None:
                 if name not in task["labels"]:
                     problems.append(f"tasks.{task_name}.{where}.label_map.{raw}: {name!r} is not one of the "
                                     f"task's labels {task['labels']}")
+    for stage in ("extract", "bow", "icl"):
+        for kind in ("models", "tasks"):
+            for name in config.get(stage, {}).get(kind, []):
+                if name not in config[kind]:
+                    problems.append(f"{stage}.{kind}: {name!r} is not declared under {kind} "
+                                    f"(declared: {sorted(config[kind])})")
+    for task_name in stage_names(config, "extract", "tasks") if config["models"] else []:
+        if not config["tasks"][task_name]["prompt"]["patterns"]:
+            problems.append(f"tasks.{task_name}.prompt.patterns: the extract stage needs at least one pattern")
+    for task_name in stage_names(config, "icl", "tasks") if config["models"] else []:
+        patterns = config["tasks"][task_name]["prompt"]["patterns"]
+        missing = [p for p in config["icl"]["patterns"] if p not in patterns]
+        if not patterns or missing:
+            problems.append(f"icl.patterns: task {task_name} has no pattern {missing or 'at all'} "
+                            f"(tasks.{task_name}.prompt.patterns has {sorted(patterns)})")
     if problems:
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def stage_names(config: dict, stage: str, kind: str) -> list[str]:
+    """The models or tasks a stage runs on: its selection, or all declared ones."""
+    return list(config.get(stage, {}).get(kind) or sorted(config[kind]))
 
 
 def load_config(path: str | Path) -> dict:

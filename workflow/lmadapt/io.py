@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,15 +14,19 @@ import pyarrow.parquet as pq
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path in the same folder; rename it to `path` only if the block succeeds."""
+    """Yield a temporary path (file or folder) beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
     try:
         yield tmp
+        if tmp.is_dir() and path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
             tmp.unlink()
 
 

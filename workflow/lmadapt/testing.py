@@ -9,12 +9,13 @@ from pathlib import Path
 
 WORDS = ("the a an this that movie film review story plot acting great good bad awful boring fun loved hated "
          "positive negative neutral yes no true false question answer sentiment premise hypothesis entailment "
-         "not is was were it and but or of to in on for with as at by from very really quite too so").split()
+         "not is was were it and but or of to in on for with as at by from very really quite too so "
+         "Yes No True False Sentiment Review Question Answer").split()
 
 
 def build_tokenizer(texts=(), vocab_size: int = 400):
     """A byte-level BPE tokenizer (like GPT-2/OPT) trained on `texts` plus a small English word list."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -24,12 +25,15 @@ def build_tokenizer(texts=(), vocab_size: int = 400):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     corpus = list(texts) + [" ".join(WORDS)] * 4
     tok.train_from_iterator(corpus, trainer=trainer)
+    bos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A $B",
+                                                       special_tokens=[("</s>", bos)])  # OPT starts with </s>
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
 
 
 def build_tiny_opt(folder: str | Path, texts=(), hidden: int = 32, layers: int = 3, heads: int = 4,
-                   max_positions: int = 512, seed: int = 0) -> Path:
+                   max_positions: int = 1024, seed: int = 0) -> Path:
     """Save a random OPT (hidden <= 64) and its tokenizer to `folder`; returns the folder."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM

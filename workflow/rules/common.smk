@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lmadapt's config code only
-from lmadapt.config import SCHEMA_PATH, check_config
+from lmadapt.config import SCHEMA_PATH, check_config, stage_names
 from lmadapt.data import resolve_path
 
 # lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
@@ -20,14 +20,21 @@ TASKS = sorted(config["tasks"])
 
 wildcard_constraints:
     task="[a-z][a-z0-9_]*",
+    model="[a-z][a-z0-9_]*",
     k=r"\d+",
     seed=r"\d+",
     role=r"train|test|ood_[a-z][a-z0-9_]*",
+    sample=r"train_k\d+_seed\d+|test|ood_[a-z][a-z0-9_]*",
 
 
 def as_arg(value):
     """A config slice as one shell-quoted JSON argument (kept in params so a change reruns its jobs)."""
     return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def task_slice(task, *keys):
+    """The part of a task's config a job uses, so that e.g. adding a k reruns no existing job."""
+    return as_arg({key: config["tasks"][task][key] for key in keys})
 
 
 def source_entry(task, role):
@@ -64,8 +71,47 @@ def eval_samples(task):
     ]
 
 
+def eval_splits(task):
+    return ["test"] + [f"ood_{name}" for name in config["tasks"][task]["ood"]]
+
+
+def model_dir(model):
+    """Every stage loads models from the folder the fetch_model rule prepares (compute jobs stay offline)."""
+    return f"resources/models/{model}"
+
+
+def cells(task):
+    """(k, seed) of every training sample of a task."""
+    return [(k, seed) for k in config["tasks"][task]["k"] for seed in config["seeds"]]
+
+
+def probe_targets():
+    out = []
+    for model in stage_names(config, "extract", "models") if config["models"] else []:
+        for task in stage_names(config, "extract", "tasks"):
+            for prompt in config["extract"]["prompts"]:
+                out += [f"results/metrics/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.json"
+                        for k, seed in cells(task)]
+    return out
+
+
+def bow_targets():
+    return [f"results/metrics/bow/{task}/k{k}_seed{seed}.json" for task in stage_names(config, "bow", "tasks")
+            for k, seed in cells(task)]
+
+
+def icl_targets():
+    out = []
+    for model in stage_names(config, "icl", "models") if config["models"] else []:
+        for task in stage_names(config, "icl", "tasks"):
+            for shots in config["icl"]["shots"]:
+                seeds = config["seeds"][:1] if shots == 0 else config["seeds"]
+                out += [f"results/metrics/icl/{model}/{task}/shots{shots}_seed{seed}.json" for seed in seeds]
+    return out
+
+
 def all_targets(wildcards):
     targets = []
     for task in TASKS:
         targets += train_samples(task) + eval_samples(task)
-    return targets
+    return targets + probe_targets() + bow_targets() + icl_targets()

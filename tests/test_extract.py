@@ -1,0 +1,105 @@
+"""Stored activations equal a plain transformers forward on one unpadded example at a time."""
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import FIXTURES, rte_task
+from lmadapt.config import check_config
+from lmadapt.extract import resolve_layers, run_extract
+from lmadapt.forward import last_positions, pool
+from lmadapt.io import read_metadata
+from lmadapt.prompt import PromptError, prefix_text, task_pattern
+from lmadapt.sample import run_sample
+
+PATTERN = {"gpt3": {"template": "{premise} question: {hypothesis} Yes or No? answer:",
+                    "verbalizer": {"entailment": " Yes", "not_entailment": " No"}}}
+SETTINGS = {"layers": "all", "pooling": ["last", "mean"], "pattern": None, "shots": 3, "batch_size": 3,
+            "max_length": None, "store_dtype": "float32", "dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def rte(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rte")
+    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERN})}})["tasks"]["rte"]
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
+    run_sample("rte", task, inputs, "train", folder / "train.parquet", k=4, seed=1)
+    run_sample("rte", task, inputs, "test", folder / "test.parquet")
+    return task, folder
+
+
+def reference_vectors(model_dir, prefix: str, texts: list[str], layer: int, how: str) -> np.ndarray:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    specials = tokenizer("", add_special_tokens=True).input_ids
+    prefix_ids = specials + (tokenizer(prefix, add_special_tokens=False).input_ids if prefix else [])
+    out = []
+    for text in texts:
+        ids = prefix_ids + tokenizer(text, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            states = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[layer][0, len(prefix_ids):]
+        out.append((states[-1] if how == "last" else states.mean(0)).numpy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("fewshot", [False, True], ids=["none", "fewshot"])
+def test_activations_equal_plain_forward(tiny_opt, rte, tmp_path, fewshot):
+    task, folder = rte
+    out = tmp_path / "acts.parquet"
+    [meta] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(out))], SETTINGS,
+                         demos_path=str(folder / "train.parquet") if fewshot else None, seed=7)
+    stored = pd.read_parquet(out).set_index("id")
+    sample = pd.read_parquet(folder / "test.parquet")
+    pattern = task_pattern(task)
+    train = pd.read_parquet(folder / "train.parquet").set_index("id")
+    demos = train.loc[meta["prompt"]["demonstration_ids"]].reset_index()
+    assert len(demos) == (3 if fewshot else 0) and meta["prompt"]["variant"] == ("fewshot" if fewshot else "none")
+    prefix = prefix_text(pattern, demos)
+    texts = [pattern.fill(row) for _, row in sample.iterrows()]
+    assert meta["layers"] == [0, 1, 2, 3] and meta["truncated"] == 0
+    for layer in meta["layers"]:
+        for how in ("last", "mean"):
+            want = reference_vectors(tiny_opt, prefix, texts, layer, how)
+            got = np.stack(stored.loc[sample["id"], f"{how}_{layer}"].to_numpy())
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_forward_stops_at_deepest_layer_and_metadata(tiny_opt, rte, tmp_path):
+    task, folder = rte
+    out = tmp_path / "acts.parquet"
+    settings = dict(SETTINGS, layers=[1, -3], pooling=["last"])
+    [meta] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(out))], settings)
+    assert meta["layers"] == [1]  # -3 of a 3-layer model is hidden state 1
+    schema = pq.read_schema(out)
+    assert schema.names == ["id", "label", "last_1"] and schema.field("last_1").type.list_size == 32
+    stored = read_metadata(out, "lmadapt")
+    assert stored["model"]["revision"] and stored["sample"]["split"] == "test" and stored["dtype"] == "float32"
+
+
+def test_long_examples_are_cut_and_counted_never_the_prefix(tiny_opt, rte, tmp_path):
+    task, folder = rte
+    [meta] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "a.parquet"))],
+                         dict(SETTINGS, max_length=12))
+    assert meta["truncated"] > 0 and meta["max_length"] == 12
+    with pytest.raises(PromptError, match="the prefix alone is"):
+        run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "b.parquet"))],
+                    dict(SETTINGS, max_length=12), demos_path=str(folder / "train.parquet"), seed=1)
+    assert not (tmp_path / "b.parquet").exists()
+
+
+def test_resolve_layers():
+    assert resolve_layers([-1, 0, 2], 4) == [0, 2, 4]
+    assert resolve_layers("all", 2) == [0, 1, 2]
+    with pytest.raises(ValueError, match="layer 7 is out of range"):
+        resolve_layers([7], 4)
+
+
+def test_last_token_whatever_the_padding_side():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    assert last_positions(right).tolist() == [2, 1] and last_positions(left).tolist() == [3, 3]
+    states = torch.arange(8.0).reshape(1, 4, 2).expand(2, -1, -1)
+    assert pool(states, left, "last").tolist() == [[6.0, 7.0], [6.0, 7.0]]
+    assert pool(states, right, "mean")[1].tolist() == [1.0, 2.0]

@@ -1,0 +1,251 @@
+"""The `aggregate` stage: every metrics file -> one tidy table -> the paper's tables and figures.
+
+One row per cell x evaluation split (and per group, e.g. HANS heuristic), with cost and provenance columns.
+Tables show mean ± std over seeds with the number of seeds, the best value of each column in bold, the
+majority-class baseline as its own row, skipped cells with their reason and degenerate cells marked.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path, write_text
+
+ROW_KEYS = ["task", "model", "method", "pooling", "layer", "prompt", "k", "seed", "split", "group"]
+DEGENERATE_MARK = "†"
+
+
+def load_records(paths: list[str]) -> pd.DataFrame:
+    """The tidy table: one row per record x split, plus one per group (HANS heuristic) with `group` set."""
+    rows = []
+    for path in paths:
+        try:
+            records = json.loads(Path(path).read_text())["records"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: not a metrics file ({e})") from None
+        for r in records:
+            base = {key: r.get(key) for key in ROW_KEYS if key != "group"}
+            prov, cost = r.get("provenance", {}), r.get("cost", {})
+            base.update(group=None, n=r["n"], accuracy=r["accuracy"], macro_f1=r["macro_f1"],
+                        majority_baseline=r.get("majority_baseline"), degenerate=r["degenerate"],
+                        skipped=(r["skipped"] or {}).get("reason"),
+                        skipped_detail=json.dumps(r["skipped"]) if r["skipped"] else None,
+                        predicted_distribution=json.dumps(r.get("predicted_distribution")),
+                        wall_seconds=cost.get("wall_seconds"), device=cost.get("device"),
+                        peak_rss_mb=cost.get("peak_rss_mb"), config_hash=prov.get("config_hash"),
+                        code_version=prov.get("code_version"), model_revision=prov.get("model_revision"),
+                        data_fingerprint=prov.get("data_fingerprint"), source=str(path))
+            rows.append(base)
+            for column, groups in (r.get("by_group") or {}).items():
+                for name, scores in groups.items():
+                    rows.append(dict(base, group=f"{column}={name}", n=scores["n"], accuracy=scores["accuracy"],
+                                     macro_f1=None, majority_baseline=None, degenerate=False))
+    frame = pd.DataFrame(rows, columns=ROW_KEYS + ["n", "accuracy", "macro_f1", "majority_baseline", "degenerate",
+                                                   "skipped", "skipped_detail", "predicted_distribution",
+                                                   "wall_seconds", "device", "peak_rss_mb", "config_hash",
+                                                   "code_version", "model_revision", "data_fingerprint", "source"])
+    for column in ("layer", "k", "seed"):
+        frame[column] = frame[column].astype("Int64")
+    return frame.sort_values([c for c in ROW_KEYS], na_position="first", kind="stable").reset_index(drop=True)
+
+
+def _label(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA else str(value)
+
+
+def _filled(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Missing text keys (no group, no pooling) as '–', so that they group and pivot like any value."""
+    return frame.fillna({k: "–" for k in keys if not pd.api.types.is_numeric_dtype(frame[k])})
+
+
+def summarize(frame: pd.DataFrame, rows: list[str], columns: list[str], metric: str) -> pd.DataFrame:
+    """mean, std and seed count per (rows, columns) cell; skipped and degenerate runs are counted apart."""
+    keys = rows + columns
+    grouped = _filled(frame, keys).groupby(keys, dropna=False)
+    out = grouped.agg(mean=(metric, "mean"), std=(metric, "std"), seeds=(metric, "count"),
+                      degenerate=("degenerate", "sum"), skipped=("skipped", lambda s: next(iter(s.dropna()), None)))
+    return out.reset_index()
+
+
+def cell_text(mean, std, seeds, degenerate, skipped) -> str:
+    if seeds == 0:
+        return f"skipped: {skipped}" if skipped else "–"
+    std_text = f" ± {std * 100:.1f}" if seeds > 1 and not np.isnan(std) else ""
+    return f"{mean * 100:.1f}{std_text} ({seeds}){DEGENERATE_MARK if degenerate else ''}"
+
+
+def build_table(frame: pd.DataFrame, spec: dict, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(text table, numeric means) for one paper table: spec has methods, rows, columns, splits."""
+    part = frame[frame["method"].isin(spec["methods"]) & frame["split"].isin(spec["splits"] or frame["split"])]
+    if not spec["groups"]:
+        part = part[part["group"].isna()]
+    if part.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    summary = summarize(part, spec["rows"], spec["columns"], metric)
+    summary["text"] = [cell_text(*v) for v in summary[["mean", "std", "seeds", "degenerate", "skipped"]].to_numpy()]
+    text = summary.pivot_table(index=spec["rows"], columns=spec["columns"], values="text", aggfunc="first")
+    means = summary.pivot_table(index=spec["rows"], columns=spec["columns"], values="mean", aggfunc="first")
+    baseline = _majority_row(part, spec)
+    if baseline is not None:
+        text.loc[baseline.name] = [f"{v * 100:.1f}" if pd.notna(v) else "–" for v in baseline.reindex(text.columns)]
+    return text.fillna("–"), means
+
+
+def _majority_row(part: pd.DataFrame, spec: dict):
+    """The majority-class baseline of every column (the share of the most frequent test label)."""
+    ungrouped = _filled(part[part["group"].isna()], spec["columns"])
+    values = ungrouped.groupby(spec["columns"], dropna=False)["majority_baseline"].first()
+    if values.isna().all():
+        return None
+    name = tuple(["majority class"] + [""] * (len(spec["rows"]) - 1)) if len(spec["rows"]) > 1 else "majority class"
+    values.name = name
+    return values
+
+
+def _bold_best(text: pd.DataFrame, means: pd.DataFrame, bold) -> pd.DataFrame:
+    out = text.copy()
+    for column in means.columns:
+        col = means[column]
+        if col.notna().any():
+            best = col.max()
+            for index in col.index[np.isclose(col.fillna(-1), best)]:
+                out.loc[index, column] = bold(out.loc[index, column])
+    return out
+
+
+def _flat(text: pd.DataFrame) -> pd.DataFrame:
+    flat = text.copy()
+    flat.columns = [" / ".join(_label(c) for c in (col if isinstance(col, tuple) else (col,))) for col in flat.columns]
+    flat = flat.reset_index()
+    return flat.map(_label) if hasattr(flat, "map") else flat.applymap(_label)
+
+
+def to_markdown(text: pd.DataFrame, means: pd.DataFrame) -> str:
+    flat = _flat(_bold_best(text, means, lambda s: f"**{s}**"))
+    lines = ["| " + " | ".join(flat.columns) + " |", "|" + "---|" * len(flat.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in flat.to_numpy()]
+    return "\n".join(lines)
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", DEGENERATE_MARK: r"$^\dagger$", "–": "--"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def to_latex(text: pd.DataFrame, means: pd.DataFrame, caption: str) -> str:
+    flat = _flat(text)
+    bold = _flat(_bold_best(text, means, lambda s: f"\x00{s}"))
+    body = []
+    for plain_row, bold_row in zip(flat.to_numpy(), bold.to_numpy()):
+        cells = [r"\textbf{" + latex_escape(b[1:]) + "}" if b.startswith("\x00") else latex_escape(p)
+                 for p, b in zip(plain_row, bold_row)]
+        body.append(" & ".join(cells) + r" \\")
+    return "\n".join([r"\begin{table}[t]", r"\centering", r"\caption{" + latex_escape(caption) + "}",
+                      r"\begin{tabular}{" + "l" * len(flat.columns) + "}", r"\toprule",
+                      " & ".join(latex_escape(c) for c in flat.columns) + r" \\", r"\midrule", *body,
+                      r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def write_tables(frame: pd.DataFrame, specs: dict, metric: str, out_dir: Path) -> list[Path]:
+    written = []
+    for name, spec in specs.items():
+        text, means = build_table(frame, spec, metric)
+        if text.empty:
+            continue
+        note = (f"{metric} in %, mean ± std over seeds (number of seeds); best per column in bold; "
+                f"{DEGENERATE_MARK} = one label predicted for ≥ 95% of the examples in some run.")
+        write_text(f"### {spec['title']}\n\n{to_markdown(text, means)}\n\n{note}\n", out_dir / f"{name}.md")
+        write_text(to_latex(text, means, f"{spec['title']}. {note}"), out_dir / f"{name}.tex")
+        with atomic_path(out_dir / f"{name}.csv") as tmp:
+            _flat(text).to_csv(tmp, index=False)
+        written += [out_dir / f"{name}.{ext}" for ext in ("md", "tex", "csv")]
+    return written
+
+
+def write_figures(frame: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = frame[frame["group"].isna() & frame[metric].notna()]
+    written = []
+
+    def save(fig, name):
+        for ext in ("png", "pdf"):
+            with atomic_path(out_dir / f"{name}.{ext}") as tmp:
+                fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150)
+            written.append(out_dir / f"{name}.{ext}")
+        plt.close(fig)
+
+    test = data[data["split"] == "test"]
+    tasks = sorted(test["task"].unique())
+    if tasks:  # accuracy vs k per method, with the spread over seeds
+        fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            sub = test[test["task"] == task]
+            sub = sub[~sub["method"].str.startswith("probe") | (sub["layer"] == sub.groupby("model")["layer"]
+                                                                 .transform("max"))]
+            for (method, prompt), g in sub.groupby(["method", "prompt"], dropna=False):
+                stats = g.groupby("k")[metric].agg(["mean", "std"]).reset_index()
+                label = method if method in ("icl",) or not isinstance(prompt, str) or prompt == "none" \
+                    else f"{method} ({prompt})"
+                ax.errorbar(stats["k"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
+                            label=label)
+            majority = sub["majority_baseline"].dropna()
+            if len(majority):
+                ax.axhline(majority.iloc[0], color="grey", linestyle=":", label="majority class")
+            ax.set(title=task, xlabel="k (per class; ICL: demonstrations)", ylabel=metric)
+            ax.set_xscale("symlog", linthresh=1)
+            ax.legend(fontsize=6)
+        save(fig, "accuracy_vs_k")
+
+    ood = data[data["split"].str.startswith("ood_")]
+    if len(ood):  # in domain vs out of domain, one point per run
+        keys = ["task", "model", "method", "pooling", "layer", "prompt", "k", "seed"]
+        paired = test.merge(ood, on=keys, suffixes=("_test", "_ood"))
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        for method, g in paired.groupby("method"):
+            ax.scatter(g[f"{metric}_test"], g[f"{metric}_ood"], label=method, s=14, alpha=0.7)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        ax.set(xlabel=f"in-domain {metric}", ylabel=f"out-of-domain {metric}", title="in domain vs out of domain")
+        ax.legend(fontsize=7)
+        save(fig, "in_vs_out_of_domain")
+
+    probes = test[test["method"].str.startswith("probe")]
+    if len(probes):  # probe accuracy vs layer, with and without the few-shot prompt
+        panels = sorted(probes.groupby(["task", "model"]).groups)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+        for ax, (task, model) in zip(axes[0], panels):
+            sub = probes[(probes["task"] == task) & (probes["model"] == model)]
+            for (method, pooling, prompt), g in sub.groupby(["method", "pooling", "prompt"]):
+                stats = g.groupby("layer")[metric].agg(["mean", "std"]).reset_index()
+                ax.errorbar(stats["layer"], stats["mean"], yerr=stats["std"].fillna(0), marker=".", capsize=2,
+                            linestyle="-" if prompt == "fewshot" else "--",
+                            label=f"{method.removeprefix('probe_')}/{pooling}/{prompt}")
+            ax.set(title=f"{task} · {model}", xlabel="layer", ylabel=metric)
+            ax.legend(fontsize=6)
+        save(fig, "probe_accuracy_vs_layer")
+    return written
+
+
+def run_aggregate(metrics: list[str], expected: list[str], tables_dir: str, figures_dir: str, settings: dict) -> dict:
+    present = [p for p in metrics if Path(p).exists()]
+    missing = sorted(set(expected) - set(present))
+    frame = load_records(present)
+    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
+    with atomic_path(tables_dir / "all.parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    with atomic_path(tables_dir / "all.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    write_text("".join(f"{p}\n" for p in missing), tables_dir / "missing.txt")
+    tables = write_tables(frame, settings["tables"], settings["metric"], tables_dir)
+    figures = write_figures(frame, settings["metric"], figures_dir)
+    return {"rows": len(frame), "files": len(present), "missing": missing, "tables": tables, "figures": figures}

@@ -1,0 +1,119 @@
+"""The `extract` stage: a model's hidden states for every example of a sample, to Parquet.
+
+One forward pass per batch yields every requested layer and stops at the deepest one. With a few-shot prompt,
+the demonstration prefix is encoded once and its KV cache reused for every batch; pooling covers only the
+example's own tokens. Rows are streamed to the writer in row groups, so memory does not grow with the sample.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from .forward import PrefixForward, batches_by_length, pool
+from .io import atomic_path, read_metadata
+from .models import load_model
+from .prompt import choose_demonstrations, encode_prompt, prefix_text, task_pattern
+from .sample import META_KEY
+
+ROWS_PER_GROUP = 256
+
+
+def resolve_layers(spec, n_layers: int) -> list[int]:
+    """Hidden-state indices (0 = embeddings, n = last layer) from a list with negative indices, or 'all'."""
+    if spec == "all":
+        return list(range(n_layers + 1))
+    out = set()
+    for index in spec:
+        resolved = index + n_layers + 1 if index < 0 else index
+        if not 0 <= resolved <= n_layers:
+            raise ValueError(f"layer {index} is out of range for a model with {n_layers} layers "
+                             f"(0..{n_layers}, or -1..-{n_layers + 1})")
+        out.add(resolved)
+    return sorted(out)
+
+
+def column_name(pooling: str, layer: int) -> str:
+    return f"{pooling}_{layer}"
+
+
+def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], settings: dict,
+                demos_path: str | None = None, seed: int | None = None) -> list[dict]:
+    """Write the activations of every (sample, out) pair, loading the model and encoding the prefix once.
+    settings: layers, pooling (list), pattern, shots, batch_size, max_length, store_dtype, dtype."""
+    lm = load_model(model_dir, dtype=settings["dtype"])
+    pattern = task_pattern(task, settings.get("pattern"))
+    demos = None
+    if demos_path:
+        demos = choose_demonstrations(pd.read_parquet(demos_path), len(task["labels"]), settings["shots"], seed)
+    max_length = min(settings.get("max_length") or lm.max_length, lm.max_length)
+    layers = resolve_layers(settings["layers"], lm.model.config.num_hidden_layers)
+    forward = None
+    metas = []
+    for sample_path, out in samples:
+        start = time.time()
+        rows = pd.read_parquet(sample_path)
+        prompt = encode_prompt(lm, pattern, rows, rows.iloc[:0] if demos is None else demos, max_length=max_length)
+        if forward is None:  # the prefix is the same for every sample of this job: encode it once
+            forward = PrefixForward(lm, prompt.prefix, depth=max(layers))
+        meta = _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length,
+                                  sample_path, out)
+        meta["seconds"] = time.time() - start
+        metas.append(meta)
+    return metas
+
+
+def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length, sample_path,
+                       out) -> dict:
+    sample_meta = read_metadata(sample_path, META_KEY)
+    demos = rows.iloc[:0] if demos is None else demos
+    store = pa.float16() if settings["store_dtype"] == "float16" else pa.float32()
+    store_torch = torch.float16 if settings["store_dtype"] == "float16" else torch.float32
+    fields = [pa.field("id", pa.string()), pa.field("label", pa.int64())]
+    meta = {
+        "model": lm.info, "layers": layers, "n_layers": forward.n_layers, "pooling": settings["pooling"],
+        "prompt": {"variant": "fewshot" if len(demos) else "none", "pattern": pattern.name,
+                   "template": pattern.template, "shots": len(demos), "demonstration_ids": demos["id"].tolist(),
+                   "prefix_tokens": len(prompt.prefix),
+                   "prefix_sha256": hashlib.sha256(prefix_text(pattern, demos).encode()).hexdigest()},
+        "dtype": str(lm.dtype).removeprefix("torch."), "store_dtype": settings["store_dtype"],
+        "max_length": max_length, "truncated": prompt.truncated, "n": len(rows),
+        "sample": {"path": str(sample_path), "fingerprint": sample_meta["fingerprint"],
+                   "task": sample_meta["task"], "split": sample_meta["split"], "k": sample_meta.get("k"),
+                   "seed": sample_meta.get("seed")},
+    }
+    writer = None
+    pending: list[pa.RecordBatch] = []
+    with atomic_path(out) as tmp:
+        try:
+            batches = batches_by_length([len(ids) for ids in prompt.examples], settings["batch_size"])
+            for batch in tqdm(batches, desc=f"extract {sample_meta['task']}/{sample_meta['split']}", unit="batch"):
+                states, mask = forward.hidden_states([prompt.examples[i] for i in batch], layers)
+                columns = {"id": pa.array(rows["id"].iloc[batch].tolist(), pa.string()),
+                           "label": pa.array(rows["label"].iloc[batch].tolist(), pa.int64())}
+                for how in settings["pooling"]:
+                    for layer in layers:
+                        vectors = pool(states[layer].float(), mask, how).to(store_torch).cpu().numpy()
+                        columns[column_name(how, layer)] = pa.FixedSizeListArray.from_arrays(
+                            pa.array(vectors.reshape(-1), store), vectors.shape[1])
+                if writer is None:
+                    schema = pa.schema(fields + [pa.field(name, col.type) for name, col in columns.items()
+                                                 if name not in ("id", "label")])
+                    writer = pq.ParquetWriter(tmp, schema.with_metadata({META_KEY: json.dumps(meta, sort_keys=True)}))
+                pending.append(pa.RecordBatch.from_pydict(columns, schema=writer.schema))
+                if sum(b.num_rows for b in pending) >= ROWS_PER_GROUP:
+                    writer.write_table(pa.Table.from_batches(pending))
+                    pending = []
+            if pending:
+                writer.write_table(pa.Table.from_batches(pending))
+        finally:
+            if writer is not None:
+                writer.close()
+    return meta
+

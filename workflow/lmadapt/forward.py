@@ -1,0 +1,149 @@
+"""Forward passes after a shared prefix: the prefix is encoded once, its KV cache expanded across each batch.
+
+Used by `extract` (hidden states, stopping at the deepest requested layer) and by `icl` and `teacher`
+(label log-probabilities). Examples are right-padded after the prefix and get explicit positions, so padded
+batches give the same numbers as one unpadded example at a time.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers import DynamicCache
+
+
+def decoder_layers(model) -> tuple[object, str]:
+    """(owner, attribute) of the decoder-layer ModuleList of a causal LM (OPT, Llama-family, GPT-2)."""
+    base = model.base_model
+    for path in ("decoder.layers", "layers", "h"):
+        owner = base
+        *parents, attr = path.split(".")
+        for p in parents:
+            owner = getattr(owner, p, None)
+        if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
+            return owner, attr
+    raise TypeError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class PrefixForward:
+    """Run batches of examples after a fixed prefix of token ids.
+
+    depth: the deepest hidden-state index wanted (0 = embeddings, n = last layer, as in
+    `output_hidden_states`); the forward then runs only the first `depth` decoder layers.
+    """
+
+    def __init__(self, lm, prefix: list[int], depth: int | None = None):
+        self.lm = lm
+        self.model = lm.model
+        self.n_layers = self.model.config.num_hidden_layers
+        self.depth = self.n_layers if depth is None else depth
+        self.prefix_len = len(prefix)
+        self.cache = None
+        if prefix:
+            with self._truncated(), torch.no_grad():
+                ids = torch.tensor([prefix], device=lm.device)
+                out = self.model.base_model(input_ids=ids, use_cache=True,
+                                            position_ids=torch.arange(len(prefix), device=lm.device)[None])
+                self.cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers
+                              if getattr(layer, "is_initialized", True) and layer.keys is not None
+                              and layer.keys.numel()]
+
+    @contextmanager
+    def _truncated(self):
+        """Drop the decoder layers below `depth` for the duration of a forward."""
+        owner, attr = decoder_layers(self.model)
+        full = getattr(owner, attr)
+        if self.depth >= self.n_layers:
+            yield full
+            return
+        setattr(owner, attr, torch.nn.ModuleList(list(full)[: max(self.depth, 1)]))
+        try:
+            yield getattr(owner, attr)
+        finally:
+            setattr(owner, attr, full)
+
+    def _inputs(self, batch: list[list[int]]):
+        device = self.lm.device
+        width = max(len(ids) for ids in batch)
+        pad = self.lm.tokenizer.pad_token_id
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, device=device)
+            mask[row, : len(ids)] = 1
+        kwargs = dict(input_ids=input_ids,
+                      position_ids=(self.prefix_len + torch.arange(width, device=device))[None].expand(len(batch), -1))
+        full_mask = mask
+        if self.cache is not None:
+            full_mask = torch.cat([torch.ones((len(batch), self.prefix_len), dtype=torch.long, device=device), mask], 1)
+            kwargs["past_key_values"] = DynamicCache(
+                [(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1)) for k, v in self.cache])
+        kwargs["attention_mask"] = full_mask
+        return kwargs, mask
+
+    @torch.no_grad()
+    def hidden_states(self, batch: list[list[int]], indices: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """{index: [B, T, H]} over the examples' own positions, and their [B, T] mask.
+
+        Index j < n is the input of decoder layer j (index `depth` < n: the output of layer depth-1), index n the
+        model's last hidden state: the values of `output_hidden_states`, captured with our own hooks so that
+        the truncated forward needs no final norm and no library-specific recording."""
+        kwargs, mask = self._inputs(batch)
+        captured = {}
+
+        def keep_input(j):
+            def hook(module, args, kw):
+                captured[j] = args[0] if args else kw["hidden_states"]
+            return hook
+
+        def keep_output(j):
+            def hook(module, args, output):
+                captured[j] = output[0] if isinstance(output, tuple) else output
+            return hook
+
+        with self._truncated() as layers:
+            hooks = [layers[j].register_forward_pre_hook(keep_input(j), with_kwargs=True, prepend=True)
+                     for j in indices if j < len(layers)]
+            if 0 < self.depth < self.n_layers:
+                hooks.append(layers[self.depth - 1].register_forward_hook(keep_output(self.depth), prepend=True))
+            try:
+                out = self.model.base_model(**kwargs, use_cache=self.cache is not None)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        if self.n_layers in indices:
+            captured[self.n_layers] = out.last_hidden_state
+        return {j: captured[j] for j in indices}, mask
+
+    @torch.no_grad()
+    def next_token_logprobs(self, batch: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
+        """For each row, log-probabilities [len(positions[row]), V] of the token after each given position.
+        The LM head runs only on those positions (the vocabulary projection is a large share of the compute)."""
+        kwargs, _ = self._inputs(batch)
+        hidden = self.model.base_model(**kwargs, use_cache=self.cache is not None).last_hidden_state
+        rows = torch.cat([torch.full((len(p),), r, device=hidden.device) for r, p in enumerate(positions)])
+        cols = torch.tensor([i for p in positions for i in p], device=hidden.device)
+        logprobs = self.model.get_output_embeddings()(hidden[rows, cols]).float().log_softmax(-1)
+        return list(logprobs.split([len(p) for p in positions]))
+
+
+def last_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, whatever the padding side."""
+    positions = torch.arange(mask.shape[1], device=mask.device)[None]
+    return (positions * mask).argmax(dim=1)
+
+
+def pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """[B, H] from [B, T, H]: the last real token, or the mean over real tokens."""
+    if how == "last":
+        return states[torch.arange(states.shape[0], device=states.device), last_positions(mask)]
+    if how == "mean":
+        weights = mask.to(states.dtype)[..., None]
+        return (states * weights).sum(1) / weights.sum(1)
+    raise ValueError(f"unknown pooling {how!r}: last or mean")

@@ -1,0 +1,104 @@
+"""The `icl` stage: in-context learning, scored by the verbalizers' log-probabilities after the prompt.
+
+The demonstrations are the same for every test example of a cell, so the prefix is encoded once and its KV
+cache reused across batches. Before anything runs, the context guard counts the prefix, the longest evaluation
+example and the longest verbalizer: a prompt that does not fit is never truncated — the cell is recorded as
+skipped with its counts, or (fit: max) run with the largest number of demonstrations that fits, recorded.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .forward import PrefixForward, batches_by_length
+from .io import read_metadata, write_json
+from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
+from .models import load_model
+from .prompt import choose_demonstrations, encode_prompt, task_pattern
+from .sample import META_KEY
+
+
+def label_logprobs(forward: PrefixForward, examples: list[list[int]], verbalizers: list[list[int]],
+                   batch_size: int, desc: str = "icl") -> np.ndarray:
+    """[N, C]: log p(verbalizer of label c | prefix + example), summed over the verbalizer's tokens."""
+    out = np.zeros((len(examples), len(verbalizers)))
+    if all(len(v) == 1 for v in verbalizers):  # one pass per example: read the next-token distribution
+        first = [v[0] for v in verbalizers]
+        for batch in tqdm(batches_by_length([len(e) for e in examples], batch_size), desc=desc, unit="batch"):
+            logprobs = forward.next_token_logprobs([examples[i] for i in batch],
+                                                   [[len(examples[i]) - 1] for i in batch])
+            out[batch] = torch.cat(logprobs)[:, first].cpu().numpy()
+        return out
+    # multi-token verbalizers: one sequence per (example, label), each verbalizer token scored in turn
+    pairs = [(i, c) for i in range(len(examples)) for c in range(len(verbalizers))]
+    sequences = [examples[i] + verbalizers[c] for i, c in pairs]
+    for batch in tqdm(batches_by_length([len(s) for s in sequences], batch_size), desc=desc, unit="batch"):
+        starts = [len(examples[pairs[j][0]]) - 1 for j in batch]  # the position that predicts the first token
+        lengths = [len(verbalizers[pairs[j][1]]) for j in batch]
+        logprobs = forward.next_token_logprobs([sequences[j] for j in batch],
+                                               [list(range(s, s + n)) for s, n in zip(starts, lengths)])
+        for j, scores in zip(batch, logprobs):
+            i, c = pairs[j]
+            out[i, c] = scores[torch.arange(len(verbalizers[c])), torch.tensor(verbalizers[c])].sum().item()
+    return out
+
+
+def fit_demonstrations(lm, pattern, train: pd.DataFrame, n_labels: int, shots: int, seed: int,
+                       needed_after_prefix: int, max_length: int, fit: str):
+    """(demonstrations, prefix ids, counts) whose prompt fits the context, or (None, None, counts) showing why not.
+    needed_after_prefix: tokens of the longest evaluation example plus the longest verbalizer."""
+    for used in range(shots, -1, -1):
+        demos = choose_demonstrations(train, n_labels, used, seed)
+        prefix = encode_prompt(lm, pattern, train.iloc[:0], demos).prefix
+        counts = {"prefix_tokens": len(prefix), "tokens_after_prefix": needed_after_prefix, "context": max_length,
+                  "shots_requested": shots, "shots_used": used}
+        if len(prefix) + needed_after_prefix <= max_length:
+            return demos, prefix, counts
+        if fit == "skip":
+            break
+    return None, None, counts
+
+
+def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict[str, str], out: str,
+            settings: dict, keys: dict) -> dict:
+    """Every pattern of one (model, task, shots, seed) cell, on the test and out-of-domain samples."""
+    cost = Cost()
+    lm = load_model(model_dir, dtype=settings["dtype"])
+    shots, seed = keys["k"], keys["seed"]
+    evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
+    train = pd.read_parquet(train_path) if train_path else evals["test"].iloc[:0]
+    fingerprints = [read_metadata(p, META_KEY)["fingerprint"] for p in [train_path, *eval_paths.values()] if p]
+    max_length = min(settings.get("max_length") or lm.max_length, lm.max_length)
+    labels = task["labels"]
+    records = []
+    for name in settings["patterns"] or list(task["prompt"]["patterns"]):
+        pattern = task_pattern(task, name)
+        cell = dict(keys, method="icl", prompt=name, layer=None)
+        if len(train) < shots:
+            reason = f"{shots} demonstrations requested, the training sample has {len(train)}"
+            records += [skipped_record(dict(cell, split=s), reason) for s in evals]
+            continue
+        encoded = {split: encode_prompt(lm, pattern, rows, rows.iloc[:0]) for split, rows in evals.items()}
+        needed = max(len(ids) for e in encoded.values() for ids in e.examples) + \
+            max(len(v) for v in next(iter(encoded.values())).verbalizers)
+        demos, prefix, counts = fit_demonstrations(lm, pattern, train, len(labels), shots, seed, needed,
+                                                   max_length, settings["fit"])
+        if demos is None:
+            reason = "prompt does not fit the context" if settings["fit"] == "skip" else \
+                "the longest example does not fit the context even without demonstrations"
+            records += [skipped_record(dict(cell, split=s), reason, **counts) for s in evals]
+            continue
+        forward = PrefixForward(lm, prefix)
+        for split, rows in evals.items():
+            scores = label_logprobs(forward, encoded[split].examples, encoded[split].verbalizers,
+                                    settings["batch_size"], desc=f"icl {keys['task']} {name} {shots}-shot {split}")
+            record = classification_record(dict(cell, split=split), labels, rows["label"].to_numpy(),
+                                           scores.argmax(1), group_columns(rows, rows["id"]))
+            record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),
+                                     mean_label_logprob={label: float(v) for label, v in zip(labels, scores.mean(0))})
+            records.append(record)
+    result = finish(records, cost.as_dict(), provenance(settings, lm.info["revision"], fingerprints))
+    write_json(result, out)
+    return result

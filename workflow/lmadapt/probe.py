@@ -1,0 +1,166 @@
+"""The `probe` and `bow` stages: classifiers on activations, and the bag-of-words baseline on raw text.
+
+probe: for every layer and pooling of one activation file, a logistic regression (standardised features, C by
+cross-validation on the training sample only) and an MLP (study 1's "simple DNN": early stopping on a held-out
+part of the training sample), evaluated on the test and out-of-domain activations. Examples that served as
+demonstrations in the few-shot prefix are left out of training.
+bow: CountVectorizer or tf-idf + the same logistic regression on the samples' text.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .extract import column_name
+from .io import read_metadata, write_json
+from .metrics import Cost, classification_record, finish, group_columns, provenance
+from .sample import META_KEY
+
+
+def fit_logreg(features, y, Cs: list[float], folds: int, seed: int, scale: bool):
+    """Logistic regression with C chosen by stratified CV on the training data; returns (model, C)."""
+    steps = ([StandardScaler()] if scale else []) + [LogisticRegression(max_iter=5000)]
+    pipeline = make_pipeline(*steps)
+    folds = min(folds, int(np.bincount(y).min()))
+    if folds < 2 or len(Cs) == 1:
+        pipeline.set_params(logisticregression__C=Cs[len(Cs) // 2])
+        return pipeline.fit(features, y), Cs[len(Cs) // 2]
+    search = GridSearchCV(pipeline, {"logisticregression__C": Cs},
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    search.fit(features, y)
+    return search.best_estimator_, search.best_params_["logisticregression__C"]
+
+
+class MLPProbe:
+    """Standardise, one hidden layer, dropout, AdamW; the epoch with the best held-out loss is kept."""
+
+    def __init__(self, hidden: int, dropout: float, weight_decay: float, lr: float, epochs: int, patience: int,
+                 val_fraction: float, seed: int):
+        self.settings = dict(hidden=hidden, dropout=dropout, weight_decay=weight_decay, lr=lr, epochs=epochs,
+                             patience=patience, val_fraction=val_fraction)
+        self.seed = seed
+
+    def fit(self, features: np.ndarray, y: np.ndarray):
+        s = self.settings
+        n_classes = int(y.max()) + 1
+        n_val = max(n_classes, int(round(len(y) * s["val_fraction"])))
+        can_hold_out = np.bincount(y).min() >= 2 and len(y) - n_val >= n_classes
+        if can_hold_out:
+            train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y,
+                                                  random_state=self.seed)
+        else:  # too few examples to hold any out: train for the full number of epochs
+            train_idx, val_idx = np.arange(len(y)), np.arange(0)
+        self.mean = features[train_idx].mean(0)
+        self.std = features[train_idx].std(0) + 1e-6
+        x = torch.tensor((features - self.mean) / self.std, dtype=torch.float32)
+        target = torch.tensor(y)
+        torch.manual_seed(self.seed)
+        self.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], s["hidden"]), torch.nn.ReLU(),
+                                       torch.nn.Dropout(s["dropout"]), torch.nn.Linear(s["hidden"], n_classes))
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
+        best, best_state, waited, self.best_epoch = float("inf"), None, 0, s["epochs"]
+        for epoch in range(s["epochs"]):
+            self.net.train()
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(self.net(x[train_idx]), target[train_idx]).backward()
+            optimizer.step()
+            if len(val_idx):
+                self.net.eval()
+                with torch.no_grad():
+                    val_loss = torch.nn.functional.cross_entropy(self.net(x[val_idx]), target[val_idx]).item()
+                if val_loss < best - 1e-6:
+                    best, waited, self.best_epoch = val_loss, 0, epoch + 1
+                    best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
+                else:
+                    waited += 1
+                    if waited >= s["patience"]:
+                        break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        self.net.eval()
+        return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.tensor((features - self.mean) / self.std, dtype=torch.float32)
+            return self.net(x).argmax(1).numpy()
+
+
+def _matrix(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return np.stack(frame[column].to_numpy()).astype(np.float32)
+
+
+def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[str, str], out: str,
+              settings: dict, keys: dict) -> dict:
+    """Every layer x pooling x probe of one (model, task, prompt, k, seed) cell -> one metrics file."""
+    cost = Cost()
+    meta = read_metadata(train_path, META_KEY)
+    labels = read_metadata(eval_samples[next(iter(eval_samples))], META_KEY)["labels"]
+    train = pd.read_parquet(train_path)
+    train = train[~train["id"].isin(meta["prompt"]["demonstration_ids"])]
+    y_train = train["label"].to_numpy()
+    evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
+    groups = {split: group_columns(pd.read_parquet(eval_samples[split]), frame["id"]) for split, frame in evals.items()}
+    seed = keys.get("seed") or 0
+    records = []
+    for how in meta["pooling"]:
+        for layer in meta["layers"]:
+            column = column_name(how, layer)
+            x_train = _matrix(train, column)
+            fitted = {}
+            if "logreg" in settings["probes"]:
+                lr = settings["logreg"]
+                model, c = fit_logreg(x_train, y_train, lr["Cs"], lr["cv_folds"], seed, scale=True)
+                fitted["probe_logreg"] = (model.predict, {"C": c})
+            if "mlp" in settings["probes"]:
+                mlp = MLPProbe(seed=seed, **settings["mlp"]).fit(x_train, y_train)
+                fitted["probe_mlp"] = (mlp.predict, {"best_epoch": mlp.best_epoch})
+            for method, (predict, details) in fitted.items():
+                for split, frame in evals.items():
+                    record = classification_record(
+                        dict(keys, method=method, layer=layer, pooling=how, split=split), labels,
+                        frame["label"].to_numpy(), predict(_matrix(frame, column)), groups[split])
+                    record["details"] = dict(details, n_train=len(y_train), truncated=meta["truncated"])
+                    records.append(record)
+    prov = provenance(settings, meta["model"]["revision"],
+                      [meta["sample"]["fingerprint"]] + [read_metadata(p, META_KEY)["sample"]["fingerprint"]
+                                                         for p in eval_paths.values()])
+    result = finish(records, cost.as_dict(), prov)
+    write_json(result, out)
+    return result
+
+
+def text_of(frame: pd.DataFrame, fields: list[str]) -> list[str]:
+    return frame[fields].astype(str).agg("\n".join, axis=1).tolist()
+
+
+def run_bow(train_path: str, eval_paths: dict[str, str], out: str, settings: dict, keys: dict) -> dict:
+    """Bag-of-words (or tf-idf) logistic regression on the raw text of the same samples."""
+    cost = Cost()
+    meta = read_metadata(train_path, META_KEY)
+    fields, labels = meta["fields"], meta["labels"]
+    train = pd.read_parquet(train_path)
+    vectorizer_class = TfidfVectorizer if settings["vectorizer"] == "tfidf" else CountVectorizer
+    vectorizer = vectorizer_class(ngram_range=(1, settings["ngram_max"]), lowercase=True)
+    x_train = vectorizer.fit_transform(text_of(train, fields))
+    y_train = train["label"].to_numpy()
+    model, c = fit_logreg(x_train, y_train, settings["Cs"], settings["cv_folds"], keys.get("seed") or 0,
+                          scale=False)
+    records, fingerprints = [], [meta["fingerprint"]]
+    for split, path in eval_paths.items():
+        frame = pd.read_parquet(path)
+        fingerprints.append(read_metadata(path, META_KEY)["fingerprint"])
+        record = classification_record(dict(keys, method=f"bow_{settings['vectorizer']}", split=split), labels,
+                                       frame["label"].to_numpy(), model.predict(vectorizer.transform(
+                                           text_of(frame, fields))), group_columns(frame, frame["id"]))
+        record["details"] = {"C": c, "vocabulary": len(vectorizer.vocabulary_), "n_train": len(y_train)}
+        records.append(record)
+    result = finish(records, cost.as_dict(), provenance(settings, None, fingerprints))
+    write_json(result, out)
+    return result

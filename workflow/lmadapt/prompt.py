@@ -1,0 +1,110 @@
+"""The one prompt formatter: a task's pattern and verbalizer, demonstrations, and the token ids of a prompt.
+
+A prompt is token ids, not a string: the leading special tokens, the demonstration prefix and the example are
+tokenized apart and concatenated (tokenizing `prefix + example` as one string can merge tokens across the
+boundary). Probes, ICL, the teacher and fine-tuning all build their inputs here, so they see the same ids.
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+class PromptError(ValueError):
+    """A pattern that does not fit its task (unknown field, missing verbalizer)."""
+
+
+@dataclass(frozen=True)
+class Pattern:
+    name: str
+    template: str  # e.g. "{premise} question: {hypothesis} Yes or No? answer:"
+    verbalizer: dict  # label name -> continuation text, e.g. {"entailment": " Yes"}
+    separator: str  # between demonstrations (and after the last one)
+    labels: tuple  # the task's label names in id order
+
+    def fill(self, row) -> str:
+        return self.template.format_map({k: row[k] for k in self.fields})
+
+    def demonstration(self, row) -> str:
+        return self.fill(row) + self.verbalizer[row["label_name"]]
+
+    @property
+    def fields(self) -> list[str]:
+        return [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
+
+
+def task_pattern(task: dict, name: str | None = None) -> Pattern:
+    """The named pattern of a task (its first one by default), checked against the task's fields and labels."""
+    patterns = task["prompt"]["patterns"]
+    if not patterns:
+        raise PromptError("the task has no prompt patterns (tasks.<task>.prompt.patterns)")
+    name = name or next(iter(patterns))
+    if name not in patterns:
+        raise PromptError(f"no pattern {name!r}; the task has {sorted(patterns)}")
+    spec = patterns[name]
+    pattern = Pattern(name, spec["template"], dict(spec["verbalizer"]), task["prompt"]["separator"],
+                      tuple(task["labels"]))
+    unknown = sorted(set(pattern.fields) - set(task["fields"]))
+    if unknown:
+        raise PromptError(f"pattern {name!r}: template uses {unknown}, not among the task's fields {task['fields']}")
+    missing = [label for label in task["labels"] if label not in pattern.verbalizer]
+    if missing:
+        raise PromptError(f"pattern {name!r}: verbalizer has no word for label(s) {missing}")
+    return pattern
+
+
+def choose_demonstrations(train: pd.DataFrame, n_labels: int, m: int, seed: int) -> pd.DataFrame:
+    """m demonstrations from a training sample: balanced across classes (the remainder to classes drawn at
+    random), shuffled, seeded."""
+    if m == 0:
+        return train.iloc[:0]
+    rng = np.random.default_rng([seed, m])
+    per_class = np.full(n_labels, m // n_labels)
+    per_class[rng.choice(n_labels, size=m % n_labels, replace=False)] += 1
+    parts = []
+    for label, count in enumerate(per_class):
+        members = train[train["label"] == label]
+        if len(members) < count:
+            raise PromptError(f"{m} demonstrations need {count} of label {label}, the training sample has "
+                              f"{len(members)}")
+        parts.append(members.iloc[rng.permutation(len(members))[:count]])
+    demos = pd.concat(parts)
+    return demos.iloc[rng.permutation(len(demos))].reset_index(drop=True)
+
+
+def prefix_text(pattern: Pattern, demonstrations: pd.DataFrame) -> str:
+    if len(demonstrations) == 0:
+        return ""
+    return "".join(pattern.demonstration(row) + pattern.separator for _, row in demonstrations.iterrows())
+
+
+@dataclass
+class EncodedPrompt:
+    """Token ids: `prefix` (leading specials + demonstrations, shared by every example) and one list per example."""
+    prefix: list[int]
+    examples: list[list[int]]
+    verbalizers: list[list[int]]  # per label id
+    truncated: int  # examples cut (from the left) to fit max_length
+
+
+def encode_prompt(lm, pattern: Pattern, rows: pd.DataFrame, demonstrations: pd.DataFrame,
+                  max_length: int | None = None, reserve: int = 0) -> EncodedPrompt:
+    """Tokenize the shared prefix and every example apart. An example longer than max_length - prefix - reserve
+    keeps its last tokens (where the pattern's cue is) and is counted in `truncated`; the prefix never is."""
+    prefix = lm.leading_special_ids() + (lm.encode(prefix_text(pattern, demonstrations)) if len(demonstrations) else [])
+    verbalizers = [lm.encode(pattern.verbalizer[label]) for label in pattern.labels]
+    examples = [lm.encode(pattern.fill(row)) for _, row in rows.iterrows()]
+    truncated = 0
+    if max_length is not None:
+        budget = max_length - len(prefix) - reserve
+        if budget < 1:
+            raise PromptError(f"the prefix alone is {len(prefix)} tokens; with {reserve} reserved it does not fit "
+                              f"the {max_length}-token context")
+        for i, ids in enumerate(examples):
+            if len(ids) > budget:
+                examples[i] = ids[-budget:]
+                truncated += 1
+    return EncodedPrompt(prefix, examples, verbalizers, truncated)
