@@ -13,6 +13,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/icl.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/aggregate.smk"
 
 

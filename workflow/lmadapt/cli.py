@@ -115,6 +115,29 @@ def cmd_icl(args) -> int:
     return 0
 
 
+def cmd_teacher(args) -> int:
+    from .icl import run_teacher
+
+    task = _task_from_json(args.task, args.task_config)
+    meta = run_teacher(args.model_dir, task, args.train, args.out, args.settings, args.seed)
+    print(f"{args.out}: teacher with {meta['shots']} demonstrations, accuracy on the training inputs "
+          f"{meta['teacher_accuracy']:.3f}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .finetune import run_finetune
+
+    task = _task_from_json(args.task, args.task_config)
+    result = run_finetune(args.model_dir, task, args.train, _pairs(args.eval), args.out, args.settings, args.keys,
+                          args.work_dir, args.deepspeed_config, teacher_path=args.teacher)
+    for r in (result or {"records": []})["records"]:
+        print(f"{r['method']} k={r['k']} seed={r['seed']} {r['split']}: accuracy {r['accuracy']:.3f}"
+              + (" DEGENERATE" if r["degenerate"] else "")
+              + f" ({r['details']['optimizer_steps']} steps, {r['details']['train_tokens_per_s']} tokens/s)")
+    return 0
+
+
 def cmd_aggregate(args) -> int:
     from .aggregate import run_aggregate
 
@@ -181,6 +204,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, k (shots), seed")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_icl)
+
+    p = sub.add_parser("teacher", help="the prompted model's label distribution on the training inputs")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--task-config", type=_json_arg, required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--seed", type=int, required=True, help="seed of the demonstration draw")
+    p.add_argument("--settings", type=_json_arg, required=True, help="shots, pattern, batch_size, dtype")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("finetune", help="DeepSpeed fine-tuning of one method on one training sample, then evaluation")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--task-config", type=_json_arg, required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
+    p.add_argument("--teacher", help="teacher label distributions (method distill)")
+    p.add_argument("--settings", type=_json_arg, required=True, help="the finetune config section, as JSON")
+    p.add_argument("--deepspeed-config", required=True, help="config/deepspeed/<zero>.json")
+    p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, method, k, seed")
+    p.add_argument("--work-dir", required=True, help="checkpoints (kept across restarts) and saved adapters")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("aggregate", help="every metrics file -> tidy table, paper tables and figures")
     p.add_argument("--metrics", nargs="*", help="metrics files (default: those listed in --expected that exist)")

@@ -99,7 +99,7 @@ def _check_cross_references(config: dict, origin: str) -> None:
                 if name not in task["labels"]:
                     problems.append(f"tasks.{task_name}.{where}.label_map.{raw}: {name!r} is not one of the "
                                     f"task's labels {task['labels']}")
-    for stage in ("extract", "bow", "icl"):
+    for stage in ("extract", "bow", "icl", "finetune"):
         for kind in ("models", "tasks"):
             for name in config.get(stage, {}).get(kind, []):
                 if name not in config[kind]:

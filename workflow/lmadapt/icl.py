@@ -7,6 +7,8 @@ skipped with its counts, or (fit: max) run with the largest number of demonstrat
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import torch
@@ -16,7 +18,7 @@ from .forward import PrefixForward, batches_by_length
 from .io import read_metadata, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
 from .models import load_model
-from .prompt import choose_demonstrations, encode_prompt, task_pattern
+from .prompt import PromptError, choose_demonstrations, encode_prompt, task_pattern
 from .sample import META_KEY
 
 
@@ -102,3 +104,31 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     result = finish(records, cost.as_dict(), provenance(settings, lm.info["revision"], fingerprints))
     write_json(result, out)
     return result
+
+
+def run_teacher(model_dir: str, task: dict, train_path: str, out: str, settings: dict, seed: int) -> dict:
+    """The `teacher` stage: the prompted model's label distribution on every training input, for context
+    distillation. The prompt holds `shots` demonstrations from the same training sample (as in ICL)."""
+    import pyarrow as pa
+
+    from .io import write_parquet
+
+    lm = load_model(model_dir, dtype=settings["dtype"])
+    pattern = task_pattern(task, settings.get("pattern"))
+    rows = pd.read_parquet(train_path)
+    demos = choose_demonstrations(rows, len(task["labels"]), settings["shots"], seed)
+    prompt = encode_prompt(lm, pattern, rows, demos)
+    needed = len(prompt.prefix) + max(map(len, prompt.examples)) + max(map(len, prompt.verbalizers))
+    if needed > lm.max_length:
+        raise PromptError(f"teacher prompt needs {needed} tokens, the model's context is {lm.max_length}; "
+                          f"lower finetune.distill.shots")
+    scores = label_logprobs(PrefixForward(lm, prompt.prefix), prompt.examples, prompt.verbalizers,
+                            settings["batch_size"], desc="teacher")
+    probs = torch.tensor(scores).softmax(-1).numpy()
+    meta = {"model": lm.info, "pattern": pattern.name, "shots": len(demos), "demonstration_ids": demos["id"].tolist(),
+            "labels": task["labels"], "sample_fingerprint": read_metadata(train_path, META_KEY)["fingerprint"],
+            "teacher_accuracy": float((probs.argmax(1) == rows["label"].to_numpy()).mean())}
+    table = pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),
+                      "probs": pa.array(probs.tolist(), pa.list_(pa.float32()))})
+    write_parquet(table.replace_schema_metadata({"lmadapt": json.dumps(meta, sort_keys=True)}), out)
+    return meta

@@ -133,10 +133,11 @@ def folder_revision(folder: Path) -> str:
 
 
 def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", num_labels: int | None = None,
-               device: torch.device | None = None) -> LoadedModel:
-    """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', or 'classification' (new head)."""
-    from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+               device: torch.device | None = None, overrides: dict | None = None) -> LoadedModel:
+    """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', or 'classification' (new head).
+    overrides: config values to change where the model has them (e.g. dropout, attention_dropout)."""
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification, AutoTokenizer)
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -153,6 +154,9 @@ def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", nu
     loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
               "classification": AutoModelForSequenceClassification}[head]
     kwargs = {"num_labels": num_labels, "pad_token_id": tokenizer.pad_token_id} if head == "classification" else {}
+    if overrides:
+        config = AutoConfig.from_pretrained(folder)
+        kwargs.update({key: value for key, value in overrides.items() if hasattr(config, key)})
     model = loader.from_pretrained(folder, dtype=torch_dtype, **kwargs).to(device)
     model.eval()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -2,7 +2,7 @@
 
 
 def metrics_targets():
-    return probe_targets() + bow_targets() + icl_targets()
+    return probe_targets() + bow_targets() + icl_targets() + finetune_targets()
 
 
 rule aggregate:

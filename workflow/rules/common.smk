@@ -110,8 +110,17 @@ def icl_targets():
     return out
 
 
+def finetune_targets():
+    out = []
+    for model in stage_names(config, "finetune", "models") if config["models"] else []:
+        for task in stage_names(config, "finetune", "tasks"):
+            out += [f"results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json"
+                    for method in config["finetune"]["methods"] for k, seed in cells(task)]
+    return out
+
+
 def all_targets(wildcards):
     targets = []
     for task in TASKS:
         targets += train_samples(task) + eval_samples(task)
-    return targets + probe_targets() + bow_targets() + icl_targets()
+    return targets + probe_targets() + bow_targets() + icl_targets() + finetune_targets()

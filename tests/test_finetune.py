@@ -1,0 +1,159 @@
+"""Fine-tuning with DeepSpeed on CPU (tiny OPT): every method learns under ZeRO-2 and ZeRO-3, the distillation
+KL is zero for identical teacher and student, saved weights predict the same in a new process, a killed run
+resumes, and two processes train together over gloo."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import BIN, FIXTURES, REPO, rte_task
+from lmadapt.config import check_config
+from lmadapt.finetune import build_model, class_logits, distill_loss, run_finetune, _pad
+from lmadapt.icl import run_teacher
+from lmadapt.prompt import encode_prompt, task_pattern
+from lmadapt.sample import run_sample
+from test_icl import PATTERNS
+
+
+def settings(**overrides):
+    base = {"epochs": 6, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup": 0.0, "dropout": 0.0,
+            "checkpoint_every": 2, "lora": {"r": 8, "alpha": 16}, "distill": {"shots": 0}}
+    base.update(overrides)
+    return check_config({"tasks": {"rte": rte_task()}, "finetune": base})["finetune"]
+
+
+@pytest.fixture(scope="module")
+def rte(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finetune")
+    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERNS})}})["tasks"]["rte"]
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
+    run_sample("rte", task, inputs, "train", folder / "train.parquet", k=8, seed=1)
+    run_sample("rte", task, inputs, "test", folder / "test.parquet")
+    return task, folder
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_opt, rte):
+    task, folder = rte
+    out = folder / "teacher.parquet"
+    run_teacher(str(tiny_opt), task, str(folder / "train.parquet"), str(out),
+                {"shots": 0, "pattern": None, "batch_size": 4, "dtype": "float32"}, seed=1)
+    return out
+
+
+def finetune(tiny_opt, rte, tmp_path, method, teacher=None, **overrides):
+    task, folder = rte
+    zero = overrides.pop("zero", "zero2")
+    result = run_finetune(str(tiny_opt), task, str(folder / "train.parquet"), {"test": str(folder / "test.parquet")},
+                          str(tmp_path / "metrics.json"), settings(zero=zero, **overrides),
+                          {"task": "rte", "model": "tiny", "method": method, "k": 8, "seed": 1},
+                          str(tmp_path / "work"), str(REPO / f"config/deepspeed/{zero}.json"),
+                          teacher_path=str(teacher) if teacher else None)
+    return result["records"][0]
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("method", ["head", "pattern", "lora_head", "lora_pattern", "distill"])
+def test_every_method_learns(tiny_opt, rte, teacher, tmp_path, method, zero):
+    lr = 1e-2 if method.startswith("lora") else 1e-3
+    record = finetune(tiny_opt, rte, tmp_path, method, teacher if method == "distill" else None, zero=zero, lr=lr)
+    losses = record["details"]["loss_per_step"]
+    assert len(losses) == record["details"]["optimizer_steps"] == 6 * 4  # 16 examples / batch 4 x 6 epochs
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05
+    assert record["details"]["zero_stage"] == int(zero[-1]) and record["details"]["precision"] == "fp32"
+    assert record["method"] == method and record["n"] == 6 and record["accuracy"] is not None
+    assert not (tmp_path / "work/checkpoints").exists()  # removed after a successful run
+    if method.startswith("lora"):
+        assert (tmp_path / "work/adapter/adapter_config.json").exists()
+        assert record["details"]["trainable_parameters"] < 10_000
+
+
+def test_distillation_kl_is_zero_for_the_same_model_on_the_same_input(tiny_opt, rte, teacher):
+    task, folder = rte
+    logits = torch.randn(5, 3)
+    loss, kl, ce = distill_loss(logits, logits.softmax(-1), torch.tensor([0, 1, 2, 0, 1]), 1.0, 0.5, 0.5)
+    assert kl.item() == pytest.approx(0.0, abs=1e-6) and loss.item() == pytest.approx(0.5 * ce.item())
+    # the teacher stage (no demonstrations) and an untrained student of the same model see the same input
+    lm, model = build_model(str(tiny_opt), "distill", 2, settings())
+    model.eval()
+    train = pd.read_parquet(folder / "train.parquet")
+    prompt = encode_prompt(lm, task_pattern(task), train, train.iloc[:0])
+    ids, mask = _pad([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        student = class_logits(model, "distill", ids, mask, [v[0] for v in prompt.verbalizers])
+    teacher_probs = torch.tensor(np.stack(pd.read_parquet(teacher)["probs"].to_numpy()))
+    _, kl, _ = distill_loss(student, teacher_probs, torch.tensor(train["label"].to_numpy()), 1.0, 0.5, 0.5)
+    assert abs(kl.item()) < 1e-5
+
+
+def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), extra=None, **overrides):
+    task, folder = rte
+    cmd = [*launcher, "finetune"] if launcher else [str(BIN / "lmadapt"), "finetune"]
+    cmd += ["--model-dir", str(tiny_opt), "--task", "rte", "--task-config", json.dumps(task),
+            "--train", str(folder / "train.parquet"), "--eval", f"test={folder / 'test.parquet'}",
+            "--settings", json.dumps(settings(**overrides)), "--deepspeed-config",
+            str(REPO / f"config/deepspeed/{overrides.get('zero', 'zero2')}.json"),
+            "--keys", json.dumps({"task": "rte", "model": "tiny", "method": method, "k": 8, "seed": 1}),
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "metrics.json")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    return cmd, dict(env, PATH=f"{BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(REPO / "workflow"))
+
+
+def test_saved_model_predicts_the_same_in_a_new_process(tiny_opt, rte, tmp_path):
+    cmd, env = cli(tiny_opt, rte, tmp_path, zero="zero3", save_model=True)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    saved = pd.read_parquet(tmp_path / "work/predictions_test.parquet")
+    task, folder = rte
+    script = f"""
+import json, sys, pandas as pd, torch
+from lmadapt.models import load_model
+from lmadapt.finetune import class_logits, _pad
+from lmadapt.prompt import encode_prompt, task_pattern
+task = json.loads(sys.argv[1])
+lm = load_model("{tmp_path / 'work/model'}", dtype="float32")
+rows = pd.read_parquet("{folder / 'test.parquet'}")
+prompt = encode_prompt(lm, task_pattern(task), rows, rows.iloc[:0], max_length=512)
+ids, mask = _pad([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
+with torch.no_grad():
+    print(json.dumps(class_logits(lm.model, "pattern", ids, mask, [v[0] for v in prompt.verbalizers]).argmax(-1).tolist()))
+"""
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(task)], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == saved["prediction"].tolist()
+
+
+def test_killed_run_resumes_from_its_checkpoint(tiny_opt, rte, tmp_path):
+    overrides = dict(epochs=60, checkpoint_every=5, batch_size=2)
+    cmd, env = cli(tiny_opt, rte, tmp_path, **overrides)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "work/checkpoints/latest"
+    deadline = time.time() + 240
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first checkpoint; make it longer"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)  # as a Slurm timeout or preemption would
+    proc.wait()
+    assert not (tmp_path / "metrics.json").exists()
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    details = json.loads((tmp_path / "metrics.json").read_text())["records"][0]["details"]
+    assert details["resumed_from_micro_step"] > 0
+    assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 60 * 8
+
+
+def test_two_processes_over_gloo(tiny_opt, rte, tmp_path):
+    launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmadapt"]
+    cmd, env = cli(tiny_opt, rte, tmp_path, launcher=launcher, zero="zero3", epochs=4)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "metrics.json").read_text())["records"][0]
+    assert record["details"]["world_size"] == 2
+    assert record["details"]["optimizer_steps"] == 4 * 2  # 16 examples, 8 per rank, batch 4

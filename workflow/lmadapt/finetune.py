@@ -1,0 +1,266 @@
+"""The `finetune` stage: DeepSpeed training of one method on one training sample, then evaluation.
+
+Methods: head (a sequence-classification head), pattern (the LM head restricted to the verbalizer tokens),
+lora_head / lora_pattern (peft LoRA adapters on either), distill (context distillation: the student sees the
+input without demonstrations and learns the prompted teacher's label distribution, plus cross-entropy on the
+gold labels). Always DeepSpeed (ZeRO-2/3, optional CPU offload; fp16 or bf16 on GPUs, fp32 or bf16 on CPU);
+one process or many (torchrun / the deepspeed launcher set RANK and WORLD_SIZE). Checkpoints every N optimizer
+steps; a killed run resumes from the last one when started again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from .forward import last_positions
+from .io import read_metadata, write_json, write_parquet
+from .metrics import Cost, classification_record, finish, group_columns, provenance
+from .models import load_model
+from .prompt import PromptError, encode_prompt, task_pattern
+from .sample import META_KEY
+
+METHODS = ("head", "pattern", "lora_head", "lora_pattern", "distill")
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join (or, alone, create) the process group; returns (rank, world size)."""
+    import deepspeed
+
+    if "WORLD_SIZE" not in os.environ:  # a plain single-process run
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def precision(requested: str) -> str:
+    """fp16 on GPUs (bf16 if asked and supported), fp32 on CPU (bf16 if asked): DeepSpeed refuses fp16 on CPU."""
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "fp16" if cuda else "fp32"
+    if requested == "fp16" and not cuda:
+        raise ValueError("fp16 needs a GPU (DeepSpeed refuses it on CPU); use fp32 or bf16")
+    return requested
+
+
+def deepspeed_config(base_path: str, settings: dict, total_steps: int, dtype: str) -> dict:
+    config = json.loads(Path(base_path).read_text())
+    config.update(
+        train_micro_batch_size_per_gpu=settings["batch_size"],
+        gradient_accumulation_steps=settings["grad_accum"],
+        optimizer={"type": "AdamW", "params": {"lr": settings["lr"], "weight_decay": settings["weight_decay"],
+                                               "torch_adam": settings["torch_adam"]}},
+        scheduler={"type": "WarmupDecayLR", "params": {
+            "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(1, int(settings["warmup"] * total_steps)),
+            "warmup_max_lr": settings["lr"], "warmup_min_lr": 0.0, "warmup_type": "linear"}},
+    )
+    if dtype == "fp16":
+        config["fp16"] = {"enabled": True, "initial_scale_power": 12}
+    elif dtype == "bf16":
+        config["bf16"] = {"enabled": True}
+    if not torch.cuda.is_available():  # pinned host memory needs a GPU
+        for key in ("offload_optimizer", "offload_param"):
+            if key in config.get("zero_optimization", {}):
+                config["zero_optimization"][key]["pin_memory"] = False
+    return config
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
+                 temperature: float, kl_weight: float, ce_weight: float):
+    """kl_weight * T^2 * KL(teacher || student at temperature T) + ce_weight * CE(gold); returns (loss, kl, ce)."""
+    student = (student_logits / temperature).log_softmax(-1)
+    teacher = teacher_probs.clamp_min(1e-12)
+    if temperature != 1.0:
+        teacher = (teacher.log() / temperature).softmax(-1)
+    kl = (teacher * (teacher.log() - student)).sum(-1).mean()
+    ce = torch.nn.functional.cross_entropy(student_logits, labels)
+    return kl_weight * temperature ** 2 * kl + ce_weight * ce, kl, ce
+
+
+def class_logits(model, method: str, input_ids, mask, verbalizer_ids: list[int]) -> torch.Tensor:
+    """[B, C]: the classification head's logits, or the LM head's logits of the verbalizers' first tokens at
+    the last real position (computed on that position only)."""
+    if method in ("head", "lora_head"):
+        return model(input_ids=input_ids, attention_mask=mask).logits
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = core.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_positions(mask)]
+    return core.get_output_embeddings()(last)[:, verbalizer_ids]
+
+
+def _pad(batch: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, batch))
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
+    lm = load_model(model_dir, dtype="float32", head="classification" if method.endswith("head") else "causal",
+                    num_labels=n_labels, overrides={"dropout": settings["dropout"],
+                                                    "attention_dropout": settings["dropout"]},
+                    device=torch.device("cpu"))
+    model = lm.model
+    if settings["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if method.startswith("lora"):
+        from peft import LoraConfig, get_peft_model
+
+        lora = settings["lora"]
+        model = get_peft_model(model, LoraConfig(
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
+            task_type="SEQ_CLS" if method == "lora_head" else "CAUSAL_LM"))
+    model.train()
+    return lm, model
+
+
+def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[str, str], out: str,
+                 settings: dict, keys: dict, work_dir: str, ds_config_path: str,
+                 teacher_path: str | None = None) -> dict | None:
+    """Train one cell and evaluate it; rank 0 writes the metrics file. Returns the result on rank 0."""
+    import deepspeed
+
+    rank, world = init_distributed()
+    method, seed = keys["method"], keys["seed"]
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: one of {METHODS}")
+    cost = Cost()
+    torch.manual_seed(seed)
+    labels = task["labels"]
+    lm, model = build_model(model_dir, method, len(labels), settings)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
+    pattern = task_pattern(task, settings.get("pattern"))
+    train = pd.read_parquet(train_path)
+    encoded = encode_prompt(lm, pattern, train, train.iloc[:0], max_length=settings["max_length"])
+    examples = [lm.leading_special_ids() + ids for ids in encoded.examples]
+    verbalizer_ids = [v[0] for v in encoded.verbalizers]  # first token of each verbalizer
+    if method != "head" and method != "lora_head" and len(set(verbalizer_ids)) < len(verbalizer_ids):
+        raise PromptError(f"pattern {pattern.name!r}: verbalizers {pattern.verbalizer} share their first token; "
+                          f"pattern-based fine-tuning scores first tokens, so they must differ")
+    targets = torch.tensor(train["label"].to_numpy())
+    teacher = None
+    if method == "distill":
+        if teacher_path is None:
+            raise ValueError("method distill needs the teacher's label distribution (--teacher)")
+        teacher_rows = pd.read_parquet(teacher_path).set_index("id").loc[train["id"]]
+        teacher = torch.tensor(np.stack(teacher_rows["probs"].to_numpy()), dtype=torch.float32)
+
+    order_length = len(examples) // world * world  # every rank takes the same number of micro-batches
+    micro_per_epoch = -(-(order_length // world) // settings["batch_size"])
+    total_micro = micro_per_epoch * settings["epochs"]
+    total_steps = -(-total_micro // settings["grad_accum"])
+    dtype = precision(settings["precision"])
+    config = deepspeed_config(ds_config_path, settings, total_steps, dtype)
+    engine, *_ = deepspeed.initialize(model=model, config=config,
+                                      model_parameters=[p for p in model.parameters() if p.requires_grad])
+    device = engine.device
+
+    checkpoints = Path(work_dir) / "checkpoints"
+    start_micro, resumed_from = 0, None
+    if (checkpoints / "latest").exists():
+        _, client = engine.load_checkpoint(str(checkpoints))
+        start_micro, resumed_from = client["micro_step"], client["micro_step"]
+    losses, tokens, train_start = [], 0, time.time()
+    micro = 0
+    for epoch in range(settings["epochs"]):
+        order = np.random.default_rng([seed, epoch]).permutation(len(examples))[:order_length][rank::world]
+        for first in range(0, len(order), settings["batch_size"]):
+            if micro < start_micro:
+                micro += 1
+                continue
+            batch = order[first: first + settings["batch_size"]]
+            ids, mask = _pad([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
+            logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
+            gold = targets[batch].to(device)
+            if method == "distill":
+                d = settings["distill"]
+                loss, _, _ = distill_loss(logits, teacher[batch].to(device), gold, d["temperature"],
+                                          d["kl_weight"], d["ce_weight"])
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, gold)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            tokens += int(mask.sum())
+            micro += 1
+            if micro % settings["grad_accum"] == 0 and (micro // settings["grad_accum"]) % settings["checkpoint_every"] == 0:
+                engine.save_checkpoint(str(checkpoints), client_state={"micro_step": micro})
+    train_seconds = time.time() - train_start
+
+    engine.eval()
+    evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
+    records = []
+    for split, rows in evals.items():
+        eval_ids = [lm.leading_special_ids() + ids for ids in
+                    encode_prompt(lm, pattern, rows, rows.iloc[:0], max_length=settings["max_length"]).examples]
+        predictions = []
+        with torch.no_grad():
+            for first in range(0, len(eval_ids), settings["eval_batch_size"]):
+                ids, mask = _pad(eval_ids[first: first + settings["eval_batch_size"]], lm.tokenizer.pad_token_id,
+                                 device)
+                predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
+        predicted = torch.cat(predictions).numpy()
+        records.append(classification_record(dict(keys, split=split, layer=None, prompt=pattern.name), labels,
+                                             rows["label"].to_numpy(), predicted, group_columns(rows, rows["id"])))
+        if rank == 0:  # per-example predictions, for error analysis
+            write_parquet(pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),
+                                    "prediction": predicted.tolist()}), Path(work_dir) / f"predictions_{split}.parquet")
+
+    saved = _save(engine, lm, method, Path(work_dir), settings)
+    per_step = [float(np.mean(losses[i: i + settings["grad_accum"]])) for i in range(0, len(losses), settings["grad_accum"])]
+    details = {"optimizer_steps": micro // settings["grad_accum"] + (micro % settings["grad_accum"] > 0),
+               "micro_steps": micro, "planned_optimizer_steps": total_steps, "resumed_from_micro_step": resumed_from,
+               "loss_per_step": per_step, "train_seconds": round(train_seconds, 3),
+               "train_tokens_per_s": round(tokens * world / max(train_seconds, 1e-9), 1),
+               "trainable_parameters": trainable,
+               "zero_stage": config["zero_optimization"]["stage"], "precision": dtype, "world_size": world,
+               "truncated_train_inputs": encoded.truncated, "saved": saved,
+               "teacher": read_metadata(teacher_path, "lmadapt") if teacher_path else None}
+    for record in records:
+        record["details"] = details
+    if rank == 0 and not settings["keep_checkpoint"] and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # the run finished; checkpoints only serve a restart
+    fingerprints = [read_metadata(p, META_KEY)["fingerprint"] for p in [train_path, *eval_paths.values()]]
+    result = finish(records, cost.as_dict(train_tokens_per_s=details["train_tokens_per_s"]),
+                    provenance(settings, lm.info["revision"], fingerprints))
+    if rank == 0:
+        write_json(result, out)
+    torch.distributed.barrier()
+    return result if rank == 0 else None
+
+
+def _save(engine, lm, method: str, work_dir: Path, settings: dict) -> str | None:
+    """LoRA adapters are always kept (small); full weights only with save_model."""
+    if method.startswith("lora"):
+        import deepspeed
+
+        target = work_dir / "adapter"
+        params = [p for p in engine.module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if torch.distributed.get_rank() == 0:
+                engine.module.save_pretrained(target)
+        return str(target)
+    if settings["save_model"]:
+        target = work_dir / "model"
+        engine.save_16bit_model(str(target), "pytorch_model.bin")  # gathers ZeRO-3 partitions
+        if torch.distributed.get_rank() == 0:
+            engine.module.config.save_pretrained(target)
+            lm.tokenizer.save_pretrained(target)
+        return str(target)
+    return None
