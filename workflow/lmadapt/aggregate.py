@@ -86,8 +86,11 @@ def build_table(frame: pd.DataFrame, spec: dict, metric: str) -> tuple[pd.DataFr
         return pd.DataFrame(), pd.DataFrame()
     summary = summarize(part, spec["rows"], spec["columns"], metric)
     summary["text"] = [cell_text(*v) for v in summary[["mean", "std", "seeds", "degenerate", "skipped"]].to_numpy()]
-    text = summary.pivot_table(index=spec["rows"], columns=spec["columns"], values="text", aggfunc="first")
-    means = summary.pivot_table(index=spec["rows"], columns=spec["columns"], values="mean", aggfunc="first")
+    for key in spec["rows"] + spec["columns"]:  # keys shown as text, a missing one (bow has no layer) as '–'
+        summary[key] = summary[key].map(_label).astype(object)
+    pivot = dict(index=spec["rows"], columns=spec["columns"], aggfunc="first", sort=False)
+    text = summary.pivot_table(values="text", **pivot)
+    means = summary.pivot_table(values="mean", **pivot)
     baseline = _majority_row(part, spec)
     if baseline is not None:
         text.loc[baseline.name] = [f"{v * 100:.1f}" if pd.notna(v) else "–" for v in baseline.reindex(text.columns)]
@@ -96,8 +99,10 @@ def build_table(frame: pd.DataFrame, spec: dict, metric: str) -> tuple[pd.DataFr
 
 def _majority_row(part: pd.DataFrame, spec: dict):
     """The majority-class baseline of every column (the share of the most frequent test label)."""
-    ungrouped = _filled(part[part["group"].isna()], spec["columns"])
-    values = ungrouped.groupby(spec["columns"], dropna=False)["majority_baseline"].first()
+    ungrouped = part[part["group"].isna()].copy()
+    for key in spec["columns"]:
+        ungrouped[key] = ungrouped[key].map(_label).astype(object)
+    values = ungrouped.groupby(spec["columns"], dropna=False, sort=False)["majority_baseline"].first()
     if values.isna().all():
         return None
     name = tuple(["majority class"] + [""] * (len(spec["rows"]) - 1)) if len(spec["rows"]) > 1 else "majority class"
@@ -107,12 +112,12 @@ def _majority_row(part: pd.DataFrame, spec: dict):
 
 def _bold_best(text: pd.DataFrame, means: pd.DataFrame, bold) -> pd.DataFrame:
     out = text.copy()
-    for column in means.columns:
-        col = means[column]
-        if col.notna().any():
-            best = col.max()
-            for index in col.index[np.isclose(col.fillna(-1), best)]:
-                out.loc[index, column] = bold(out.loc[index, column])
+    values = means.reindex(index=text.index, columns=text.columns).to_numpy(dtype=float)
+    for j in range(values.shape[1]):
+        column = values[:, j]
+        if not np.isnan(column).all():
+            for i in np.flatnonzero(np.isclose(column, np.nanmax(column))):
+                out.iat[i, j] = bold(out.iat[i, j])
     return out
 
 

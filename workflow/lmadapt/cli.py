@@ -142,8 +142,9 @@ def cmd_aggregate(args) -> int:
     from .aggregate import run_aggregate
 
     expected = args.expected.read_text().split() if args.expected else []
-    metrics = args.metrics or expected
-    summary = run_aggregate(metrics, expected, args.tables, args.figures, args.settings)
+    metrics = args.metrics or [str(p) for p in sorted(Path("results/metrics").rglob("*.json"))]
+    settings = args.settings or load_config(args.config)["aggregate"]
+    summary = run_aggregate(metrics, expected, args.tables, args.figures, settings)
     print(f"{summary['rows']} rows from {summary['files']} metrics files; {len(summary['tables'])} table files, "
           f"{len(summary['figures'])} figure files; {len(summary['missing'])} expected files missing")
     for path in summary["missing"][:20]:
@@ -230,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("aggregate", help="every metrics file -> tidy table, paper tables and figures")
-    p.add_argument("--metrics", nargs="*", help="metrics files (default: those listed in --expected that exist)")
+    p.add_argument("--metrics", nargs="*", help="metrics files (default: every JSON under results/metrics)")
     p.add_argument("--expected", type=Path, help="a file listing every metrics file of the grid, to report missing ones")
-    p.add_argument("--settings", type=_json_arg, required=True, help="the aggregate config section, as JSON")
+    p.add_argument("--settings", type=_json_arg, help="the aggregate config section, as JSON")
+    p.add_argument("--config", default="config/config.yaml", help="take the aggregate settings from this config")
     p.add_argument("--tables", default="results/tables")
     p.add_argument("--figures", default="results/figures")
     p.set_defaults(func=cmd_aggregate)

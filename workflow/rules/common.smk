@@ -27,6 +27,12 @@ wildcard_constraints:
     sample=r"train_k\d+_seed\d+|test|ood_[a-z][a-z0-9_]*",
 
 
+THREADS = config["threads"]
+# Model jobs use exactly their threads (several jobs share a laptop; Slurm gives each its cpus_per_task) and
+# never reach a hub: models and datasets come from resources/, filled by the fetch rules on the login node.
+JOB_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+
+
 def as_arg(value):
     """A config slice as one shell-quoted JSON argument (kept in params so a change reruns its jobs)."""
     return shlex.quote(json.dumps(value, sort_keys=True))
@@ -115,7 +121,8 @@ def finetune_targets():
     for model in stage_names(config, "finetune", "models") if config["models"] else []:
         for task in stage_names(config, "finetune", "tasks"):
             out += [f"results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json"
-                    for method in config["finetune"]["methods"] for k, seed in cells(task)]
+                    for method in config["finetune"]["methods"] for k, seed in cells(task)
+                    if not config["finetune"]["k"] or k in config["finetune"]["k"]]
     return out
 
 

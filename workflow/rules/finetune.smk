@@ -16,13 +16,13 @@ rule teacher:
                          "batch_size": config["finetune"]["distill"]["batch_size"], "dtype": "auto"}),
     log:
         "results/logs/teacher/{model}/{task}/k{k}_seed{seed}.log",
-    threads: 2
+    threads: THREADS
     resources:
         mem_mb=lambda w, attempt: config["models"][w.model]["mem_mb"] * attempt,
         runtime=60,
         gpu=lambda w: min(config["models"][w.model]["gpus"], 1),
     shell:
-        "lmadapt teacher --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
+        JOB_ENV + " lmadapt teacher --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
         " --train {input.train} --seed {wildcards.seed} --settings {params.settings} --out {output} > {log} 2>&1"
 
 
@@ -53,14 +53,14 @@ rule finetune:
         work_dir="results/finetune/{model}/{task}/{method}/k{k}_seed{seed}",
     log:
         "results/logs/finetune/{model}/{task}/{method}/k{k}_seed{seed}.log",
-    threads: 2
+    threads: THREADS
     resources:
         mem_mb=lambda w, attempt: config["models"][w.model]["mem_mb"] * 2 * attempt,
         runtime=lambda w, attempt: 240 * attempt,
         gpu=lambda w: config["models"][w.model]["gpus"],
         tasks=lambda w: 0 if config["models"][w.model]["gpus"] > 1 else 1,
     shell:
-        "{params.launcher} finetune --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
+        JOB_ENV + " {params.launcher} finetune --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
         " --train {input.train} --eval {params.evals} {params.teacher} --settings {params.settings}"
         " --deepspeed-config {input.deepspeed} --keys {params.cell} --work-dir {params.work_dir}"
         " --out {output} >> {log} 2>&1"

@@ -28,11 +28,11 @@ rule icl:
         evals=lambda w: " ".join(f"{split}=results/samples/{w.task}/{split}.parquet" for split in eval_splits(w.task)),
     log:
         "results/logs/icl/{model}/{task}/shots{shots}_seed{seed}.log",
-    threads: 2
+    threads: THREADS
     resources:
         mem_mb=lambda w, attempt: config["models"][w.model]["mem_mb"] * attempt,
         runtime=240,
         gpu=lambda w: min(config["models"][w.model]["gpus"], 1),
     shell:
-        "lmadapt icl --model-dir {input.model} --task {wildcards.task} --task-config {params.task} {params.train}"
+        JOB_ENV + " lmadapt icl --model-dir {input.model} --task {wildcards.task} --task-config {params.task} {params.train}"
         " --eval {params.evals} --settings {params.settings} --keys {params.cell} --out {output} > {log} 2>&1"

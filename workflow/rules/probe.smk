@@ -38,13 +38,13 @@ rule extract:
         outs=lambda w, input, output: " ".join(f"{output}/{Path(p).name}" for p in input.samples),
     log:
         "results/logs/extract/{model}/{task}/{prompt}.log",
-    threads: 2
+    threads: THREADS
     resources:
         mem_mb=lambda w, attempt: config["models"][w.model]["mem_mb"] * attempt,
         runtime=240,
         gpu=lambda w: min(config["models"][w.model]["gpus"], 1),
     shell:
-        "lmadapt extract --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
+        JOB_ENV + " lmadapt extract --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
         " --sample {input.samples} --out {params.outs} {params.demos} --settings {params.settings} > {log} 2>&1"
 
 
@@ -69,12 +69,12 @@ rule probe:
         samples=lambda w: " ".join(f"{s}=results/samples/{w.task}/{s}.parquet" for s in eval_splits(w.task)),
     log:
         "results/logs/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.log",
-    threads: 2
+    threads: THREADS
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=60,
     shell:
-        "lmadapt probe --train {input.activations}/train_k{wildcards.k}_seed{wildcards.seed}.parquet"
+        JOB_ENV + " lmadapt probe --train {input.activations}/train_k{wildcards.k}_seed{wildcards.seed}.parquet"
         " --eval {params.evals} --eval-sample {params.samples} --settings {params.settings} --keys {params.cell}"
         " --out {output} > {log} 2>&1"
 
