@@ -55,7 +55,7 @@ def test_workflow_through_slurm(slurm, tiny_opt, tmp_path):
     settings = {"seeds": [1], "threads": 1, "tasks": {"rte": spec},
                 "models": {"tiny": {"id": str(tiny_opt), "gpus": 0, "mem_mb": 1500}},
                 "extract": {"prompts": ["none"], "layers": [-1]}, "probe": {"mlp": {"epochs": 10}},
-                "icl": {"shots": [0]}}
+                "icl": {"shots": [0]}, "finetune": {"methods": ["pattern"], "epochs": 1, "batch_size": 2}}
     config = write_config(tmp_path / "config.yaml", settings)
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     time.sleep(1)
@@ -64,7 +64,7 @@ def test_workflow_through_slurm(slurm, tiny_opt, tmp_path):
     jobs = sacct_jobs(since)
     ran = sorted(job["comment"].split("_wildcards")[0].removeprefix("rule_") for job in jobs)
     assert ran == sorted(["sample_train", "sample_test", "sample_ood", "extract", "probe", "bow", "icl",
-                          "aggregate"]), jobs  # fetch_model is a localrule: it ran on the "login node"
+                          "finetune", "aggregate"]), jobs  # fetch_model is a localrule: it ran on the "login node"
     assert all(job["state"] == "COMPLETED" and job["partition"] == "debug" and job["account"] == "testacct"
                for job in jobs), jobs
     extract = next(job for job in jobs if job["comment"].startswith("rule_extract"))

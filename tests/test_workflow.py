@@ -22,7 +22,9 @@ def fixture_config(model_dir=None):
     if model_dir:
         config.update(models={"tiny": {"id": str(model_dir), "gpus": 0, "mem_mb": 1000}},
                       extract={"tasks": ["rte"], "shots": 2, "layers": [1, -1]},
-                      probe={"mlp": {"epochs": 20}}, icl={"shots": [0, 2]})
+                      probe={"mlp": {"epochs": 20}}, icl={"shots": [0, 2]},
+                      finetune={"tasks": ["rte"], "k": [2], "methods": ["lora_pattern", "distill"], "epochs": 2,
+                                "batch_size": 2, "distill": {"shots": 2}})
     return config
 
 
@@ -34,7 +36,8 @@ def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
     assert len(list((results / "metrics/probe/tiny/rte").rglob("*.json"))) == 2 * 2 * 2  # prompts x k x seeds
     assert len(list((results / "metrics/icl/tiny").rglob("*.json"))) == 2 * (1 + 2)  # tasks x (0-shot + seeds)
     tidy = pd.read_parquet(results / "tables/all.parquet")
-    assert {"probe_logreg", "probe_mlp", "bow_count", "icl"} <= set(tidy["method"])
+    assert {"probe_logreg", "probe_mlp", "bow_count", "icl", "lora_pattern", "distill"} <= set(tidy["method"])
+    assert len(list((results / "metrics/finetune/tiny/rte").rglob("*.json"))) == 2 * 2  # methods x seeds
     assert set(tidy["split"]) == {"test", "ood_hans"} and tidy["code_version"].notna().all()
     assert (results / "tables/icl.md").exists() and (results / "figures/probe_accuracy_vs_layer.png").exists()
 

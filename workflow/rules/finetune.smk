@@ -38,7 +38,7 @@ rule finetune:
         train="results/samples/{task}/train_k{k}_seed{seed}.parquet",
         evals=lambda w: eval_samples(w.task),
         teacher=lambda w: f"results/teacher/{w.model}/{w.task}/k{w.k}_seed{w.seed}.parquet" if w.method == "distill" else [],
-        deepspeed=lambda w: f"config/deepspeed/{config['finetune']['zero']}.json",
+        deepspeed=Path(workflow.basedir) / f"config/deepspeed/{config['finetune']['zero']}.json",
     output:
         "results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json",
     wildcard_constraints:
