@@ -2,10 +2,12 @@
 # The rules know paths and resources; the lmadapt package (workflow/lmadapt) knows ML.
 
 
+from pathlib import Path
+
 # The embedded default, unless --configfile names another (Snakemake would merge the two, mixing their grids).
 if not config.get("tasks"):
 
-    configfile: "config/config.yaml"
+    configfile: Path(workflow.basedir) / "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -90,8 +90,16 @@ def worker(args) -> None:
     seconds = time.time() - start
     dump = Path(args.workdir) / f"{args.mode}_{args.n}_{args.shots}.pkl"
     result.to_pickle(dump)
-    print(json.dumps({"seconds": seconds, "examples_per_s": args.n / seconds,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "dump": str(dump)}))
+    print(json.dumps({"seconds": seconds, "examples_per_s": args.n / seconds, "peak_rss_mb": peak_rss_mb(),
+                      "dump": str(dump)}))
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(model: str, mode: str, n: int, shots: int, layer: int, workdir: Path, task: dict, threads: int) -> dict:

@@ -30,12 +30,19 @@ from extract import prepare  # noqa: E402  (the same Rotten Tomatoes samples)
 
 
 def full_context(lm, prefix, examples, verbalizers) -> np.ndarray:
-    first = [v[0] for v in verbalizers]
+    """The whole context for every example (and, for multi-token verbalizers, every label), one at a time."""
     out = np.zeros((len(examples), len(verbalizers)))
+    single = all(len(v) == 1 for v in verbalizers)
     for i, example in enumerate(examples):
-        with torch.no_grad():
-            logits = lm.model(torch.tensor([prefix + example])).logits[0, -1]
-        out[i] = logits.float().log_softmax(-1)[first].numpy()
+        for c, verbalizer in enumerate(verbalizers[:1] if single else verbalizers):
+            ids = prefix + example + ([] if single else verbalizer)
+            with torch.no_grad():
+                logprobs = lm.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+            if single:
+                out[i] = logprobs[-1, [v[0] for v in verbalizers]].numpy()
+            else:
+                start = len(prefix) + len(example) - 1
+                out[i, c] = sum(logprobs[start + j, t].item() for j, t in enumerate(verbalizer))
     return out
 
 
@@ -51,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     workdir = Path(tempfile.mkdtemp(prefix="lmadapt-icl-bench-"))
-    models = [("tiny OPT (3 layers, hidden 32)", str(build_tiny_opt(workdir / "tiny_opt")), 200)]
+    models = [("tiny OPT (3 layers, hidden 32)", str(build_tiny_opt(workdir / "tiny_opt", max_positions=4096)), 200)]
     if not args.quick:
         models.append(("SmolLM2-135M (30 layers, hidden 576)", smollm2_folder(), 48))
     task = prepare(workdir, 400)

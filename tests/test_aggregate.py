@@ -1,5 +1,4 @@
 """Aggregation on synthetic metrics files written with the real record builder."""
-import json
 
 import pandas as pd
 import pytest

@@ -88,3 +88,4 @@ def test_paper_grid_plans(tmp_path):
     assert plan["extract"] == 5 * (1 + 3 * 10)  # IMDB: one none folder + one per (k, seed) prefix, per model
     assert plan["probe"] == 5 * 2 * 3 * 10
     assert plan["icl"] == 5 * 4 * (1 + 3 * 10)  # zero-shot once, 2/32/128 shots per seed
+    assert plan["finetune"] == 5 * 4 * 3 * 10 and plan["teacher"] == 5 * 3 * 10  # study 5: RTE, 4 methods

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("aggregate", help="every metrics file -> tidy table, paper tables and figures")
     p.add_argument("--metrics", nargs="*", help="metrics files (default: every JSON under results/metrics)")
-    p.add_argument("--expected", type=Path, help="a file listing every metrics file of the grid, to report missing ones")
+    p.add_argument("--expected", type=Path, help="a file listing every metrics file of the grid (to report missing)")
     p.add_argument("--settings", type=_json_arg, help="the aggregate config section, as JSON")
     p.add_argument("--config", default="config/config.yaml", help="take the aggregate settings from this config")
     p.add_argument("--tables", default="results/tables")

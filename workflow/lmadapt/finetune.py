@@ -176,7 +176,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     if (checkpoints / "latest").exists():
         _, client = engine.load_checkpoint(str(checkpoints))
         start_micro, resumed_from = client["micro_step"], client["micro_step"]
-    losses, tokens, train_start = [], 0, time.time()
+    losses, tokens, train_start, accum = [], 0, time.time(), settings["grad_accum"]
     micro = 0
     for epoch in range(settings["epochs"]):
         order = np.random.default_rng([seed, epoch]).permutation(len(examples))[:order_length][rank::world]
@@ -199,7 +199,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
             losses.append(loss.item())
             tokens += int(mask.sum())
             micro += 1
-            if micro % settings["grad_accum"] == 0 and (micro // settings["grad_accum"]) % settings["checkpoint_every"] == 0:
+            if micro % accum == 0 and (micro // accum) % settings["checkpoint_every"] == 0:
                 engine.save_checkpoint(str(checkpoints), client_state={"micro_step": micro})
     train_seconds = time.time() - train_start
 
@@ -223,8 +223,8 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                                     "prediction": predicted.tolist()}), Path(work_dir) / f"predictions_{split}.parquet")
 
     saved = _save(engine, lm, method, Path(work_dir), settings)
-    per_step = [float(np.mean(losses[i: i + settings["grad_accum"]])) for i in range(0, len(losses), settings["grad_accum"])]
-    details = {"optimizer_steps": micro // settings["grad_accum"] + (micro % settings["grad_accum"] > 0),
+    per_step = [float(np.mean(losses[i: i + accum])) for i in range(0, len(losses), accum)]
+    details = {"optimizer_steps": -(-micro // accum),
                "micro_steps": micro, "planned_optimizer_steps": total_steps, "resumed_from_micro_step": resumed_from,
                "loss_per_step": per_step, "train_seconds": round(train_seconds, 3),
                "train_tokens_per_s": round(tokens * world / max(train_seconds, 1e-9), 1),
