@@ -15,7 +15,8 @@ import torch
 
 from conftest import BIN, FIXTURES, REPO, rte_task
 from lmadapt.config import check_config
-from lmadapt.finetune import build_model, class_logits, distill_loss, run_finetune, _pad
+from lmadapt.finetune import build_model, class_logits, distill_loss, run_finetune
+from lmadapt.forward import pad_batch
 from lmadapt.icl import run_teacher
 from lmadapt.prompt import encode_prompt, task_pattern
 from lmadapt.sample import run_sample
@@ -85,7 +86,7 @@ def test_distillation_kl_is_zero_for_the_same_model_on_the_same_input(tiny_opt, 
     model.eval()
     train = pd.read_parquet(folder / "train.parquet")
     prompt = encode_prompt(lm, task_pattern(task), train, train.iloc[:0])
-    ids, mask = _pad([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
+    ids, mask = pad_batch([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
         student = class_logits(model, "distill", ids, mask, [v[0] for v in prompt.verbalizers])
     teacher_probs = torch.tensor(np.stack(pd.read_parquet(teacher)["probs"].to_numpy()))
@@ -115,13 +116,14 @@ def test_saved_model_predicts_the_same_in_a_new_process(tiny_opt, rte, tmp_path)
     script = f"""
 import json, sys, pandas as pd, torch
 from lmadapt.models import load_model
-from lmadapt.finetune import class_logits, _pad
+from lmadapt.finetune import class_logits
+from lmadapt.forward import pad_batch
 from lmadapt.prompt import encode_prompt, task_pattern
 task = json.loads(sys.argv[1])
 lm = load_model("{tmp_path / 'work/model'}", dtype="float32")
 rows = pd.read_parquet("{folder / 'test.parquet'}")
 prompt = encode_prompt(lm, task_pattern(task), rows, rows.iloc[:0], max_length=512)
-ids, mask = _pad([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
+ids, mask = pad_batch([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
 with torch.no_grad():
     print(json.dumps(class_logits(lm.model, "pattern", ids, mask, [v[0] for v in prompt.verbalizers]).argmax(-1).tolist()))
 """

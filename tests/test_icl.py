@@ -122,3 +122,36 @@ def test_one_label_for_everything_is_flagged(constant_model, rte, tmp_path):
         hans = next(r for r in records if r["split"] == "ood_hans")
         assert hans["majority_baseline"] == 0.5 and hans["accuracy"] == 0.5
         assert set(hans["by_group"]["heuristic"]) == {"lexical_overlap", "subsequence", "constituent"}
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    from lmadapt.testing import build_tiny_t5
+
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny_t5"))
+
+
+def test_encoder_decoder_scores_label_words_as_decoder_continuations(tiny_t5, rte, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from lmadapt.icl import seq2seq_label_logprobs
+
+    task, folder = rte
+    lm = load_model(tiny_t5, dtype="float32", head="auto")
+    assert lm.model.config.is_encoder_decoder and lm.special_ids() == ([], [lm.tokenizer.eos_token_id])
+    rows = pd.read_parquet(folder / "test.parquet")
+    demos = choose_demonstrations(pd.read_parquet(folder / "train.parquet"), 2, 2, 42)
+    prompt = encode_prompt(lm, task_pattern(task, "long_words"), rows, demos)  # multi-token label words
+    scores = seq2seq_label_logprobs(lm, prompt.prefix, prompt.examples, prompt.verbalizers, batch_size=3)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5, dtype=torch.float32)
+    for i, example in enumerate(prompt.examples):  # plain transformers, one unpadded example and label at a time
+        for c, verbalizer in enumerate(prompt.verbalizers):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt.prefix + example + [lm.tokenizer.eos_token_id]]),
+                               labels=torch.tensor([verbalizer])).logits[0].log_softmax(-1)
+            want = sum(logits[j, t].item() for j, t in enumerate(verbalizer))
+            assert scores[i, c] == pytest.approx(want, abs=1e-4)
+    for shots in (0, 1, 2):  # zero-, one- and few-shot through the same stage
+        records = run(tiny_t5, task, folder, tmp_path, shots, patterns=["gpt3"])
+        assert all(r["skipped"] is None and r["n"] > 0 for r in records)
+        assert len(records[0]["details"]["demonstration_ids"]) == shots

@@ -152,6 +152,13 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def _model_task_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments of every stage that runs a model on a task."""
+    parser.add_argument("--model-dir", required=True, help="a folder prepared by fetch-model")
+    parser.add_argument("--task", required=True, help="task name")
+    parser.add_argument("--task-config", type=_json_arg, required=True, help="the task's config entry, as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmadapt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,9 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("extract", help="hidden states of a sample, with or without a few-shot prefix")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--task-config", type=_json_arg, required=True)
+    _model_task_args(p)
     p.add_argument("--sample", nargs="+", required=True, help="sample files, all with the same prefix")
     p.add_argument("--demos", help="training sample to draw the few-shot demonstrations from")
     p.add_argument("--seed", type=int, help="seed of the demonstration draw")
@@ -196,9 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("icl", help="in-context learning with k demonstrations, every pattern of the task")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--task-config", type=_json_arg, required=True)
+    _model_task_args(p)
     p.add_argument("--train", help="training sample the demonstrations are drawn from (not needed for 0 shots)")
     p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
     p.add_argument("--settings", type=_json_arg, required=True, help="the icl config section, as JSON")
@@ -207,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_icl)
 
     p = sub.add_parser("teacher", help="the prompted model's label distribution on the training inputs")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--task-config", type=_json_arg, required=True)
+    _model_task_args(p)
     p.add_argument("--train", required=True)
     p.add_argument("--seed", type=int, required=True, help="seed of the demonstration draw")
     p.add_argument("--settings", type=_json_arg, required=True, help="shots, pattern, batch_size, dtype")
@@ -217,9 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("finetune", help="DeepSpeed fine-tuning of one method on one training sample, then evaluation")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--task-config", type=_json_arg, required=True)
+    _model_task_args(p)
     p.add_argument("--train", required=True)
     p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
     p.add_argument("--teacher", help="teacher label distributions (method distill)")

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .forward import last_positions
+from .forward import last_positions, pad_batch
 from .io import read_metadata, write_json, write_parquet
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
@@ -100,16 +100,6 @@ def class_logits(model, method: str, input_ids, mask, verbalizer_ids: list[int])
     return core.get_output_embeddings()(last)[:, verbalizer_ids]
 
 
-def _pad(batch: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, batch))
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
     lm = load_model(model_dir, dtype="float32", head="classification" if method.endswith("head") else "causal",
                     num_labels=n_labels, overrides={"dropout": settings["dropout"],
@@ -185,7 +175,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                 micro += 1
                 continue
             batch = order[first: first + settings["batch_size"]]
-            ids, mask = _pad([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
+            ids, mask = pad_batch([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
             logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
             gold = targets[batch].to(device)
             if method == "distill":
@@ -212,7 +202,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
         predictions = []
         with torch.no_grad():
             for first in range(0, len(eval_ids), settings["eval_batch_size"]):
-                ids, mask = _pad(eval_ids[first: first + settings["eval_batch_size"]], lm.tokenizer.pad_token_id,
+                ids, mask = pad_batch(eval_ids[first: first + settings["eval_batch_size"]], lm.tokenizer.pad_token_id,
                                  device)
                 predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
         predicted = torch.cat(predictions).numpy()

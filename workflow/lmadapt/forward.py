@@ -25,6 +25,17 @@ def decoder_layers(model) -> tuple[object, str]:
     raise TypeError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
+def pad_batch(batch: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
 def batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -70,13 +81,8 @@ class PrefixForward:
 
     def _inputs(self, batch: list[list[int]]):
         device = self.lm.device
-        width = max(len(ids) for ids in batch)
-        pad = self.lm.tokenizer.pad_token_id
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, device=device)
-            mask[row, : len(ids)] = 1
+        input_ids, mask = pad_batch(batch, self.lm.tokenizer.pad_token_id, device)
+        width = input_ids.shape[1]
         kwargs = dict(input_ids=input_ids,
                       position_ids=(self.prefix_len + torch.arange(width, device=device))[None].expand(len(batch), -1))
         full_mask = mask

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .forward import PrefixForward, batches_by_length
+from .forward import PrefixForward, batches_by_length, pad_batch
 from .io import read_metadata, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
 from .models import load_model
@@ -47,6 +47,29 @@ def label_logprobs(forward: PrefixForward, examples: list[list[int]], verbalizer
     return out
 
 
+@torch.no_grad()
+def seq2seq_label_logprobs(lm, prefix: list[int], examples: list[list[int]], verbalizers: list[list[int]],
+                           batch_size: int, desc: str = "icl") -> np.ndarray:
+    """Encoder-decoder models (Flan-T5): the prompt goes to the encoder, each verbalizer is scored as the
+    decoder's continuation. The encoder attends both ways, so there is no prefix cache: each batch is encoded
+    once and its states reused for every label."""
+    model = lm.model
+    trailing = lm.special_ids()[1]
+    inputs = [prefix + example + trailing for example in examples]
+    start = model.config.decoder_start_token_id
+    out = np.zeros((len(examples), len(verbalizers)))
+    for batch in tqdm(batches_by_length([len(i) for i in inputs], batch_size), desc=desc, unit="batch"):
+        ids, mask = pad_batch([inputs[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
+        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        for c, verbalizer in enumerate(verbalizers):
+            decoder_ids = torch.tensor([[start] + verbalizer[:-1]] * len(batch), device=lm.device)
+            logprobs = model(encoder_outputs=encoded, attention_mask=mask,
+                             decoder_input_ids=decoder_ids).logits.float().log_softmax(-1)
+            targets = torch.tensor(verbalizer, device=lm.device)
+            out[batch, c] = logprobs[:, torch.arange(len(verbalizer)), targets].sum(-1).cpu().numpy()
+    return out
+
+
 def fit_demonstrations(lm, pattern, train: pd.DataFrame, n_labels: int, shots: int, seed: int,
                        needed_after_prefix: int, max_length: int, fit: str):
     """(demonstrations, prefix ids, counts) whose prompt fits the context, or (None, None, counts) showing why not.
@@ -67,7 +90,7 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
             settings: dict, keys: dict) -> dict:
     """Every pattern of one (model, task, shots, seed) cell, on the test and out-of-domain samples."""
     cost = Cost()
-    lm = load_model(model_dir, dtype=settings["dtype"])
+    lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
     shots, seed = keys["k"], keys["seed"]
     evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
     train = pd.read_parquet(train_path) if train_path else evals["test"].iloc[:0]
@@ -92,10 +115,11 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
                 "the longest example does not fit the context even without demonstrations"
             records += [skipped_record(dict(cell, split=s), reason, **counts) for s in evals]
             continue
-        forward = PrefixForward(lm, prefix)
+        forward = None if lm.model.config.is_encoder_decoder else PrefixForward(lm, prefix)
         for split, rows in evals.items():
-            scores = label_logprobs(forward, encoded[split].examples, encoded[split].verbalizers,
-                                    settings["batch_size"], desc=f"icl {keys['task']} {name} {shots}-shot {split}")
+            args = (encoded[split].examples, encoded[split].verbalizers, settings["batch_size"],
+                    f"icl {keys['task']} {name} {shots}-shot {split}")
+            scores = seq2seq_label_logprobs(lm, prefix, *args) if forward is None else label_logprobs(forward, *args)
             record = classification_record(dict(cell, split=split), labels, rows["label"].to_numpy(),
                                            scores.argmax(1), group_columns(rows, rows["id"]))
             record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),

@@ -41,9 +41,16 @@ class LoadedModel:
                 return int(getattr(config, key))
         return int(getattr(self.tokenizer, "model_max_length", 2048))
 
+    def special_ids(self) -> tuple[list[int], list[int]]:
+        """(leading, trailing) ids the tokenizer wraps a text in: OPT ([</s>], []), T5 ([], [</s>])."""
+        bare = list(self.tokenizer("x", add_special_tokens=False)["input_ids"])
+        wrapped = list(self.tokenizer("x", add_special_tokens=True)["input_ids"])
+        start = next(i for i in range(len(wrapped) - len(bare) + 1) if wrapped[i: i + len(bare)] == bare)
+        return wrapped[:start], wrapped[start + len(bare):]
+
     def leading_special_ids(self) -> list[int]:
         """The ids the tokenizer puts before any text (e.g. OPT's </s>), kept once at the start of a prompt."""
-        return list(self.tokenizer("", add_special_tokens=True)["input_ids"])
+        return self.special_ids()[0]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one prompt part, without special tokens: parts are tokenized apart and concatenated."""
@@ -134,7 +141,8 @@ def folder_revision(folder: Path) -> str:
 
 def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", num_labels: int | None = None,
                device: torch.device | None = None, overrides: dict | None = None) -> LoadedModel:
-    """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', or 'classification' (new head).
+    """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', 'classification' (new head), or 'auto'
+    (seq2seq for encoder-decoder models such as Flan-T5, else causal).
     overrides: config values to change where the model has them (e.g. dropout, attention_dropout)."""
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
@@ -145,6 +153,8 @@ def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", nu
                          f"(snakemake fetch_model) or `lmadapt fetch-model`")
     device = device or pick_device()
     torch_dtype = pick_dtype(dtype, device)
+    if head == "auto":
+        head = "seq2seq" if AutoConfig.from_pretrained(folder).is_encoder_decoder else "causal"
     info_path = folder / MODEL_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {
         "name": folder.name, "source": f"local:{folder}", "revision": folder_revision(folder)}

@@ -13,8 +13,9 @@ WORDS = ("the a an this that movie film review story plot acting great good bad 
          "Yes No True False Sentiment Review Question Answer").split()
 
 
-def build_tokenizer(texts=(), vocab_size: int = 400):
-    """A byte-level BPE tokenizer (like GPT-2/OPT) trained on `texts` plus a small English word list."""
+def build_tokenizer(texts=(), vocab_size: int = 400, eos_at_end: bool = False):
+    """A byte-level BPE tokenizer trained on `texts` plus a small English word list: </s> first (like OPT),
+    or last (like T5, with eos_at_end)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -26,8 +27,8 @@ def build_tokenizer(texts=(), vocab_size: int = 400):
     corpus = list(texts) + [" ".join(WORDS)] * 4
     tok.train_from_iterator(corpus, trainer=trainer)
     bos = tok.token_to_id("</s>")
-    tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A $B",
-                                                       special_tokens=[("</s>", bos)])  # OPT starts with </s>
+    single, pair = ("$A </s>", "$A $B </s>") if eos_at_end else ("</s> $A", "</s> $A $B")
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=[("</s>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
 
@@ -46,5 +47,21 @@ def build_tiny_opt(folder: str | Path, texts=(), hidden: int = 32, layers: int =
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
     OPTForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_t5(folder: str | Path, texts=(), d_model: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Save a random encoder-decoder T5 (Flan-T5 style) and its tokenizer (pad 0, </s> 1 at the end)."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer(texts, eos_at_end=True)
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=d_model * 2, num_layers=layers,
+                      num_decoder_layers=layers, num_heads=4, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
