@@ -41,8 +41,18 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env(**extra) -> dict:
+    """This process's environment without the process-group variables that in-process DeepSpeed tests set
+    (a job must not believe it was started by torchrun), with the environment's scripts on the PATH."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    return dict(env, PATH=f"{BIN}{os.pathsep}{env['PATH']}", **extra)
+
+
 def run_snakemake(workdir: Path, *args, check=True):
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = clean_env()
     proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                            "--cores", "2", *args], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:

@@ -2,7 +2,6 @@
 KL is zero for identical teacher and student, saved weights predict the same in a new process, a killed run
 resumes, and two processes train together over gloo."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import BIN, FIXTURES, REPO, rte_task
+from conftest import BIN, FIXTURES, REPO, clean_env, rte_task
 from lmadapt.config import check_config
 from lmadapt.finetune import build_model, class_logits, distill_loss, run_finetune
 from lmadapt.forward import pad_batch
@@ -103,9 +102,7 @@ def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), extra=None, **ov
             str(REPO / f"config/deepspeed/{overrides.get('zero', 'zero2')}.json"),
             "--keys", json.dumps({"task": "rte", "model": "tiny", "method": method, "k": 8, "seed": 1}),
             "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "metrics.json")]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    return cmd, dict(env, PATH=f"{BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(REPO / "workflow"))
+    return cmd, clean_env(PYTHONPATH=str(REPO / "workflow"))
 
 
 def test_saved_model_predicts_the_same_in_a_new_process(tiny_opt, rte, tmp_path):

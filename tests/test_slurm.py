@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import BIN, REPO, rte_task, write_config
+from conftest import BIN, REPO, clean_env, rte_task, write_config
 from test_icl import PATTERNS
 
 START = REPO / "tests/slurm/start-local-slurm.sh"
@@ -40,8 +40,7 @@ def sacct_jobs(since: str) -> list[dict]:
 
 
 def run(workdir, config):
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", LMADAPT_SLURM_ACCOUNT="testacct",
-               LMADAPT_SLURM_PARTITION="debug")
+    env = clean_env(LMADAPT_SLURM_ACCOUNT="testacct", LMADAPT_SLURM_PARTITION="debug")
     proc = subprocess.run([str(BIN / "snakemake"), "--profile", "slurm", "-s", str(REPO / "Snakefile"),
                            "--directory", str(workdir), "--configfile", str(config), "--jobs", "4",
                            "--slurm-init-seconds-before-status-checks", "5"],

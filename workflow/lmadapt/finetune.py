@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,16 +32,19 @@ METHODS = ("head", "pattern", "lora_head", "lora_pattern", "distill")
 
 
 def init_distributed() -> tuple[int, int]:
-    """Join (or, alone, create) the process group; returns (rank, world size)."""
+    """Join the process group that torchrun / the deepspeed launcher describe (RANK, WORLD_SIZE, MASTER_*), or,
+    alone, create a one-process group over a file store: no TCP port, so concurrent jobs cannot collide."""
     import deepspeed
 
-    if "WORLD_SIZE" not in os.environ:  # a plain single-process run
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        else:
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            store = Path(tempfile.mkdtemp(prefix="lmadapt-dist-")) / "store"
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, rank=0, world_size=1,
+                                       init_method=f"file://{store}")
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
