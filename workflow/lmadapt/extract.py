@@ -52,7 +52,7 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
     demos = None
     if demos_path:
         demos = choose_demonstrations(pd.read_parquet(demos_path), len(task["labels"]), settings["shots"], seed)
-    max_length = min(settings.get("max_length") or lm.max_length, lm.max_length)
+    max_length = lm.context(settings.get("max_length"))
     layers = resolve_layers(settings["layers"], lm.model.config.num_hidden_layers)
     forward = None
     metas = []

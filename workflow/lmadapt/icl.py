@@ -95,7 +95,7 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
     train = pd.read_parquet(train_path) if train_path else evals["test"].iloc[:0]
     fingerprints = [read_metadata(p, META_KEY)["fingerprint"] for p in [train_path, *eval_paths.values()] if p]
-    max_length = min(settings.get("max_length") or lm.max_length, lm.max_length)
+    max_length = lm.context(settings.get("max_length"))
     labels = task["labels"]
     records = []
     for name in settings["patterns"] or list(task["prompt"]["patterns"]):

@@ -41,6 +41,10 @@ class LoadedModel:
                 return int(getattr(config, key))
         return int(getattr(self.tokenizer, "model_max_length", 2048))
 
+    def context(self, limit: int | None = None) -> int:
+        """The token budget of a prompt: the configured limit, never more than the model's context."""
+        return min(limit or self.max_length, self.max_length)
+
     def special_ids(self) -> tuple[list[int], list[int]]:
         """(leading, trailing) ids the tokenizer wraps a text in: OPT ([</s>], []), T5 ([], [</s>])."""
         bare = list(self.tokenizer("x", add_special_tokens=False)["input_ids"])
