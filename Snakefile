@@ -1,4 +1,4 @@
-# lmadapt: how well does a decoder LM adapt to a classification task? See README.md and DESIGN.md.
+# lmadapt: how well does a language model adapt to a classification task? See README.md.
 # The rules know paths and resources; the lmadapt package (workflow/lmadapt) knows ML.
 
 
@@ -13,6 +13,7 @@ if not config.get("tasks"):
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/icl.smk"
 include: "workflow/rules/finetune.smk"
@@ -22,6 +23,7 @@ include: "workflow/rules/aggregate.smk"
 rule all:
     input:
         all_targets,
+        "results/plan/preflight.json",
         "results/tables",
         "results/figures",
     default_target: True

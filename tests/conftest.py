@@ -25,6 +25,7 @@ def rte_task(**overrides):
         "labels": ["entailment", "not_entailment"],
         "k": [2, 3],
         "n_test": 6,
+        "demonstrations": 0,  # 8 rows per class: the tests that need a pool set one
         "data": {
             "train": {"path": str(FIXTURES / "glue_rte/train.tsv"), "format": "glue_rte"},
             "test": {"path": str(FIXTURES / "glue_rte/dev.tsv"), "format": "glue_rte"},

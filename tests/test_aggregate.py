@@ -14,7 +14,7 @@ SETTINGS = check_config({"tasks": {"t": {"labels": ["a", "b"], "data": {"train":
 def write_cell(folder, name, task, method, k, seed, accuracy_pattern, split="test", **keys):
     y_true = [0, 1] * 5
     y_pred = [t if i < accuracy_pattern else 1 - t for i, t in enumerate(y_true)]
-    record = classification_record(dict(task=task, model="m", method=method, k=k, seed=seed, split=split,
+    record = classification_record(dict(task=task, model="m", method=method, k=k, examples=k, seed=seed, split=split,
                                         prompt=keys.pop("prompt", "gpt3"), **keys), ["yes", "no"], y_true, y_pred)
     path = folder / f"{name}.json"
     write_json(finish([record], {"wall_seconds": 1.0, "device": "cpu"},
@@ -24,9 +24,10 @@ def write_cell(folder, name, task, method, k, seed, accuracy_pattern, split="tes
 
 def test_means_std_counts_partial_grid_skipped_and_degenerate(tmp_path):
     paths = [write_cell(tmp_path, "a", "rte_task", "icl", 2, 1, 6), write_cell(tmp_path, "b", "rte_task", "icl", 2, 2, 8)]
-    degenerate = classification_record(dict(task="rte_task", model="m", method="icl", k=32, seed=1, split="test",
+    degenerate = classification_record(dict(task="rte_task", model="m", method="icl", k=32, examples=32, seed=1,
+                                            split="test",
                                             prompt="gpt3"), ["yes", "no"], [0, 1] * 5, [0] * 10)
-    skipped = skipped_record(dict(task="rte_task", model="m", method="icl", k=128, seed=1, split="test",
+    skipped = skipped_record(dict(task="rte_task", model="m", method="icl", k=128, examples=128, seed=1, split="test",
                                   prompt="gpt3"), "prompt does not fit the context", prefix_tokens=4000, context=2048)
     write_json(finish([degenerate, skipped], {}, {}), tmp_path / "c.json")
     paths.append(str(tmp_path / "c.json"))
@@ -44,7 +45,7 @@ def test_means_std_counts_partial_grid_skipped_and_degenerate(tmp_path):
     assert "skipped: prompt does not fit the context" in table
     assert "| majority class |  |  | 50.0 |" in table
     csv = pd.read_csv(tmp_path / "tables/icl.csv")
-    assert list(csv.columns[:3]) == ["model", "prompt", "k"]
+    assert list(csv.columns[:3]) == ["model", "prompt", "labeled examples"]
     assert (tmp_path / "figures/accuracy_vs_k.png").stat().st_size > 1000
     assert (tmp_path / "figures/accuracy_vs_k.pdf").exists()
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import BIN, FIXTURES, REPO, clean_env, rte_task
-from lmadapt.config import check_config
+from lmadapt.config import FINETUNE_RUN_SETTINGS, check_config
 from lmadapt.finetune import build_model, class_logits, distill_loss, run_finetune
 from lmadapt.forward import pad_batch
 from lmadapt.icl import run_teacher
@@ -23,8 +23,8 @@ from test_icl import PATTERNS
 
 
 def settings(**overrides):
-    base = {"epochs": 6, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup": 0.0, "dropout": 0.0,
-            "checkpoint_every": 2, "lora": {"r": 8, "alpha": 16}, "distill": {"shots": 0}}
+    base = {"epochs": 6, "batch_size": 4, "effective_batch": 4, "lr": 1e-3, "warmup": 0.0, "dropout": 0.0,
+            "checkpoint_every": 2, "lora": {"r": 8, "alpha": 16, "lr": 1e-2}, "distill": {"shots": 0}}
     base.update(overrides)
     return check_config({"tasks": {"rte": rte_task()}, "finetune": base})["finetune"]
 
@@ -43,7 +43,7 @@ def rte(tmp_path_factory):
 def teacher(tiny_opt, rte):
     task, folder = rte
     out = folder / "teacher.parquet"
-    run_teacher(str(tiny_opt), task, str(folder / "train.parquet"), str(out),
+    run_teacher(str(tiny_opt), task, str(folder / "train.parquet"), None, str(out),
                 {"shots": 0, "pattern": None, "batch_size": 4, "dtype": "float32"}, seed=1)
     return out
 
@@ -62,13 +62,14 @@ def finetune(tiny_opt, rte, tmp_path, method, teacher=None, **overrides):
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 @pytest.mark.parametrize("method", ["head", "pattern", "lora_head", "lora_pattern", "distill"])
 def test_every_method_learns(tiny_opt, rte, teacher, tmp_path, method, zero):
-    lr = 1e-2 if method.startswith("lora") else 1e-3
-    record = finetune(tiny_opt, rte, tmp_path, method, teacher if method == "distill" else None, zero=zero, lr=lr)
+    record = finetune(tiny_opt, rte, tmp_path, method, teacher if method == "distill" else None, zero=zero)
     losses = record["details"]["loss_per_step"]
     assert len(losses) == record["details"]["optimizer_steps"] == 6 * 4  # 16 examples / batch 4 x 6 epochs
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05
     assert record["details"]["zero_stage"] == int(zero[-1]) and record["details"]["precision"] == "fp32"
     assert record["method"] == method and record["n"] == 6 and record["accuracy"] is not None
+    assert record["details"]["lr"] == (1e-2 if method.startswith("lora") else 1e-3)
+    assert record["examples"] == 16 and record["details"]["truncated_eval_inputs"] == {"test": 0}
     assert not (tmp_path / "work/checkpoints").exists()  # removed after a successful run
     if method.startswith("lora"):
         assert (tmp_path / "work/adapter/adapter_config.json").exists()
@@ -98,7 +99,9 @@ def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), extra=None, **ov
     cmd = [*launcher, "finetune"] if launcher else [str(BIN / "lmadapt"), "finetune"]
     cmd += ["--model-dir", str(tiny_opt), "--task", "rte", "--task-config", json.dumps(task),
             "--train", str(folder / "train.parquet"), "--eval", f"test={folder / 'test.parquet'}",
-            "--settings", json.dumps(settings(**overrides)), "--deepspeed-config",
+            "--settings", json.dumps({k: v for k, v in settings(**overrides).items() if k not in FINETUNE_RUN_SETTINGS}),
+            "--run-settings", json.dumps({k: settings(**overrides)[k] for k in FINETUNE_RUN_SETTINGS}),
+            "--deepspeed-config",
             str(REPO / f"config/deepspeed/{overrides.get('zero', 'zero2')}.json"),
             "--keys", json.dumps({"task": "rte", "model": "tiny", "method": method, "k": 8, "seed": 1}),
             "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "metrics.json")]
@@ -129,9 +132,8 @@ with torch.no_grad():
     assert json.loads(out.strip().splitlines()[-1]) == saved["prediction"].tolist()
 
 
-def test_killed_run_resumes_from_its_checkpoint(tiny_opt, rte, tmp_path):
-    overrides = dict(epochs=60, checkpoint_every=5, batch_size=2)
-    cmd, env = cli(tiny_opt, rte, tmp_path, **overrides)
+def killed_after_a_checkpoint(cmd, env, tmp_path):
+    """Start a fine-tuning job and SIGKILL it (as a Slurm timeout or preemption would) after its first checkpoint."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "work/checkpoints/latest"
     deadline = time.time() + 240
@@ -139,18 +141,34 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_opt, rte, tmp_path):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before its first checkpoint; make it longer"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)  # as a Slurm timeout or preemption would
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_killed_run_resumes_from_its_checkpoint(tiny_opt, rte, tmp_path):
+    overrides = dict(epochs=60, checkpoint_every=5, batch_size=2, effective_batch=2)
+    killed_after_a_checkpoint(*cli(tiny_opt, rte, tmp_path, **overrides), tmp_path)
+    cmd, env = cli(tiny_opt, rte, tmp_path, **dict(overrides, checkpoint_every=7))  # how it runs: still resumes
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     details = json.loads((tmp_path / "metrics.json").read_text())["records"][0]["details"]
     assert details["resumed_from_micro_step"] > 0
     assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 60 * 8
 
 
+def test_checkpoint_of_other_settings_is_not_resumed(tiny_opt, rte, tmp_path):
+    overrides = dict(epochs=60, checkpoint_every=5, batch_size=2, effective_batch=2)
+    killed_after_a_checkpoint(*cli(tiny_opt, rte, tmp_path, **overrides), tmp_path)
+    cmd, env = cli(tiny_opt, rte, tmp_path, **dict(overrides, lr=2e-3))  # what it computes: starts over
+    proc = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    details = json.loads((tmp_path / "metrics.json").read_text())["records"][0]["details"]
+    assert details["resumed_from_micro_step"] is None and "other settings" in proc.stdout
+    assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 60 * 8 and details["lr"] == 2e-3
+
+
 def test_two_processes_over_gloo(tiny_opt, rte, tmp_path):
     launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmadapt"]
-    cmd, env = cli(tiny_opt, rte, tmp_path, launcher=launcher, zero="zero3", epochs=4)
+    cmd, env = cli(tiny_opt, rte, tmp_path, launcher=launcher, zero="zero3", epochs=4, effective_batch=8)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "metrics.json").read_text())["records"][0]

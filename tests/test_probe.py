@@ -40,16 +40,17 @@ def test_probes_learn_a_separable_problem():
 @pytest.fixture(scope="module")
 def rte_activations(tiny_opt, tmp_path_factory):
     folder = tmp_path_factory.mktemp("probe")
-    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERN})}})["tasks"]["rte"]
+    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERN}, demonstrations=3)}})["tasks"]["rte"]
     inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv"),
               "ood:hans": str(FIXTURES / "hans/heuristics_evaluation_set.txt")}
-    run_sample("rte", task, inputs, "train", folder / "train.parquet", k=8, seed=1)
+    run_sample("rte", task, inputs, "train", folder / "train.parquet", k=5, seed=1)
+    run_sample("rte", task, inputs, "demos", folder / "demos.parquet", seed=1)
     for split in ("test", "ood:hans"):
         run_sample("rte", task, inputs, split, folder / f"{split.replace(':', '_')}.parquet")
     settings = dict(SETTINGS, layers=[1, -1])
     run_extract(str(tiny_opt), task, [(str(folder / f"{name}.parquet"), str(folder / f"acts_{name}.parquet"))
                                       for name in ("train", "test", "ood_hans")],
-                settings, demos_path=str(folder / "train.parquet"), seed=1)
+                settings, demos_path=str(folder / "demos.parquet"), seed=1)
     return folder
 
 
@@ -67,7 +68,8 @@ def test_probe_job_covers_every_layer_pooling_probe_and_split(rte_activations):
         (m, l, p, s) for m in ("probe_logreg", "probe_mlp") for l in (1, 3) for p in ("last", "mean")
         for s in ("test", "ood_hans")}
     first = records[0]
-    assert first["details"]["n_train"] == 16 - 3  # the 3 demonstrations are not training data
+    # the prefix's 3 demonstrations come from the pool: every training row trains the probe, as without a prompt
+    assert first["details"]["n_train"] == 10 and first["examples"] == 10 + 3
     assert first["provenance"]["model_revision"] and first["provenance"]["code_version"]
     assert first["cost"]["wall_seconds"] > 0 and first["cost"]["device"] == "cpu"
     hans = next(r for r in records if r["split"] == "ood_hans")
@@ -79,7 +81,7 @@ def test_bow_baseline(tmp_path):
     rows = [{"text": f"{words[i % 2].split()[i % 4]} film {i}", "label": i % 2} for i in range(80)]
     path = tmp_path / "d.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    task = check_config({"tasks": {"t": {"labels": ["neg", "pos"], "n_test": 20,
+    task = check_config({"tasks": {"t": {"labels": ["neg", "pos"], "n_test": 20, "demonstrations": 0,
                                          "data": {"train": {"path": str(path)}}}}})["tasks"]["t"]
     run_sample("t", task, {"train": str(path)}, "train", tmp_path / "train.parquet", k=20, seed=1)
     run_sample("t", task, {"train": str(path)}, "test", tmp_path / "test.parquet")

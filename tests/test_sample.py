@@ -86,7 +86,33 @@ def test_too_few_examples_names_class_and_writes_nothing(tmp_path):
     task = task_config(rte_task())
     inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
     out = tmp_path / "sub" / "train.parquet"
-    with pytest.raises(DataError, match=r"train\.tsv: class 'entailment' has 8 example\(s\) available for "
-                                        r"training, fewer than k=9"):
+    with pytest.raises(DataError, match=r"train\.tsv: class 'entailment' \(label 0\) has 8 example\(s\) available "
+                                        r"for training, fewer than k=9"):
         run_sample("rte", task, inputs, "train", out, k=9, seed=1)
     assert not out.exists() and not list(tmp_path.rglob("*.parquet*"))
+
+
+def test_demonstration_pool_is_disjoint_from_every_training_sample_and_independent_of_k(rt, tmp_path):
+    task, inputs = rt
+    task = dict(task, demonstrations=8)
+    run_sample("rt", task, inputs, "demos", tmp_path / "demos.parquet", seed=4)
+    demos = pd.read_parquet(tmp_path / "demos.parquet")
+    assert demos["label_name"].value_counts().to_dict() == {"rotten": 8, "fresh": 8}
+    assert read_metadata(tmp_path / "demos.parquet", "lmadapt")["per_class"] == 8
+    for k in (2, 64):
+        run_sample("rt", task, inputs, "train", tmp_path / f"k{k}.parquet", k=k, seed=4)
+        assert not set(pd.read_parquet(tmp_path / f"k{k}.parquet")["id"]) & set(demos["id"])
+    run_sample("rt", task, inputs, "demos", tmp_path / "again.parquet", seed=4)
+    assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "demos.parquet").read_bytes()
+    run_sample("rt", task, inputs, "demos", tmp_path / "other.parquet", seed=5)
+    assert set(pd.read_parquet(tmp_path / "other.parquet")["id"]) != set(demos["id"])
+
+
+def test_training_sample_that_would_reach_the_pool_is_refused(tmp_path):
+    task = task_config(rte_task(demonstrations=3))
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
+    run_sample("rte", task, inputs, "train", tmp_path / "ok.parquet", k=5, seed=1)  # 5 + 3 = the 8 rows of a class
+    with pytest.raises(DataError, match=r"has 8 example\(s\) available for training, fewer than k=6 besides the 3 "
+                                        r"kept for demonstrations"):
+        run_sample("rte", task, inputs, "train", tmp_path / "k6.parquet", k=6, seed=1)
+    assert not (tmp_path / "k6.parquet").exists()

@@ -14,8 +14,10 @@ import pandas as pd
 
 from .io import atomic_path, write_text
 
-ROW_KEYS = ["task", "model", "method", "pooling", "layer", "prompt", "k", "seed", "split", "group"]
+ROW_KEYS = ["task", "model", "method", "pooling", "layer", "prompt", "k", "examples", "seed", "split", "group"]
 DEGENERATE_MARK = "†"
+# Column names with their unit: ICL, probes and fine-tuning compare in labeled examples used in total.
+KEY_LABELS = {"k": "k (per class)", "examples": "labeled examples"}
 
 
 def load_records(paths: list[str]) -> pd.DataFrame:
@@ -47,7 +49,7 @@ def load_records(paths: list[str]) -> pd.DataFrame:
                                                    "skipped", "skipped_detail", "predicted_distribution",
                                                    "wall_seconds", "device", "peak_rss_mb", "config_hash",
                                                    "code_version", "model_revision", "data_fingerprint", "source"])
-    for column in ("layer", "k", "seed"):
+    for column in ("layer", "k", "examples", "seed"):
         frame[column] = frame[column].astype("Int64")
     return frame.sort_values([c for c in ROW_KEYS], na_position="first", kind="stable").reset_index(drop=True)
 
@@ -124,8 +126,8 @@ def _bold_best(text: pd.DataFrame, means: pd.DataFrame, bold) -> pd.DataFrame:
 def _flat(text: pd.DataFrame) -> pd.DataFrame:
     flat = text.copy()
     flat.columns = [" / ".join(_label(c) for c in (col if isinstance(col, tuple) else (col,))) for col in flat.columns]
-    flat = flat.reset_index()
-    return flat.map(_label) if hasattr(flat, "map") else flat.applymap(_label)
+    flat = flat.reset_index().rename(columns=KEY_LABELS)
+    return flat.map(_label)
 
 
 def to_markdown(text: pd.DataFrame, means: pd.DataFrame) -> str:

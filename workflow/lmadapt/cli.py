@@ -119,7 +119,7 @@ def cmd_teacher(args) -> int:
     from .icl import run_teacher
 
     task = _task_from_json(args.task, args.task_config)
-    meta = run_teacher(args.model_dir, task, args.train, args.out, args.settings, args.seed)
+    meta = run_teacher(args.model_dir, task, args.train, args.demos, args.out, args.settings, args.seed)
     print(f"{args.out}: teacher with {meta['shots']} demonstrations, accuracy on the training inputs "
           f"{meta['teacher_accuracy']:.3f}")
     return 0
@@ -129,8 +129,9 @@ def cmd_finetune(args) -> int:
     from .finetune import run_finetune
 
     task = _task_from_json(args.task, args.task_config)
-    result = run_finetune(args.model_dir, task, args.train, _pairs(args.eval), args.out, args.settings, args.keys,
-                          args.work_dir, args.deepspeed_config, teacher_path=args.teacher)
+    result = run_finetune(args.model_dir, task, args.train, _pairs(args.eval), args.out,
+                          dict(args.settings, **args.run_settings), args.keys, args.work_dir, args.deepspeed_config,
+                          teacher_path=args.teacher)
     for r in (result or {"records": []})["records"]:
         print(f"{r['method']} k={r['k']} seed={r['seed']} {r['split']}: accuracy {r['accuracy']:.3f}"
               + (" DEGENERATE" if r["degenerate"] else "")
@@ -150,6 +151,39 @@ def cmd_aggregate(args) -> int:
     for path in summary["missing"][:20]:
         print(f"  missing: {path}")
     return 0
+
+
+def cmd_preflight(args) -> int:
+    from .preflight import run_preflight
+
+    config = args.config_json if args.config_json is not None else load_config(args.config)
+    result = run_preflight(config, args.samples, args.models, args.out_json, args.out_md)
+    print(f"{args.out_md}: {sum(result['cells'].values())} cells, {len(result['expected_skipped'])} expected "
+          f"skipped, {len(result['notes'])} notes, {result['gpu_hours']:.1f} GPU-hours estimated "
+          f"({result['seconds']} s)")
+    return 0
+
+
+def cmd_rehearsal(args) -> int:
+    from .rehearsal import build_rehearsal
+
+    path = build_rehearsal(args.paper, args.out, seeds=args.seeds, hans_rows=args.hans_rows or None)
+    print(f"{path}: the grid of {args.paper} with tiny models and hub-shaped local data; run it with "
+          f"snakemake --configfile {path} --directory {Path(args.out)}")
+    return 0
+
+
+def cmd_check_skips(args) -> int:
+    import pandas as pd
+
+    from .preflight import skipped_cells
+
+    predicted, recorded = skipped_cells(json.loads(Path(args.plan).read_text()), pd.read_parquet(args.tidy))
+    print(f"skipped cells: {len(predicted)} predicted by the preflight, {len(recorded)} recorded by the run")
+    for label, cells in (("predicted, not skipped", predicted - recorded), ("skipped, not predicted", recorded - predicted)):
+        for cell in sorted(cells, key=str):
+            print(f"  {label}: {cell}")
+    return 0 if predicted == recorded else 1
 
 
 def _model_task_args(parser: argparse.ArgumentParser) -> None:
@@ -178,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-config", type=_json_arg, required=True, help="the task's config entry, as JSON")
     p.add_argument("--input", nargs="+", metavar="ROLE=PATH", required=True,
                    help="source files: train=..., test=..., ood:NAME=...")
-    p.add_argument("--split", required=True, help="train, test or ood:NAME")
-    p.add_argument("--k", type=int, help="examples per class (train)")
-    p.add_argument("--seed", type=int, help="data seed (train)")
+    p.add_argument("--split", required=True, help="train, demos, test or ood:NAME")
+    p.add_argument("--k", type=int, help="examples per class (train); the task's largest k (demos)")
+    p.add_argument("--seed", type=int, help="data seed (train, demos)")
     p.add_argument("--test-seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
@@ -194,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="hidden states of a sample, with or without a few-shot prefix")
     _model_task_args(p)
     p.add_argument("--sample", nargs="+", required=True, help="sample files, all with the same prefix")
-    p.add_argument("--demos", help="training sample to draw the few-shot demonstrations from")
+    p.add_argument("--demos", help="the seed's demonstration pool the few-shot prefix is drawn from")
     p.add_argument("--seed", type=int, help="seed of the demonstration draw")
     p.add_argument("--settings", type=_json_arg, required=True, help="the extract config section, as JSON")
     p.add_argument("--out", nargs="+", required=True, help="one activation file per sample, in order")
@@ -202,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("icl", help="in-context learning with k demonstrations, every pattern of the task")
     _model_task_args(p)
-    p.add_argument("--train", help="training sample the demonstrations are drawn from (not needed for 0 shots)")
+    p.add_argument("--train", help="the seed's demonstration pool (not needed for 0 shots)")
     p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
     p.add_argument("--settings", type=_json_arg, required=True, help="the icl config section, as JSON")
     p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, k (shots), seed")
@@ -212,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("teacher", help="the prompted model's label distribution on the training inputs")
     _model_task_args(p)
     p.add_argument("--train", required=True)
+    p.add_argument("--demos", help="the seed's demonstration pool (not needed for 0 shots)")
     p.add_argument("--seed", type=int, required=True, help="seed of the demonstration draw")
     p.add_argument("--settings", type=_json_arg, required=True, help="shots, pattern, batch_size, dtype")
     p.add_argument("--out", required=True)
@@ -222,12 +257,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True)
     p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
     p.add_argument("--teacher", help="teacher label distributions (method distill)")
-    p.add_argument("--settings", type=_json_arg, required=True, help="the finetune config section, as JSON")
+    p.add_argument("--settings", type=_json_arg, required=True,
+                   help="the method's finetune settings, as JSON (what it computes)")
+    p.add_argument("--run-settings", type=_json_arg, default={},
+                   help="checkpoint_every, keep_checkpoint, as JSON (how it runs; never part of a checkpoint's hash)")
     p.add_argument("--deepspeed-config", required=True, help="config/deepspeed/<zero>.json")
     p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, method, k, seed")
     p.add_argument("--work-dir", required=True, help="checkpoints (kept across restarts) and saved adapters")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("preflight", help="check and cost every cell before submitting (after fetch and sample)")
+    p.add_argument("--config", default="config/config.yaml", help="a config file (validated)")
+    p.add_argument("--config-json", type=_json_arg, help="an already validated config, as JSON (the rule's way)")
+    p.add_argument("--samples", default="results/samples", help="the sample files (results/samples)")
+    p.add_argument("--models", default="resources/models", help="the prepared model folders (resources/models)")
+    p.add_argument("--out-json", default="results/plan/preflight.json")
+    p.add_argument("--out-md", default="results/plan/preflight.md")
+    p.set_defaults(func=cmd_preflight)
+
+    p = sub.add_parser("rehearsal", help="write a rehearsal of a grid: tiny models, hub-shaped local data")
+    p.add_argument("--paper", default="config/paper.yaml", help="the grid to rehearse")
+    p.add_argument("--out", default="rehearsal", help="folder for config.yaml, models/, data/ and the run")
+    p.add_argument("--seeds", type=int, default=2, help="keep this many of the grid's seeds")
+    p.add_argument("--hans-rows", type=int, default=3000,
+                   help="a stratified subset of HANS's 30,000 rows (0 = all of them)")
+    p.set_defaults(func=cmd_rehearsal)
+
+    p = sub.add_parser("check-skips", help="compare the preflight's expected skipped cells with a run's")
+    p.add_argument("--plan", default="results/plan/preflight.json")
+    p.add_argument("--tidy", default="results/tables/all.parquet")
+    p.set_defaults(func=cmd_check_skips)
 
     p = sub.add_parser("aggregate", help="every metrics file -> tidy table, paper tables and figures")
     p.add_argument("--metrics", nargs="*", help="metrics files (default: every JSON under results/metrics)")

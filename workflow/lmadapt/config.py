@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
+import math
 from pathlib import Path
 
 import jsonschema
@@ -105,6 +107,7 @@ def _check_cross_references(config: dict, origin: str) -> None:
                 if name not in config[kind]:
                     problems.append(f"{stage}.{kind}: {name!r} is not declared under {kind} "
                                     f"(declared: {sorted(config[kind])})")
+    problems += _demonstration_problems(config) + _model_source_problems(config) + _batch_problems(config)
     for task_name in stage_names(config, "extract", "tasks") if config["models"] else []:
         if not config["tasks"][task_name]["prompt"]["patterns"]:
             problems.append(f"tasks.{task_name}.prompt.patterns: the extract stage needs at least one pattern")
@@ -116,6 +119,141 @@ def _check_cross_references(config: dict, origin: str) -> None:
                             f"(tasks.{task_name}.prompt.patterns has {sorted(patterns)})")
     if problems:
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def demonstration_needs(config: dict) -> list[tuple[str, str, int]]:
+    """(config key, task, shots) of every few-shot prompt the grid builds (extract, icl, teacher)."""
+    needs = []
+    if not config["models"]:
+        return needs
+    if "fewshot" in config["extract"]["prompts"]:
+        needs += [("extract.shots", t, config["extract"]["shots"]) for t in stage_names(config, "extract", "tasks")]
+    needs += [("icl.shots", t, s) for t in stage_names(config, "icl", "tasks") for s in config["icl"]["shots"] if s]
+    if "distill" in config["finetune"]["methods"] and config["finetune"]["distill"]["shots"]:
+        needs += [("finetune.distill.shots", t, config["finetune"]["distill"]["shots"])
+                  for t in stage_names(config, "finetune", "tasks")]
+    return needs
+
+
+def demonstration_pool(config: dict, task: str) -> int:
+    """Rows per class the task keeps apart for demonstrations: its `demonstrations`, or 0 when no prompt of the
+    grid has any (the training samples may then use every row)."""
+    return config["tasks"][task]["demonstrations"] if any(t == task for _, t, _ in demonstration_needs(config)) else 0
+
+
+def _demonstration_problems(config: dict) -> list[str]:
+    """Balanced demonstrations take ceil(shots / classes) rows of some class from the task's pool."""
+    problems = []
+    for key, task_name, shots in demonstration_needs(config):
+        task = config["tasks"][task_name]
+        per_class = math.ceil(shots / len(task["labels"]))
+        if per_class > task["demonstrations"]:
+            problems.append(f"{key}: {shots} demonstrations for task {task_name} need {per_class} per class, more "
+                            f"than tasks.{task_name}.demonstrations ({task['demonstrations']}); raise it or lower "
+                            f"the shots")
+    return problems
+
+
+def is_local_model(spec: dict) -> bool:
+    """A model from a package or a local folder (a path: absolute or starting with ./ ../ ~), else a hub id."""
+    return bool(spec.get("package")) or spec["id"].startswith(("/", "./", "../", "~")) or spec["id"] == "."
+
+
+def local_model_path(spec: dict) -> Path:
+    """The folder a local model is read from (inside its package when it names one)."""
+    if spec.get("package"):
+        found = importlib.util.find_spec(spec["package"])  # locates the package without importing it
+        if found is None or not found.submodule_search_locations:
+            raise ConfigError(f"package {spec['package']!r} is not installed (see envs/requirements-data.txt)")
+        return Path(list(found.submodule_search_locations)[0]) / spec["id"]
+    return Path(spec["id"]).expanduser()
+
+
+def _model_source_problems(config: dict) -> list[str]:
+    """A local model that is not where the config says is an error now, not in the fetch job."""
+    problems = []
+    for name, spec in config["models"].items():
+        if not is_local_model(spec):
+            continue
+        try:
+            folder = local_model_path(spec)
+        except ConfigError as e:
+            problems.append(f"models.{name}.package: {e}")
+            continue
+        if not folder.is_dir():
+            problems.append(f"models.{name}.id: local folder {folder} not found")
+        elif spec.get("gguf_file") and not (folder / spec["gguf_file"]).is_file():
+            problems.append(f"models.{name}.gguf_file: {folder / spec['gguf_file']} not found")
+        elif not spec.get("gguf_file") and not (folder / "config.json").is_file():
+            problems.append(f"models.{name}.id: {folder} has no config.json (not a model folder)")
+    return problems
+
+
+def _batch_problems(config: dict) -> list[str]:
+    """The effective batch is the same for every model, so it must split evenly over each model's GPUs."""
+    settings = config["finetune"]
+    if not config["models"] or not settings["methods"]:
+        return []
+    problems = []
+    for name in stage_names(config, "finetune", "models"):
+        per_step = settings["batch_size"] * max(config["models"][name]["gpus"], 1)
+        if settings["effective_batch"] % per_step:
+            problems.append(f"finetune.effective_batch: {settings['effective_batch']} is not a multiple of "
+                            f"batch_size x gpus = {per_step} for model {name}")
+    return problems
+
+
+# How a fine-tuning job runs, not what it computes: never part of a job's params, never in a checkpoint's hash.
+FINETUNE_RUN_SETTINGS = ("checkpoint_every", "keep_checkpoint")
+FINETUNE_SELECTION = ("models", "tasks", "k", "methods")
+
+
+def finetune_settings(config: dict, method: str) -> dict:
+    """The fine-tuning settings one method's jobs use: the shared ones, plus `lora` (whose lr replaces `lr`) for
+    the LoRA methods and `distill` for distillation, so a LoRA setting reruns only LoRA jobs."""
+    settings = {key: value for key, value in config["finetune"].items()
+                if key not in FINETUNE_SELECTION + FINETUNE_RUN_SETTINGS + ("lora", "distill", "lr")}
+    if method.startswith("lora"):
+        settings["lora"] = config["finetune"]["lora"]
+    else:
+        settings["lr"] = config["finetune"]["lr"]
+    if method == "distill":
+        settings["distill"] = {key: config["finetune"]["distill"][key]
+                               for key in ("temperature", "kl_weight", "ce_weight")}
+    return settings
+
+
+def model_identity(spec: dict) -> dict:
+    """What makes a prepared model folder what it is; resources (gpus, mem_mb) and dtype do not."""
+    return {key: spec.get(key) for key in ("id", "revision", "package", "gguf_file")}
+
+
+def grid(config: dict) -> dict[str, list[dict]]:
+    """Every cell of the grid, by stage: the one list the workflow's targets and the preflight are built from."""
+    models = {stage: stage_names(config, stage, "models") if config["models"] else [] for stage in
+              ("extract", "icl", "finetune")}
+
+    def cells(task):
+        return [(k, seed) for k in config["tasks"][task]["k"] for seed in config["seeds"]]
+
+    out = {"probe": [], "bow": [], "icl": [], "finetune": []}
+    for model in models["extract"]:
+        for task in stage_names(config, "extract", "tasks"):
+            out["probe"] += [dict(model=model, task=task, prompt=prompt, k=k, seed=seed)
+                             for prompt in config["extract"]["prompts"] for k, seed in cells(task)]
+    out["bow"] = [dict(task=task, k=k, seed=seed) for task in stage_names(config, "bow", "tasks")
+                  for k, seed in cells(task)]
+    for model in models["icl"]:
+        for task in stage_names(config, "icl", "tasks"):
+            for shots in config["icl"]["shots"]:
+                out["icl"] += [dict(model=model, task=task, shots=shots, seed=seed)
+                               for seed in (config["seeds"][:1] if shots == 0 else config["seeds"])]
+    for model in models["finetune"]:
+        for task in stage_names(config, "finetune", "tasks"):
+            out["finetune"] += [dict(model=model, task=task, method=method, k=k, seed=seed)
+                                for method in config["finetune"]["methods"] for k, seed in cells(task)
+                                if not config["finetune"]["k"] or k in config["finetune"]["k"]]
+    return out
 
 
 def stage_names(config: dict, stage: str, kind: str) -> list[str]:

@@ -22,10 +22,11 @@ import pyarrow as pa
 import torch
 
 from .forward import last_positions, pad_batch
+from .config import FINETUNE_RUN_SETTINGS, fingerprint
 from .io import read_metadata, write_json, write_parquet
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
-from .prompt import PromptError, encode_prompt, task_pattern
+from .prompt import PromptError, classifier_inputs, task_pattern
 from .sample import META_KEY
 
 METHODS = ("head", "pattern", "lora_head", "lora_pattern", "distill")
@@ -58,16 +59,30 @@ def precision(requested: str) -> str:
     return requested
 
 
-def deepspeed_config(base_path: str, settings: dict, total_steps: int, dtype: str) -> dict:
+def accumulation_steps(settings: dict, world: int) -> int:
+    """Micro-batches per optimizer step, so that every model trains with the same effective batch."""
+    per_step = settings["batch_size"] * world
+    if settings["effective_batch"] % per_step:
+        raise ValueError(f"finetune.effective_batch {settings['effective_batch']} is not a multiple of batch_size "
+                         f"{settings['batch_size']} x {world} process(es)")
+    return settings["effective_batch"] // per_step
+
+
+def learning_rate(settings: dict, method: str) -> float:
+    return settings["lora"]["lr"] if method.startswith("lora") else settings["lr"]
+
+
+def deepspeed_config(base_path: str, settings: dict, method: str, accum: int, total_steps: int, dtype: str) -> dict:
     config = json.loads(Path(base_path).read_text())
+    lr = learning_rate(settings, method)
     config.update(
         train_micro_batch_size_per_gpu=settings["batch_size"],
-        gradient_accumulation_steps=settings["grad_accum"],
-        optimizer={"type": "AdamW", "params": {"lr": settings["lr"], "weight_decay": settings["weight_decay"],
+        gradient_accumulation_steps=accum,
+        optimizer={"type": "AdamW", "params": {"lr": lr, "weight_decay": settings["weight_decay"],
                                                "torch_adam": settings["torch_adam"]}},
         scheduler={"type": "WarmupDecayLR", "params": {
             "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(1, int(settings["warmup"] * total_steps)),
-            "warmup_max_lr": settings["lr"], "warmup_min_lr": 0.0, "warmup_type": "linear"}},
+            "warmup_max_lr": lr, "warmup_min_lr": 0.0, "warmup_type": "linear"}},
     )
     if dtype == "fp16":
         config["fp16"] = {"enabled": True, "initial_scale_power": 12}
@@ -101,6 +116,20 @@ def class_logits(model, method: str, input_ids, mask, verbalizer_ids: list[int])
     hidden = core.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_positions(mask)]
     return core.get_output_embeddings()(last)[:, verbalizer_ids]
+
+
+JOB_FILE = "job.json"  # the settings hash of the job whose checkpoints these are
+
+
+def discard_foreign_checkpoints(checkpoints: Path, job_hash: str, rank: int) -> None:
+    """A checkpoint resumes only the job that wrote it (same settings, cell, data, teacher, process count);
+    one left by a job of other settings is removed, and training starts from the beginning."""
+    if rank == 0 and checkpoints.exists():
+        recorded = json.loads((checkpoints / JOB_FILE).read_text()) if (checkpoints / JOB_FILE).is_file() else {}
+        if recorded.get("job_hash") != job_hash:
+            print(f"{checkpoints}: left by a job with other settings; training from the start", flush=True)
+            shutil.rmtree(checkpoints)
+    torch.distributed.barrier()
 
 
 def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
@@ -140,9 +169,8 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     pattern = task_pattern(task, settings.get("pattern"))
     train = pd.read_parquet(train_path)
-    encoded = encode_prompt(lm, pattern, train, train.iloc[:0], max_length=settings["max_length"])
-    examples = [lm.leading_special_ids() + ids for ids in encoded.examples]
-    verbalizer_ids = [v[0] for v in encoded.verbalizers]  # first token of each verbalizer
+    examples, truncated_train = classifier_inputs(lm, pattern, train, settings["max_length"])
+    verbalizer_ids = [lm.encode(pattern.verbalizer[label])[0] for label in labels]  # each verbalizer's first token
     if method != "head" and method != "lora_head" and len(set(verbalizer_ids)) < len(verbalizer_ids):
         raise PromptError(f"pattern {pattern.name!r}: verbalizers {pattern.verbalizer} share their first token; "
                           f"pattern-based fine-tuning scores first tokens, so they must differ")
@@ -154,12 +182,18 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
         teacher_rows = pd.read_parquet(teacher_path).set_index("id").loc[train["id"]]
         teacher = torch.tensor(np.stack(teacher_rows["probs"].to_numpy()), dtype=torch.float32)
 
+    accum = accumulation_steps(settings, world)
     order_length = len(examples) // world * world  # every rank takes the same number of micro-batches
     micro_per_epoch = -(-(order_length // world) // settings["batch_size"])
     total_micro = micro_per_epoch * settings["epochs"]
-    total_steps = -(-total_micro // settings["grad_accum"])
+    total_steps = -(-total_micro // accum)
     dtype = precision(settings["precision"])
-    config = deepspeed_config(ds_config_path, settings, total_steps, dtype)
+    config = deepspeed_config(ds_config_path, settings, method, accum, total_steps, dtype)
+    fingerprints = [read_metadata(p, META_KEY)["fingerprint"] for p in [train_path, *eval_paths.values()]]
+    job_hash = fingerprint({"settings": {k: v for k, v in settings.items() if k not in FINETUNE_RUN_SETTINGS},
+                            "keys": keys, "data": fingerprints, "world": world,
+                            "teacher": read_metadata(teacher_path, "lmadapt") if teacher_path else None})
+    discard_foreign_checkpoints(Path(work_dir) / "checkpoints", job_hash, rank)
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
     device = engine.device
@@ -169,7 +203,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     if (checkpoints / "latest").exists():
         _, client = engine.load_checkpoint(str(checkpoints))
         start_micro, resumed_from = client["micro_step"], client["micro_step"]
-    losses, tokens, train_start, accum = [], 0, time.time(), settings["grad_accum"]
+    losses, tokens, train_start = [], 0, time.time()
     micro = 0
     for epoch in range(settings["epochs"]):
         order = np.random.default_rng([seed, epoch]).permutation(len(examples))[:order_length][rank::world]
@@ -194,14 +228,16 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
             micro += 1
             if micro % accum == 0 and (micro // accum) % settings["checkpoint_every"] == 0:
                 engine.save_checkpoint(str(checkpoints), client_state={"micro_step": micro})
+                if rank == 0:
+                    write_json({"job_hash": job_hash}, checkpoints / JOB_FILE)
     train_seconds = time.time() - train_start
 
     engine.eval()
     evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
-    records = []
+    records, truncated_eval = [], {}
+    teacher_shots = read_metadata(teacher_path, "lmadapt")["shots"] if teacher_path else 0
     for split, rows in evals.items():
-        eval_ids = [lm.leading_special_ids() + ids for ids in
-                    encode_prompt(lm, pattern, rows, rows.iloc[:0], max_length=settings["max_length"]).examples]
+        eval_ids, truncated_eval[split] = classifier_inputs(lm, pattern, rows, settings["max_length"])
         predictions = []
         with torch.no_grad():
             for first in range(0, len(eval_ids), settings["eval_batch_size"]):
@@ -209,7 +245,8 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                                  device)
                 predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
         predicted = torch.cat(predictions).numpy()
-        records.append(classification_record(dict(keys, split=split, layer=None, prompt=pattern.name), labels,
+        records.append(classification_record(dict(keys, split=split, layer=None, prompt=pattern.name,
+                                                  examples=len(train) + teacher_shots), labels,
                                              rows["label"].to_numpy(), predicted, group_columns(rows, rows["id"])))
         if rank == 0:  # per-example predictions, for error analysis
             write_parquet(pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),
@@ -223,13 +260,14 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                "train_tokens_per_s": round(tokens * world / max(train_seconds, 1e-9), 1),
                "trainable_parameters": trainable,
                "zero_stage": config["zero_optimization"]["stage"], "precision": dtype, "world_size": world,
-               "truncated_train_inputs": encoded.truncated, "saved": saved,
+               "truncated_train_inputs": truncated_train, "truncated_eval_inputs": truncated_eval,
+               "accumulation_steps": accum, "effective_batch": settings["effective_batch"],
+               "lr": learning_rate(settings, method), "saved": saved,
                "teacher": read_metadata(teacher_path, "lmadapt") if teacher_path else None}
     for record in records:
         record["details"] = details
     if rank == 0 and not settings["keep_checkpoint"] and checkpoints.exists():
         shutil.rmtree(checkpoints)  # the run finished; checkpoints only serve a restart
-    fingerprints = [read_metadata(p, META_KEY)["fingerprint"] for p in [train_path, *eval_paths.values()]]
     result = finish(records, cost.as_dict(train_tokens_per_s=details["train_tokens_per_s"]),
                     provenance(settings, lm.info["revision"], fingerprints))
     if rank == 0:

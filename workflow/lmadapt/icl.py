@@ -86,9 +86,15 @@ def fit_demonstrations(lm, pattern, train: pd.DataFrame, n_labels: int, shots: i
     return None, None, counts
 
 
+def needed_after_prefix(examples: list[list[int]], verbalizers: list[list[int]]) -> int:
+    """Tokens a prompt needs after its prefix: the longest example and the longest verbalizer."""
+    return max(map(len, examples)) + max(map(len, verbalizers))
+
+
 def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict[str, str], out: str,
             settings: dict, keys: dict) -> dict:
-    """Every pattern of one (model, task, shots, seed) cell, on the test and out-of-domain samples."""
+    """Every pattern of one (model, task, shots, seed) cell, on the test and out-of-domain samples.
+    train_path: the seed's demonstration pool (none for 0 shots)."""
     cost = Cost()
     lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
     shots, seed = keys["k"], keys["seed"]
@@ -100,14 +106,9 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     records = []
     for name in settings["patterns"] or list(task["prompt"]["patterns"]):
         pattern = task_pattern(task, name)
-        cell = dict(keys, method="icl", prompt=name, layer=None)
-        if len(train) < shots:
-            reason = f"{shots} demonstrations requested, the training sample has {len(train)}"
-            records += [skipped_record(dict(cell, split=s), reason) for s in evals]
-            continue
+        cell = dict(keys, method="icl", prompt=name, layer=None, examples=shots)
         encoded = {split: encode_prompt(lm, pattern, rows, rows.iloc[:0]) for split, rows in evals.items()}
-        needed = max(len(ids) for e in encoded.values() for ids in e.examples) + \
-            max(len(v) for v in next(iter(encoded.values())).verbalizers)
+        needed = max(needed_after_prefix(e.examples, e.verbalizers) for e in encoded.values())
         demos, prefix, counts = fit_demonstrations(lm, pattern, train, len(labels), shots, seed, needed,
                                                    max_length, settings["fit"])
         if demos is None:
@@ -120,7 +121,7 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
             args = (encoded[split].examples, encoded[split].verbalizers, settings["batch_size"],
                     f"icl {keys['task']} {name} {shots}-shot {split}")
             scores = seq2seq_label_logprobs(lm, prefix, *args) if forward is None else label_logprobs(forward, *args)
-            record = classification_record(dict(cell, split=split), labels, rows["label"].to_numpy(),
+            record = classification_record(dict(cell, split=split, examples=len(demos)), labels, rows["label"].to_numpy(),
                                            scores.argmax(1), group_columns(rows, rows["id"]))
             record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),
                                      mean_label_logprob={label: float(v) for label, v in zip(labels, scores.mean(0))})
@@ -130,9 +131,25 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     return result
 
 
-def run_teacher(model_dir: str, task: dict, train_path: str, out: str, settings: dict, seed: int) -> dict:
+def teacher_demonstrations(tokens, pattern, rows: pd.DataFrame, pool: pd.DataFrame, n_labels: int, shots: int,
+                           seed: int):
+    """(demonstrations, prefix ids, counts) of the teacher's prompt: `shots` from the pool, or the most that
+    leave room for the longest training input (the documented rule; preflight predicts it)."""
+    prompt = encode_prompt(tokens, pattern, rows, rows.iloc[:0])
+    demos, prefix, counts = fit_demonstrations(tokens, pattern, pool, n_labels, shots, seed,
+                                               needed_after_prefix(prompt.examples, prompt.verbalizers),
+                                               tokens.max_length, "max")
+    if demos is None:
+        raise PromptError(f"the longest training input ({counts['tokens_after_prefix']} tokens with its label "
+                          f"word) does not fit the {tokens.max_length}-token context even without demonstrations")
+    return demos, prefix, counts
+
+
+def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | None, out: str, settings: dict,
+                seed: int) -> dict:
     """The `teacher` stage: the prompted model's label distribution on every training input, for context
-    distillation. The prompt holds `shots` demonstrations from the same training sample (as in ICL)."""
+    distillation. The prompt holds `shots` demonstrations from the seed's demonstration pool, which no training
+    sample overlaps: the teacher never labels one of its own demonstrations."""
     import pyarrow as pa
 
     from .io import write_parquet
@@ -140,16 +157,14 @@ def run_teacher(model_dir: str, task: dict, train_path: str, out: str, settings:
     lm = load_model(model_dir, dtype=settings["dtype"])
     pattern = task_pattern(task, settings.get("pattern"))
     rows = pd.read_parquet(train_path)
-    demos = choose_demonstrations(rows, len(task["labels"]), settings["shots"], seed)
+    pool = pd.read_parquet(demos_path) if demos_path else rows.iloc[:0]
+    demos, _, counts = teacher_demonstrations(lm, pattern, rows, pool, len(task["labels"]), settings["shots"], seed)
     prompt = encode_prompt(lm, pattern, rows, demos)
-    needed = len(prompt.prefix) + max(map(len, prompt.examples)) + max(map(len, prompt.verbalizers))
-    if needed > lm.max_length:
-        raise PromptError(f"teacher prompt needs {needed} tokens, the model's context is {lm.max_length}; "
-                          f"lower finetune.distill.shots")
     scores = label_logprobs(PrefixForward(lm, prompt.prefix), prompt.examples, prompt.verbalizers,
                             settings["batch_size"], desc="teacher")
     probs = torch.tensor(scores).softmax(-1).numpy()
-    meta = {"model": lm.info, "pattern": pattern.name, "shots": len(demos), "demonstration_ids": demos["id"].tolist(),
+    meta = {"model": lm.info, "pattern": pattern.name, "shots": len(demos), "shots_requested": settings["shots"],
+            "prefix_tokens": counts["prefix_tokens"], "demonstration_ids": demos["id"].tolist(),
             "labels": task["labels"], "sample_fingerprint": read_metadata(train_path, META_KEY)["fingerprint"],
             "teacher_accuracy": float((probs.argmax(1) == rows["label"].to_numpy()).mean())}
     table = pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),

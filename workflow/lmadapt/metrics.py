@@ -1,7 +1,7 @@
 """Metrics records with the fixed schema every stage writes (DESIGN: contracts), and their provenance.
 
 A metrics file is `{"records": [record, ...]}`; a record is one cell x evaluation split: its keys (task, model,
-method, layer, prompt, k, seed, split), n, accuracy, macro-F1, per-class precision/recall, the confusion matrix,
+method, layer, prompt, k, examples, seed, split), n, accuracy, macro-F1, per-class precision/recall, the confusion matrix,
 the distribution of predicted labels, the majority-class baseline, a `degenerate` flag, cost and provenance.
 A cell that could not run is a record with `skipped` set to its reason and no scores.
 """
@@ -19,7 +19,9 @@ import torch
 from . import __version__
 from .config import fingerprint
 
-KEYS = ("task", "model", "method", "layer", "prompt", "k", "seed", "split")
+# k: training examples per class; examples: labeled examples the method used in total (training rows plus
+# demonstrations), the unit in which tables and figures compare ICL, probes and fine-tuning.
+KEYS = ("task", "model", "method", "layer", "prompt", "k", "examples", "seed", "split")
 DEGENERATE_SHARE = 0.95  # one label predicted for at least this share of the examples
 
 

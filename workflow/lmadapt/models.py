@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .config import is_local_model, local_model_path
 from .io import atomic_path
 
 MODEL_INFO = "lmadapt_model.json"
@@ -25,21 +25,10 @@ class ModelError(RuntimeError):
 
 
 @dataclass
-class LoadedModel:
-    model: torch.nn.Module
+class PromptTokens:
+    """A model's tokenizer and context: all a prompt needs (preflight counts tokens with it, no weights loaded)."""
     tokenizer: object
-    device: torch.device
-    dtype: torch.dtype
-    info: dict  # name, source, revision
-
-    @property
-    def max_length(self) -> int:
-        """The model's context in tokens."""
-        config = self.model.config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            if getattr(config, key, None):
-                return int(getattr(config, key))
-        return int(getattr(self.tokenizer, "model_max_length", 2048))
+    max_length: int  # the model's context in tokens
 
     def context(self, limit: int | None = None) -> int:
         """The token budget of a prompt: the configured limit, never more than the model's context."""
@@ -60,6 +49,35 @@ class LoadedModel:
         """Token ids of one prompt part, without special tokens: parts are tokenized apart and concatenated."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of many texts in one call (the fast tokenizers batch them in Rust)."""
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+
+
+@dataclass
+class LoadedModel(PromptTokens):
+    model: torch.nn.Module = None
+    device: torch.device = None
+    dtype: torch.dtype = None
+    info: dict = None  # name, source, revision
+
+
+def context_length(config, tokenizer) -> int:
+    """The model's context in tokens, from its config (T5 has none: its tokenizer's limit)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return int(getattr(tokenizer, "model_max_length", 2048))
+
+
+def load_tokens(folder: str | Path) -> PromptTokens:
+    """The tokenizer and context of a prepared model folder, without its weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = _checked_folder(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return PromptTokens(tokenizer, context_length(AutoConfig.from_pretrained(folder), tokenizer))
+
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,54 +91,85 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _package_dir(package: str) -> Path:
-    import importlib.util
+TOKENIZER_PATTERNS = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
-    spec = importlib.util.find_spec(package)  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"package {package!r} is not installed (see envs/requirements-data.txt)")
-    return Path(list(spec.submodule_search_locations)[0])
+
+def weight_files(files: list[str]) -> list[str]:
+    """The weight files of a hub revision to download: safetensors when it has them, else PyTorch .bin shards
+    (the facebook/opt-* main branches hold pytorch_model.bin only), never both, never flax/tf/onnx."""
+    safetensors = [f for f in files if f.endswith(".safetensors") and "/" not in f]
+    if safetensors:
+        return safetensors + [f for f in files if f == "model.safetensors.index.json"]
+    bins = [f for f in files if f.startswith("pytorch_model") and f.endswith(".bin") and "/" not in f]
+    return bins + [f for f in files if f == "pytorch_model.bin.index.json"]
+
+
+def download_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
+    """(local snapshot folder, commit) of a hub model: config, tokenizer and one set of weights."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    info = HfApi().model_info(repo_id, revision=revision)
+    files = [s.rfilename for s in info.siblings]
+    weights = weight_files(files)
+    if not weights:
+        raise ModelError(f"{repo_id}@{info.sha}: no safetensors or pytorch_model*.bin weights among {files}")
+    folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=TOKENIZER_PATTERNS + weights)
+    return Path(folder), info.sha
+
+
+def save_prepared(source: Path, out: Path, **load_kwargs) -> None:
+    """Load a checkpoint (safetensors or .bin, any head its config names) and write it as safetensors with its
+    tokenizer, so that compute jobs never unpickle."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source, **load_kwargs)
+    if config.architectures:
+        model_class = getattr(transformers, config.architectures[0])
+    else:
+        model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    gguf = bool(load_kwargs.get("gguf_file"))
+    model = model_class.from_pretrained(source, **({} if gguf else {"dtype": "auto"}), **load_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
+    if gguf:  # a GGUF-loaded model keeps its quantization_config and refuses to save: rebuild it plain
+        plain_config = model.config.to_dict()
+        plain_config.pop("quantization_config", None)
+        plain = type(model)(AutoConfig.for_model(**plain_config))
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
 
 
 def fetch_model(name: str, spec: dict, out: str | Path) -> dict:
-    """Prepare the local folder of model `name` from its config entry (login node; may download)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+    """Prepare the local folder of model `name` from its config entry (login node; may download). Whatever the
+    source (hub revision, local folder, GGUF file), the folder holds safetensors, the tokenizer and
+    lmadapt_model.json (source and exact revision)."""
     out = Path(out)
-    source = Path(spec["id"])
-    if spec.get("package"):
-        source = _package_dir(spec["package"]) / spec["id"]
-    with atomic_path(out) as tmp:
+    if is_local_model(spec):
+        source = local_model_path(spec)
         if spec.get("gguf_file"):
             gguf = source / spec["gguf_file"]
             if not gguf.is_file():
                 raise ModelError(f"model {name}: GGUF file {gguf} not found")
-            model = AutoModelForCausalLM.from_pretrained(source, gguf_file=spec["gguf_file"])
-            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec["gguf_file"])
-            # A GGUF-loaded model keeps its quantization_config and refuses save_pretrained: rebuild it plain.
-            config = model.config.to_dict()
-            config.pop("quantization_config", None)
-            plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
-            plain.load_state_dict(model.state_dict())
-            plain.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
             info = {"source": f"gguf:{spec.get('package') or source}/{spec['gguf_file']}",
                     "revision": _sha256(gguf)[:16]}
-        elif source.is_dir():
-            shutil.copytree(source, tmp)
-            info = {"source": f"local:{source}", "revision": folder_revision(source)}
+        elif not (source / "config.json").is_file():
+            raise ModelError(f"model {name}: local folder {source} not found or without config.json")
         else:
-            from huggingface_hub import snapshot_download
-
-            try:
-                snapshot_download(spec["id"], revision=spec.get("revision"), local_dir=tmp,
-                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-            except Exception as e:  # network, auth, unknown id: the message is what the user needs
-                raise ModelError(f"model {name}: cannot download {spec['id']!r}: {type(e).__name__}: {e}") from None
-            from huggingface_hub import HfApi
-
-            commit = HfApi().model_info(spec["id"], revision=spec.get("revision")).sha
-            info = {"source": f"hub:{spec['id']}", "revision": commit}
+            info = {"source": f"local:{source}", "revision": folder_revision(source)}
+        kwargs = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}
+    else:
+        try:
+            source, commit = download_snapshot(spec["id"], spec.get("revision"))
+        except ModelError:  # already says what is wrong
+            raise
+        except Exception as e:  # network, auth, unknown id or revision: the message is what the user needs
+            raise ModelError(f"model {name}: cannot download {spec['id']!r} at revision "
+                             f"{spec.get('revision')!r}: {type(e).__name__}: {e}") from None
+        info, kwargs = {"source": f"hub:{spec['id']}", "revision": commit}, {}
+    with atomic_path(out) as tmp:
+        save_prepared(source, tmp, **kwargs)
         info["name"] = name
         (tmp / MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
     return info
@@ -133,7 +182,7 @@ def _sha256(path: Path) -> str:
 
 
 def folder_revision(folder: Path) -> str:
-    """A stable identity for a folder of weights: its config and its files' names and sizes."""
+    """A stable identity for a folder of weights: its files' names and sizes."""
     import hashlib
 
     h = hashlib.sha256()
@@ -151,10 +200,7 @@ def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", nu
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"{folder}: no model here (config.json missing); it is made by the fetch_model rule "
-                         f"(snakemake fetch_model) or `lmadapt fetch-model`")
+    folder = _checked_folder(folder)
     device = device or pick_device()
     torch_dtype = pick_dtype(dtype, device)
     if head == "auto":
@@ -174,4 +220,13 @@ def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", nu
     model = loader.from_pretrained(folder, dtype=torch_dtype, **kwargs).to(device)
     model.eval()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return LoadedModel(model, tokenizer, device, torch_dtype, info)
+    return LoadedModel(tokenizer=tokenizer, max_length=context_length(model.config, tokenizer), model=model,
+                       device=device, dtype=torch_dtype, info=info)
+
+
+def _checked_folder(folder: str | Path) -> Path:
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder}: no model here (config.json missing); it is made by the fetch_model rule "
+                         f"(snakemake fetch_model) or `lmadapt fetch-model`")
+    return folder

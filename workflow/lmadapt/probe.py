@@ -2,8 +2,9 @@
 
 probe: for every layer and pooling of one activation file, a logistic regression (standardised features, C by
 cross-validation on the training sample only) and an MLP (study 1's "simple DNN": early stopping on a held-out
-part of the training sample), evaluated on the test and out-of-domain activations. Examples that served as
-demonstrations in the few-shot prefix are left out of training.
+part of the training sample), evaluated on the test and out-of-domain activations. The few-shot prefix's
+demonstrations come from the seed's demonstration pool, never from a training sample, so the probes with and
+without the prompt train on the same rows.
 bow: CountVectorizer or tf-idf + the same logistic regression on the samples' text.
 """
 from __future__ import annotations
@@ -103,7 +104,6 @@ def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[st
     meta = read_metadata(train_path, META_KEY)
     labels = read_metadata(eval_samples[next(iter(eval_samples))], META_KEY)["labels"]
     train = pd.read_parquet(train_path)
-    train = train[~train["id"].isin(meta["prompt"]["demonstration_ids"])]
     y_train = train["label"].to_numpy()
     evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
     groups = {split: group_columns(pd.read_parquet(eval_samples[split]), frame["id"]) for split, frame in evals.items()}
@@ -124,7 +124,8 @@ def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[st
             for method, (predict, details) in fitted.items():
                 for split, frame in evals.items():
                     record = classification_record(
-                        dict(keys, method=method, layer=layer, pooling=how, split=split), labels,
+                        dict(keys, method=method, layer=layer, pooling=how, split=split,
+                             examples=len(y_train) + meta["prompt"]["shots"]), labels,
                         frame["label"].to_numpy(), predict(_matrix(frame, column)), groups[split])
                     record["details"] = dict(details, n_train=len(y_train), truncated=meta["truncated"])
                     records.append(record)
@@ -156,7 +157,8 @@ def run_bow(train_path: str, eval_paths: dict[str, str], out: str, settings: dic
     for split, path in eval_paths.items():
         frame = pd.read_parquet(path)
         fingerprints.append(read_metadata(path, META_KEY)["fingerprint"])
-        record = classification_record(dict(keys, method=f"bow_{settings['vectorizer']}", split=split), labels,
+        record = classification_record(dict(keys, method=f"bow_{settings['vectorizer']}", split=split,
+                                            examples=len(y_train)), labels,
                                        frame["label"].to_numpy(), model.predict(vectorizer.transform(
                                            text_of(frame, fields))), group_columns(frame, frame["id"]))
         record["details"] = {"C": c, "vocabulary": len(vectorizer.vocabulary_), "n_train": len(y_train)}

@@ -96,7 +96,7 @@ def encode_prompt(lm, pattern: Pattern, rows: pd.DataFrame, demonstrations: pd.D
     keeps its last tokens (where the pattern's cue is) and is counted in `truncated`; the prefix never is."""
     prefix = lm.leading_special_ids() + (lm.encode(prefix_text(pattern, demonstrations)) if len(demonstrations) else [])
     verbalizers = [lm.encode(pattern.verbalizer[label]) for label in pattern.labels]
-    examples = [lm.encode(pattern.fill(row)) for _, row in rows.iterrows()]
+    examples = lm.encode_many([pattern.fill(row) for row in rows.to_dict("records")])
     truncated = 0
     if max_length is not None:
         budget = max_length - len(prefix) - reserve
@@ -108,3 +108,11 @@ def encode_prompt(lm, pattern: Pattern, rows: pd.DataFrame, demonstrations: pd.D
                 examples[i] = ids[-budget:]
                 truncated += 1
     return EncodedPrompt(prefix, examples, verbalizers, truncated)
+
+
+
+def classifier_inputs(tokens, pattern: Pattern, rows: pd.DataFrame, max_length: int | None) -> tuple[list[list[int]], int]:
+    """(ids, truncated) of a fine-tuned classifier's inputs: each example alone after the leading special tokens,
+    within max_length (never more than the model's context); longer ones keep their end and are counted."""
+    encoded = encode_prompt(tokens, pattern, rows, rows.iloc[:0], max_length=tokens.context(max_length))
+    return [encoded.prefix + ids for ids in encoded.examples], encoded.truncated

@@ -1,9 +1,12 @@
-"""The `sample` stage: class-balanced training samples of k per class, a fixed test sample, out-of-domain sets.
+"""The `sample` stage: class-balanced training samples of k per class, a demonstration pool per seed, a fixed
+test sample, out-of-domain sets.
 
 Deterministic: the same source rows, k and seed give byte-identical Parquet files. Samples are nested (for one
-seed, the k=2 sample is part of the k=32 sample) so that a curve over k compares like with like. When a task has
-no test split, the test sample is drawn from the training source first and removed from the training pool,
-together with every training row whose text equals a test text.
+seed, the k=2 sample is part of the k=32 sample) so that a curve over k compares like with like. Each class's
+rows are put in one seeded order: training samples take its head, the demonstration pool its tail, so no prompt
+shows a row that a probe or a fine-tuned model trains on, and adding a k changes neither. When a task has no test
+split, the test sample is drawn from the training source first and removed from the training pool, together with
+every training row whose text equals a test text.
 """
 from __future__ import annotations
 
@@ -39,18 +42,40 @@ def training_pool(train: pd.DataFrame, test: pd.DataFrame | None, fields: list[s
     return train[~leaked].reset_index(drop=True)
 
 
-def draw_balanced(pool: pd.DataFrame, labels: list[str], k: int, seed: int, where: str) -> pd.DataFrame:
-    """k rows of every class, nested across k for one seed, then shuffled together."""
+def class_order(pool: pd.DataFrame, label_id: int, seed: int) -> pd.DataFrame:
+    """The rows of one class in the seed's order: training samples take its head, demonstrations its tail."""
+    members = pool[pool["label"] == label_id]
+    return members.iloc[np.random.default_rng([seed, label_id]).permutation(len(members))]
+
+
+def draw_balanced(pool: pd.DataFrame, labels: list[str], k: int, seed: int, where: str,
+                  demonstrations: int = 0) -> pd.DataFrame:
+    """k rows of every class, nested across k for one seed, then shuffled together. demonstrations: the pool
+    size per class kept apart at the tail of each class's order (the training rows must not reach it)."""
     parts = []
     for label_id, name in enumerate(labels):
-        members = pool[pool["label"] == label_id]
-        if len(members) < k:
-            raise DataError(f"{where}: class {name!r} has {len(members)} example(s) available for training, "
-                            f"fewer than k={k}")
-        order = np.random.default_rng([seed, label_id]).permutation(len(members))
-        parts.append(members.iloc[order[:k]])
+        members = class_order(pool, label_id, seed)
+        if len(members) < k + demonstrations:
+            apart = f" besides the {demonstrations} kept for demonstrations" if demonstrations else ""
+            raise DataError(f"{where}: class {name!r} (label {label_id}) has {len(members)} example(s) available "
+                            f"for training, fewer than k={k}{apart}")
+        parts.append(members.iloc[:k])
     sample = pd.concat(parts)
     return sample.iloc[np.random.default_rng(seed).permutation(len(sample))].reset_index(drop=True)
+
+
+def draw_demonstrations(pool: pd.DataFrame, labels: list[str], per_class: int, seed: int, where: str) -> pd.DataFrame:
+    """The seed's demonstration pool: `per_class` rows of every class from the tail of its order (each training
+    sample checks that its head stays clear of it), then shuffled together."""
+    parts = []
+    for label_id, name in enumerate(labels):
+        members = class_order(pool, label_id, seed)
+        if len(members) < per_class:
+            raise DataError(f"{where}: class {name!r} (label {label_id}) has {len(members)} example(s), fewer than "
+                            f"the {per_class} per class of the demonstration pool")
+        parts.append(members.iloc[::-1].iloc[:per_class])
+    sample = pd.concat(parts)
+    return sample.iloc[np.random.default_rng([seed, len(labels)]).permutation(len(sample))].reset_index(drop=True)
 
 
 def content_fingerprint(rows: pd.DataFrame) -> str:
@@ -66,7 +91,8 @@ def to_table(rows: pd.DataFrame, meta: dict) -> pa.Table:
 
 def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, out: str,
                k: int | None = None, seed: int | None = None, test_seed: int = 0) -> dict:
-    """Write one sample file. split: 'train' (needs k and seed), 'test', or 'ood:<name>'."""
+    """Write one sample file. split: 'train' (needs k and seed; stays clear of the task's `demonstrations` pool,
+    0 when no prompt of the grid uses one), 'demos' (needs seed), 'test', or 'ood:<name>'."""
     fields, labels = task["fields"], task["labels"]
 
     def read(role: str, source: dict) -> Split:
@@ -96,15 +122,20 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
             sources = [source_meta(train)]
         if split == "test":
             rows = test
-        elif split == "train":
-            if k is None or seed is None:
-                raise ValueError("a training sample needs k and seed")
+        elif split in ("train", "demos"):
+            if seed is None or (split == "train" and k is None):
+                raise ValueError(f"a {split} sample needs a seed" + (" and k" if split == "train" else ""))
             carved = None if "test" in task["data"] else test
-            rows = draw_balanced(training_pool(train.rows, carved, fields), labels, k, seed, str(train.path))
+            pool = training_pool(train.rows, carved, fields)
+            if split == "train":
+                rows = draw_balanced(pool, labels, k, seed, str(train.path), demonstrations=task["demonstrations"])
+                meta.update(k=k, seed=seed)
+            else:  # the pool does not depend on k: adding a k to the task changes no demonstration
+                rows = draw_demonstrations(pool, labels, task["demonstrations"], seed, str(train.path))
+                meta.update(seed=seed, per_class=task["demonstrations"])
             sources = [source_meta(train)]
-            meta.update(k=k, seed=seed)
         else:
-            raise ValueError(f"unknown split {split!r}: train, test or ood:<name>")
+            raise ValueError(f"unknown split {split!r}: train, demos, test or ood:<name>")
         meta["sources"] = sources
     table = to_table(rows, meta)
     write_parquet(table, out)

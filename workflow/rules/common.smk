@@ -1,4 +1,4 @@
-# Config validation, wildcard constraints and input functions shared by every rule.
+# Config validation, wildcard constraints and the functions every rule uses (none live in the rule files).
 import json
 import shlex
 import sys
@@ -7,7 +7,16 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lmadapt's config code only
-from lmadapt.config import SCHEMA_PATH, check_config, stage_names
+from lmadapt.config import (
+    FINETUNE_RUN_SETTINGS,
+    SCHEMA_PATH,
+    check_config,
+    demonstration_needs,
+    demonstration_pool,
+    finetune_settings,
+    grid,
+    model_identity,
+)
 from lmadapt.data import resolve_path
 
 # lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
@@ -16,6 +25,7 @@ config.update(check_config(config, origin="config (config/config.yaml and --conf
 validate(config, str(SCHEMA_PATH))
 
 TASKS = sorted(config["tasks"])
+GRID = grid(config)  # every cell, by stage
 
 
 wildcard_constraints:
@@ -24,7 +34,7 @@ wildcard_constraints:
     k=r"\d+",
     seed=r"\d+",
     role=r"train|test|ood_[a-z][a-z0-9_]*",
-    sample=r"train_k\d+_seed\d+|test|ood_[a-z][a-z0-9_]*",
+    sample=r"train_k\d+_seed\d+|demos_seed\d+|test|ood_[a-z][a-z0-9_]*",
 
 
 THREADS = config["threads"]
@@ -33,14 +43,50 @@ THREADS = config["threads"]
 JOB_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
 
 
+# ---------------------------------------------------------------- params: what a job computes, and nothing else
+
+
 def as_arg(value):
     """A config slice as one shell-quoted JSON argument (kept in params so a change reruns its jobs)."""
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
-def task_slice(task, *keys):
+def run_setting(value):
+    """A param for how a job runs, not what it computes (checkpoint cadence). Snakemake counts a param function
+    that takes `resources` as derived, and a derived param never makes a job stale."""
+    return lambda wildcards, resources: as_arg(value)
+
+
+def task_slice(task, *keys, **values):
     """The part of a task's config a job uses, so that e.g. adding a k reruns no existing job."""
-    return as_arg({key: config["tasks"][task][key] for key in keys})
+    return as_arg({key: config["tasks"][task][key] for key in keys} | values)
+
+
+def stage_settings(stage, *exclude, **extra):
+    """A stage's config section without the selections (which models, tasks, shots, k: they name cells, they
+    change no cell) and without `exclude`."""
+    selections = ("models", "tasks", "prompts", "shots", "k", "methods")
+    return as_arg({key: value for key, value in config[stage].items() if key not in selections + exclude} | extra)
+
+
+# ---------------------------------------------------------------- resources: never part of a result
+
+
+def model_resources(scale=1, gpus="one"):
+    """mem_mb (growing with the attempt) and GPUs of a model job: `one` for inference, `all` of the model's for
+    fine-tuning (one task: torchrun starts a process per GPU)."""
+
+    def mem_mb(wildcards, attempt):
+        return config["models"][wildcards.model]["mem_mb"] * scale * attempt
+
+    def gpu(wildcards):
+        count = config["models"][wildcards.model]["gpus"]
+        return count if gpus == "all" else min(count, 1)
+
+    return {"mem_mb": mem_mb, "gpu": gpu}
+
+
+# ---------------------------------------------------------------- data
 
 
 def source_entry(task, role):
@@ -60,9 +106,43 @@ def source_file(task, role):
 
 
 def sample_inputs(wildcards):
-    """The source files a sample needs: the train pool always (test may be carved from it), test if declared."""
+    """The source files a sample needs: an out-of-domain set its own; every other sample the train pool (test
+    may be carved from it) and the test split if declared."""
+    if wildcards.sample.startswith("ood_"):
+        return {wildcards.sample: source_file(wildcards.task, wildcards.sample)}
     roles = ["train"] + (["test"] if "test" in config["tasks"][wildcards.task]["data"] else [])
     return {role: source_file(wildcards.task, role) for role in roles}
+
+
+def sample_task(wildcards):
+    """The task settings one sample depends on: a training sample also on the demonstration pool it stays clear
+    of, an out-of-domain sample only on its own source."""
+    task, sample = wildcards.task, wildcards.sample
+    if sample.startswith("ood_"):
+        name = sample.removeprefix("ood_")
+        return as_arg({"fields": config["tasks"][task]["fields"], "labels": config["tasks"][task]["labels"],
+                       "ood": {name: config["tasks"][task]["ood"][name]}})
+    keys = ("fields", "labels", "data", "n_test")
+    if sample == "test":
+        return task_slice(task, *keys)
+    return task_slice(task, *keys, demonstrations=demonstration_pool(config, task))
+
+
+def sample_split(wildcards):
+    """The `lmadapt sample` arguments naming the sample: --split (and --k, --seed)."""
+    sample = wildcards.sample
+    if sample.startswith("train_k"):
+        k, seed = sample.removeprefix("train_k").split("_seed")
+        return f"--split train --k {k} --seed {seed}"
+    if sample.startswith("demos_seed"):
+        return f"--split demos --seed {sample.removeprefix('demos_seed')}"
+    if sample.startswith("ood_"):
+        return f"--split ood:{sample.removeprefix('ood_')}"
+    return "--split test"
+
+
+def sample_roles(wildcards, input):
+    return " ".join(f"{role.replace('ood_', 'ood:', 1)}={path}" for role, path in input.items())
 
 
 def train_samples(task):
@@ -70,15 +150,33 @@ def train_samples(task):
     return expand("results/samples/{task}/train_k{k}_seed{seed}.parquet", task=task, k=spec["k"], seed=config["seeds"])
 
 
-def eval_samples(task):
-    """The in-domain test sample and every out-of-domain set of a task."""
-    return [f"results/samples/{task}/test.parquet"] + [
-        f"results/samples/{task}/ood_{name}.parquet" for name in config["tasks"][task]["ood"]
-    ]
+def demonstration_samples(task):
+    """The seeds' demonstration pools, for a task whose prompts have demonstrations."""
+    if not demonstration_pool(config, task):
+        return []
+    return [f"results/samples/{task}/demos_seed{seed}.parquet" for seed in config["seeds"]]
+
+
+def demonstration_pool_file(task, seed, shots=1):
+    """The pool a few-shot prompt of this seed draws from (none for zero shots)."""
+    return f"results/samples/{task}/demos_seed{seed}.parquet" if int(shots) else []
 
 
 def eval_splits(task):
     return ["test"] + [f"ood_{name}" for name in config["tasks"][task]["ood"]]
+
+
+def eval_samples(task):
+    """The in-domain test sample and every out-of-domain set of a task."""
+    return [f"results/samples/{task}/{split}.parquet" for split in eval_splits(task)]
+
+
+def eval_arg(folder, task):
+    """SPLIT=PATH arguments of a task's evaluation files in a folder."""
+    return " ".join(f"{split}={folder}/{split}.parquet" for split in eval_splits(task))
+
+
+# ---------------------------------------------------------------- models
 
 
 def model_dir(model):
@@ -86,48 +184,116 @@ def model_dir(model):
     return f"resources/models/{model}"
 
 
-def cells(task):
-    """(k, seed) of every training sample of a task."""
-    return [(k, seed) for k in config["tasks"][task]["k"] for seed in config["seeds"]]
+def used_models():
+    return sorted({cell["model"] for cells in GRID.values() for cell in cells if "model" in cell})
+
+
+# ---------------------------------------------------------------- probes
+
+
+def prompt_folder(prompt, seed):
+    """Activations without a prompt are shared by every cell; a few-shot prefix is one per seed's pool."""
+    return "none" if prompt == "none" else f"fewshot_seed{seed}"
+
+
+def extract_demos(wildcards):
+    if wildcards.prompt == "none":
+        return []
+    return demonstration_pool_file(wildcards.task, wildcards.prompt.removeprefix("fewshot_seed"))
+
+
+def extract_settings(wildcards):
+    """The extract section a job uses: the prefix's size only with a prefix."""
+    if wildcards.prompt == "none":
+        return stage_settings("extract", dtype="auto")
+    return stage_settings("extract", dtype="auto", shots=config["extract"]["shots"])
+
+
+def extract_demos_arg(wildcards, input):
+    if not input.demos:
+        return ""
+    return f"--demos {input.demos} --seed {wildcards.prompt.removeprefix('fewshot_seed')}"
+
+
+def probe_activations(wildcards):
+    folder = f"results/activations/{wildcards.model}/{wildcards.task}/{prompt_folder(wildcards.prompt, wildcards.seed)}"
+    return {"train": f"{folder}/train_k{wildcards.k}_seed{wildcards.seed}.parquet"} | {
+        split: f"{folder}/{split}.parquet" for split in eval_splits(wildcards.task)
+    }
+
+
+def probe_evals(wildcards, input):
+    return " ".join(f"{split}={input[split]}" for split in eval_splits(wildcards.task))
+
+
+def cell_keys(wildcards, **extra):
+    """The cell's keys, as the metrics records carry them."""
+    named = dict(wildcards.items())
+    keys = {key: named[key] for key in ("task", "model", "prompt", "method") if key in named}
+    keys |= {key: int(named[key]) for key in ("k", "seed") if key in named}
+    return as_arg(keys | extra)
 
 
 def probe_targets():
-    out = []
-    for model in stage_names(config, "extract", "models") if config["models"] else []:
-        for task in stage_names(config, "extract", "tasks"):
-            for prompt in config["extract"]["prompts"]:
-                out += [f"results/metrics/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.json"
-                        for k, seed in cells(task)]
-    return out
+    return [
+        "results/metrics/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.json".format(**cell) for cell in GRID["probe"]
+    ]
 
 
 def bow_targets():
-    return [f"results/metrics/bow/{task}/k{k}_seed{seed}.json" for task in stage_names(config, "bow", "tasks")
-            for k, seed in cells(task)]
+    return ["results/metrics/bow/{task}/k{k}_seed{seed}.json".format(**cell) for cell in GRID["bow"]]
+
+
+# ---------------------------------------------------------------- in-context learning
 
 
 def icl_targets():
-    out = []
-    for model in stage_names(config, "icl", "models") if config["models"] else []:
-        for task in stage_names(config, "icl", "tasks"):
-            for shots in config["icl"]["shots"]:
-                seeds = config["seeds"][:1] if shots == 0 else config["seeds"]
-                out += [f"results/metrics/icl/{model}/{task}/shots{shots}_seed{seed}.json" for seed in seeds]
-    return out
+    return ["results/metrics/icl/{model}/{task}/shots{shots}_seed{seed}.json".format(**cell) for cell in GRID["icl"]]
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+TEACHER_SETTINGS = {
+    "shots": config["finetune"]["distill"]["shots"],
+    "pattern": config["finetune"]["pattern"],
+    "batch_size": config["finetune"]["distill"]["batch_size"],
+    "dtype": "auto",
+}
+
+
+def teacher_file(wildcards):
+    if wildcards.method != "distill":
+        return []
+    return f"results/teacher/{wildcards.model}/{wildcards.task}/k{wildcards.k}_seed{wildcards.seed}.parquet"
+
+
+def finetune_launcher(wildcards):
+    """One process per GPU through torchrun; a plain process on CPU or one GPU."""
+    gpus = config["models"][wildcards.model]["gpus"]
+    return f"torchrun --standalone --nproc_per_node {gpus} -m lmadapt" if gpus > 1 else "lmadapt"
 
 
 def finetune_targets():
-    out = []
-    for model in stage_names(config, "finetune", "models") if config["models"] else []:
-        for task in stage_names(config, "finetune", "tasks"):
-            out += [f"results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json"
-                    for method in config["finetune"]["methods"] for k, seed in cells(task)
-                    if not config["finetune"]["k"] or k in config["finetune"]["k"]]
-    return out
+    return [
+        "results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json".format(**cell)
+        for cell in GRID["finetune"]
+    ]
+
+
+# ---------------------------------------------------------------- the whole grid
+
+
+def metrics_targets():
+    return probe_targets() + bow_targets() + icl_targets() + finetune_targets()
+
+
+def sample_targets():
+    targets = []
+    for task in TASKS:
+        targets += train_samples(task) + demonstration_samples(task) + eval_samples(task)
+    return targets
 
 
 def all_targets(wildcards):
-    targets = []
-    for task in TASKS:
-        targets += train_samples(task) + eval_samples(task)
-    return targets + probe_targets() + bow_targets() + icl_targets() + finetune_targets()
+    return sample_targets() + metrics_targets()

@@ -1,4 +1,5 @@
-# Data: fetch hub datasets once (login node), then draw the training, test and out-of-domain samples.
+# Data: fetch hub datasets once (login node), then draw the training samples, the demonstration pools, the test
+# sample and the out-of-domain sets (one rule; the sample's name says which).
 
 
 rule fetch_data:
@@ -13,58 +14,21 @@ rule fetch_data:
         "lmadapt fetch-data --source {params.source} --out {output} > {log} 2>&1"
 
 
-rule sample_train:
+rule sample:
     input:
         unpack(sample_inputs),
     output:
-        "results/samples/{task}/train_k{k}_seed{seed}.parquet",
+        "results/samples/{task}/{sample}.parquet",
     params:
-        task=lambda w: task_slice(w.task, "fields", "labels", "data", "n_test"),
-        inputs=lambda w, input: " ".join(f"{role}={path}" for role, path in input.items()),
+        task=sample_task,
+        split=sample_split,
+        inputs=sample_roles,
         test_seed=config["test_seed"],
     log:
-        "results/logs/sample/{task}/train_k{k}_seed{seed}.log",
+        "results/logs/sample/{task}/{sample}.log",
     resources:
-        mem_mb=2000,
+        mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=10,
     shell:
         "lmadapt sample --task {wildcards.task} --task-config {params.task} --input {params.inputs}"
-        " --split train --k {wildcards.k} --seed {wildcards.seed} --test-seed {params.test_seed}"
-        " --out {output} > {log} 2>&1"
-
-
-rule sample_test:
-    input:
-        unpack(sample_inputs),
-    output:
-        "results/samples/{task}/test.parquet",
-    params:
-        task=lambda w: task_slice(w.task, "fields", "labels", "data", "n_test"),
-        inputs=lambda w, input: " ".join(f"{role}={path}" for role, path in input.items()),
-        test_seed=config["test_seed"],
-    log:
-        "results/logs/sample/{task}/test.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    shell:
-        "lmadapt sample --task {wildcards.task} --task-config {params.task} --input {params.inputs}"
-        " --split test --test-seed {params.test_seed} --out {output} > {log} 2>&1"
-
-
-rule sample_ood:
-    input:
-        lambda w: source_file(w.task, f"ood_{w.name}"),
-    output:
-        "results/samples/{task}/ood_{name}.parquet",
-    params:
-        task=lambda w: task_slice(w.task, "fields", "labels", "ood"),
-        test_seed=config["test_seed"],
-    log:
-        "results/logs/sample/{task}/ood_{name}.log",
-    resources:
-        mem_mb=4000,
-        runtime=10,
-    shell:
-        "lmadapt sample --task {wildcards.task} --task-config {params.task} --input ood:{wildcards.name}={input}"
-        " --split ood:{wildcards.name} --test-seed {params.test_seed} --out {output} > {log} 2>&1"
+        " {params.split} --test-seed {params.test_seed} --out {output} > {log} 2>&1"

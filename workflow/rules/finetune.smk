@@ -2,34 +2,30 @@
 # then one DeepSpeed job per (model, task, method, k, seed). On a GPU cluster the job asks Slurm for the model's
 # GPUs with tasks=0 (one task: the plugin must not start a copy per GPU) and torchrun starts one process per GPU.
 # Checkpoints live in results/finetune/... outside the declared outputs, so a restarted job resumes from them.
+# A job's params hold its method's settings only: a LoRA setting reruns LoRA jobs, no other.
 
 
 rule teacher:
     input:
         model=lambda w: model_dir(w.model),
         train="results/samples/{task}/train_k{k}_seed{seed}.parquet",
+        demos=lambda w: demonstration_pool_file(w.task, w.seed, TEACHER_SETTINGS["shots"]),
     output:
         "results/teacher/{model}/{task}/k{k}_seed{seed}.parquet",
     params:
         task=lambda w: task_slice(w.task, "fields", "labels", "prompt"),
-        settings=as_arg({"shots": config["finetune"]["distill"]["shots"], "pattern": config["finetune"]["pattern"],
-                         "batch_size": config["finetune"]["distill"]["batch_size"], "dtype": "auto"}),
+        settings=as_arg(TEACHER_SETTINGS),
+        demos=lambda w, input: f"--demos {input.demos}" if input.demos else "",
     log:
         "results/logs/teacher/{model}/{task}/k{k}_seed{seed}.log",
     threads: THREADS
     resources:
-        mem_mb=lambda w, attempt: config["models"][w.model]["mem_mb"] * attempt,
+        **model_resources(),
         runtime=60,
-        gpu=lambda w: min(config["models"][w.model]["gpus"], 1),
     shell:
         JOB_ENV + " lmadapt teacher --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
-        " --train {input.train} --seed {wildcards.seed} --settings {params.settings} --out {output} > {log} 2>&1"
-
-
-def finetune_launcher(wildcards):
-    """One process per GPU through torchrun; a plain process on CPU or one GPU."""
-    gpus = config["models"][wildcards.model]["gpus"]
-    return f"torchrun --standalone --nproc_per_node {gpus} -m lmadapt" if gpus > 1 else "lmadapt"
+        " --train {input.train} {params.demos} --seed {wildcards.seed} --settings {params.settings} --out {output}"
+        " > {log} 2>&1"
 
 
 rule finetune:
@@ -37,7 +33,7 @@ rule finetune:
         model=lambda w: model_dir(w.model),
         train="results/samples/{task}/train_k{k}_seed{seed}.parquet",
         evals=lambda w: eval_samples(w.task),
-        teacher=lambda w: f"results/teacher/{w.model}/{w.task}/k{w.k}_seed{w.seed}.parquet" if w.method == "distill" else [],
+        teacher=teacher_file,
         deepspeed=Path(workflow.basedir) / f"config/deepspeed/{config['finetune']['zero']}.json",
     output:
         "results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json",
@@ -45,9 +41,10 @@ rule finetune:
         method="head|pattern|lora_head|lora_pattern|distill",
     params:
         task=lambda w: task_slice(w.task, "fields", "labels", "prompt"),
-        settings=as_arg({key: value for key, value in config["finetune"].items() if key not in ("models", "tasks", "methods")}),
-        cell=lambda w: as_arg({"task": w.task, "model": w.model, "method": w.method, "k": int(w.k), "seed": int(w.seed)}),
-        evals=lambda w: " ".join(f"{split}=results/samples/{w.task}/{split}.parquet" for split in eval_splits(w.task)),
+        settings=lambda w: as_arg(finetune_settings(config, w.method)),
+        run=run_setting({key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}),
+        cell=cell_keys,
+        evals=lambda w: eval_arg(f"results/samples/{w.task}", w.task),
         teacher=lambda w, input: f"--teacher {input.teacher}" if input.teacher else "",
         launcher=finetune_launcher,
         work_dir="results/finetune/{model}/{task}/{method}/k{k}_seed{seed}",
@@ -55,12 +52,11 @@ rule finetune:
         "results/logs/finetune/{model}/{task}/{method}/k{k}_seed{seed}.log",
     threads: THREADS
     resources:
-        mem_mb=lambda w, attempt: config["models"][w.model]["mem_mb"] * 2 * attempt,
+        **model_resources(scale=2, gpus="all"),
         runtime=lambda w, attempt: 240 * attempt,
-        gpu=lambda w: config["models"][w.model]["gpus"],
         tasks=lambda w: 0 if config["models"][w.model]["gpus"] > 1 else 1,
     shell:
         JOB_ENV + " {params.launcher} finetune --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
         " --train {input.train} --eval {params.evals} {params.teacher} --settings {params.settings}"
-        " --deepspeed-config {input.deepspeed} --keys {params.cell} --work-dir {params.work_dir}"
-        " --out {output} >> {log} 2>&1"
+        " --run-settings {params.run} --deepspeed-config {input.deepspeed} --keys {params.cell}"
+        " --work-dir {params.work_dir} --out {output} >> {log} 2>&1"

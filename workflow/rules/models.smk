@@ -1,12 +1,13 @@
-# Models: prepared once into resources/models/{model} (login node: hub downloads need the internet; a GGUF file
-# is dequantised and saved plain so that every later job loads it in about a second).
+# Models: prepared once into resources/models/{model} (login node: hub downloads need the internet; weights are
+# written as safetensors whatever the source, a GGUF file dequantised, so that every later job loads in seconds).
+# Only the model's identity is a param: its gpus, mem_mb or dtype never re-fetch it nor rerun what uses it.
 
 
 rule fetch_model:
     output:
         directory("resources/models/{model}"),
     params:
-        model=lambda w: as_arg(config["models"][w.model]),
+        model=lambda w: as_arg(model_identity(config["models"][w.model])),
     log:
         "results/logs/fetch_model/{model}.log",
     localrule: True

@@ -1,0 +1,401 @@
+"""The `preflight` stage: every cell of the grid checked and costed before a GPU is spent.
+
+Static part (the config alone): the cells of every stage, and each few-shot prompt's demonstrations against the
+task's demonstration pool (config validation already refuses an infeasible one, naming the key).
+Dynamic part (after fetch and sample, with each model's real tokenizer and the real samples): prompt lengths per
+cell through the same functions the jobs call — which ICL cells will be skipped or run with fewer
+demonstrations and why, how many demonstrations each teacher gets, how many inputs extraction and fine-tuning
+will truncate — and the expected skipped list. A cell that would fail (a few-shot prefix that alone overflows
+the context) is an error naming the config key and the cell.
+Cost part: per job, parameters, GPU memory under the chosen ZeRO stage and GPU count against the GPU's memory,
+FLOPs and an estimated GPU time, summed for the grid. Written as results/plan/preflight.{json,md}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from .config import ConfigError, demonstration_needs, finetune_settings, grid
+from .icl import fit_demonstrations, needed_after_prefix
+from .io import write_json, write_text
+from .models import load_tokens
+from .prompt import choose_demonstrations, classifier_inputs, encode_prompt, task_pattern
+
+BYTES_16BIT = 2
+
+
+# ---------------------------------------------------------------- model sizes and costs
+
+
+def model_shape(folder: str | Path, lora: dict | None = None) -> dict:
+    """Parameters, layers, hidden size of a prepared model (instantiated on the meta device: no weights read),
+    and the parameters LoRA adds with the config's target modules."""
+    import torch
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0]).from_config(config) \
+            if config.architectures else transformers.AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    lora_params = 0
+    if lora:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in lora["target_modules"]:
+                lora_params += lora["r"] * (module.in_features + module.out_features)
+    text = config.get_text_config()
+    return {"parameters": params, "lora_parameters": lora_params, "layers": text.num_hidden_layers,
+            "hidden": text.hidden_size, "heads": text.num_attention_heads}
+
+
+def activation_bytes(shape: dict, batch: int, tokens: int, checkpointing: bool) -> float:
+    """Training activations of a transformer in 16-bit (Korthikanti et al. 2022: 34·s·b·h + 5·a·s²·b bytes per
+    layer); with gradient checkpointing, one layer's worth plus a kept input per layer."""
+    per_layer = tokens * batch * shape["hidden"] * 34 + 5 * shape["heads"] * tokens ** 2 * batch
+    if checkpointing:
+        return per_layer + shape["layers"] * tokens * batch * shape["hidden"] * BYTES_16BIT
+    return per_layer * shape["layers"]
+
+
+def training_memory(shape: dict, method: str, settings: dict, zero_stage: int, offload: bool, gpus: int,
+                    tokens: int) -> float:
+    """Bytes on one GPU: mixed-precision AdamW keeps 16 bytes a trained parameter (16-bit weight and gradient,
+    fp32 master weight and two moments), partitioned by ZeRO over the GPUs; LoRA trains only its adapters."""
+    n, g = shape["parameters"], max(gpus, 1)
+    if method.startswith("lora"):
+        states = BYTES_16BIT * n + 16 * shape["lora_parameters"]
+    elif offload:
+        states = BYTES_16BIT * n / g
+    elif zero_stage == 3:
+        states = 16 * n / g
+    else:
+        states = BYTES_16BIT * n + 14 * n / g
+    return states + activation_bytes(shape, settings["batch_size"], tokens, settings["gradient_checkpointing"])
+
+
+def inference_memory(shape: dict, batch: int, tokens: int) -> float:
+    """Bytes on one GPU: 16-bit weights, the batch's key/value cache and a layer's working activations."""
+    kv = 2 * shape["layers"] * shape["hidden"] * tokens * batch * BYTES_16BIT
+    return BYTES_16BIT * shape["parameters"] + kv + 16 * batch * tokens * shape["hidden"]
+
+
+# ---------------------------------------------------------------- the plan
+
+
+class Plan:
+    """Rows of the plan, errors, and the cost of every job."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.cluster = config["preflight"]
+        self.jobs: list[dict] = []
+        self.cells: list[dict] = []  # skipped, reduced or truncated cells, and what each does
+        self.errors: list[str] = []
+
+    def job(self, stage: str, model: str, task: str, gpus: int, flops: float, memory: float, shape: dict, **cell):
+        load = BYTES_16BIT * shape["parameters"] / (self.cluster["load_gb_per_s"] * 1e9)
+        compute = flops / (max(gpus, 1) * self.cluster["gpu_tflops"] * 1e12 * self.cluster["mfu"])
+        self.jobs.append(dict(stage=stage, model=model, task=task, gpus=gpus, flops=flops,
+                              memory_gb=memory / 1e9, fits=memory / 1e9 <= self.cluster["gpu_memory_gb"],
+                              load_seconds=load, compute_seconds=compute,
+                              gpu_hours=(load + compute) * max(gpus, 1) / 3600, **cell))
+
+
+def sample_file(samples: Path, task: str, name: str) -> Path:
+    return samples / task / f"{name}.parquet"
+
+
+def tokenizer_key(folder: Path) -> str:
+    """Models that share a tokenizer and a context (the OPT family) are measured once."""
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in folder.iterdir() if "token" in p.name or p.name in ("vocab.json", "merges.txt")):
+        h.update(name.encode() + (folder / name).read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    h.update(str(config.get("max_position_embeddings") or config.get("n_positions")).encode())
+    return h.hexdigest()
+
+
+def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str, out_md: str) -> dict:
+    start = time.time()
+    samples, models = Path(samples_dir), Path(models_dir)
+    plan = Plan(config)
+    cells = grid(config)
+    read = _cached(lambda path: pd.read_parquet(path))
+    fetched = {m: models / m for m in config["models"] if (models / m / "config.json").is_file()}
+    shapes = {m: model_shape(folder, config["finetune"]["lora"]) for m, folder in fetched.items()}
+    tokens_by_key: dict[str, object] = {}
+    measured: dict[tuple, dict] = {}  # (tokenizer, what) -> counts, shared by models with one tokenizer
+
+    def tokens_of(model):
+        key = tokenizer_key(fetched[model])
+        if key not in tokens_by_key:
+            tokens_by_key[key] = load_tokens(fetched[model])
+        return key, tokens_by_key[key]
+
+    def measure(model, what, compute):
+        key, tokens = tokens_of(model)
+        if (key, what) not in measured:
+            measured[key, what] = compute(tokens)
+        return measured[key, what]
+
+    def evals(task):
+        splits = ["test"] + [f"ood_{name}" for name in config["tasks"][task]["ood"]]
+        return {split: read(sample_file(samples, task, split)) for split in splits}
+
+    # ------------------------------------------------ extract: one job per (model, task, prompt, sample)
+    extract = config["extract"]
+    extract_jobs = set()
+    for cell in cells["probe"]:
+        seed = cell["seed"] if cell["prompt"] == "fewshot" else None
+        for name in [f"train_k{cell['k']}_seed{cell['seed']}"] + list(evals(cell["task"])):
+            extract_jobs.add((cell["model"], cell["task"], seed, name))
+    for model, task, seed, name in sorted(extract_jobs, key=str):
+        if model not in fetched:
+            continue
+        spec = config["tasks"][task]
+        pattern = task_pattern(spec, extract["pattern"])
+        shots = extract["shots"] if seed is not None else 0
+
+        def count(tokens, task=task, seed=seed, name=name, shots=shots, pattern=pattern, spec=spec):
+            rows = read(sample_file(samples, task, name))
+            demos = choose_demonstrations(read(sample_file(samples, task, f"demos_seed{seed}")),
+                                          len(spec["labels"]), shots, seed) if shots else rows.iloc[:0]
+            limit = tokens.context(extract["max_length"])
+            prefix = encode_prompt(tokens, pattern, rows.iloc[:0], demos).prefix
+            if len(prefix) >= limit:
+                return {"error": len(prefix), "limit": limit}
+            prompt_ids = encode_prompt(tokens, pattern, rows, demos, max_length=limit)
+            return {"prefix": len(prefix), "truncated": prompt_ids.truncated, "n": len(rows),
+                    "tokens": sum(map(len, prompt_ids.examples))}
+
+        counts = measure(model, ("extract", task, seed, name), count)
+        prompt = "none" if seed is None else f"fewshot_seed{seed}"
+        if "error" in counts:
+            plan.errors.append(f"extract.shots: the {shots}-shot prefix of task {task} (seed {seed}) is "
+                               f"{counts['error']} tokens, not less than model {model}'s {counts['limit']}-token "
+                               f"context")
+            continue
+        if counts["truncated"]:
+            plan.cells.append(dict(stage="extract", model=model, task=task, prompt=prompt, sample=name,
+                                   what=f"{counts['truncated']} of {counts['n']} inputs truncated (they keep their end)"))
+        shape = shapes[model]
+        length = counts["prefix"] + counts["tokens"] // max(counts["n"], 1)
+        plan.job("extract", model, task, min(config["models"][model]["gpus"], 1),
+                 2 * shape["parameters"] * (counts["tokens"] + counts["prefix"]),
+                 inference_memory(shape, extract["batch_size"], length), shape, prompt=prompt, sample=name)
+
+    # ------------------------------------------------ icl
+    icl = config["icl"]
+    for cell in cells["icl"]:
+        model, task, shots, seed = cell["model"], cell["task"], cell["shots"], cell["seed"]
+        if model not in fetched:
+            continue
+        spec = config["tasks"][task]
+        for name in icl["patterns"] or list(spec["prompt"]["patterns"]):
+            pattern = task_pattern(spec, name)
+
+            def fit(tokens, pattern=pattern):
+                encoded = [encode_prompt(tokens, pattern, rows, rows.iloc[:0]) for rows in evals(task).values()]
+                needed = max(needed_after_prefix(e.examples, e.verbalizers) for e in encoded)
+                pool = read(sample_file(samples, task, f"demos_seed{seed}")) if shots else evals(task)["test"].iloc[:0]
+                _, prefix, counts = fit_demonstrations(tokens, pattern, pool, len(spec["labels"]), shots, seed,
+                                                       needed, tokens.context(icl["max_length"]), icl["fit"])
+                return dict(counts, runs=prefix is not None,
+                            tokens=sum(len(ids) for e in encoded for ids in e.examples),
+                            n=sum(len(e.examples) for e in encoded), labels=len(spec["labels"]),
+                            multi=max(map(len, encoded[0].verbalizers)) > 1)
+
+            counts = measure(model, ("icl", task, name, shots, seed), fit)
+            where = dict(stage="icl", model=model, task=task, pattern=name, shots=shots, seed=seed)
+            if not counts["runs"]:
+                plan.cells.append(dict(where, what="skipped: prompt does not fit the context",
+                                       prefix_tokens=counts["prefix_tokens"],
+                                       tokens_after_prefix=counts["tokens_after_prefix"], context=counts["context"]))
+                continue
+            if counts["shots_used"] < shots:
+                plan.cells.append(dict(where, what=f"runs with {counts['shots_used']} of {shots} demonstrations"))
+            shape = shapes[model]
+            scored = counts["tokens"] * (counts["labels"] if counts["multi"] else 1)
+            flops = 2 * shape["parameters"] * (counts["prefix_tokens"] + scored)
+            length = counts["prefix_tokens"] + counts["tokens_after_prefix"]
+            plan.job("icl", model, task, min(config["models"][model]["gpus"], 1), flops,
+                     inference_memory(shape, icl["batch_size"], length), shape, shots=shots, seed=seed, pattern=name)
+
+    # ------------------------------------------------ teacher + finetune
+    ft = config["finetune"]
+    teachers = sorted({(c["model"], c["task"], c["k"], c["seed"]) for c in cells["finetune"] if c["method"] == "distill"})
+    for model, task, k, seed in teachers:
+        if model not in fetched:
+            continue
+        spec = config["tasks"][task]
+        pattern = task_pattern(spec, ft["pattern"])
+
+        def teach(tokens):
+            from .icl import teacher_demonstrations
+            from .prompt import PromptError
+
+            rows = read(sample_file(samples, task, f"train_k{k}_seed{seed}"))
+            pool = read(sample_file(samples, task, f"demos_seed{seed}")) if ft["distill"]["shots"] else rows.iloc[:0]
+            try:
+                demos, prefix, counts = teacher_demonstrations(tokens, pattern, rows, pool, len(spec["labels"]),
+                                                               ft["distill"]["shots"], seed)
+            except PromptError as e:
+                return {"error": str(e)}
+            examples = encode_prompt(tokens, pattern, rows, rows.iloc[:0]).examples
+            return dict(counts, tokens=sum(map(len, examples)))
+
+        counts = measure(model, ("teacher", task, k, seed), teach)
+        where = dict(stage="teacher", model=model, task=task, k=k, seed=seed)
+        if "error" in counts:
+            plan.errors.append(f"tasks.{task}: teacher of model {model}, k={k}, seed {seed}: {counts['error']}")
+            continue
+        if counts["shots_used"] < counts["shots_requested"]:
+            plan.cells.append(dict(where, what=f"teacher uses {counts['shots_used']} of {counts['shots_requested']} "
+                                               f"demonstrations (the longest training input must fit)"))
+        shape = shapes[model]
+        plan.job("teacher", model, task, min(config["models"][model]["gpus"], 1),
+                 2 * shape["parameters"] * (counts["prefix_tokens"] + counts["tokens"]),
+                 inference_memory(shape, ft["distill"]["batch_size"], counts["prefix_tokens"] +
+                                  counts["tokens_after_prefix"]), shape, k=k, seed=seed)
+
+    zero = json.loads((Path(__file__).resolve().parents[2] / "config/deepspeed" / f"{ft['zero']}.json").read_text())
+    zero_stage = zero["zero_optimization"]["stage"]
+    offload = "offload_param" in zero["zero_optimization"]
+    for cell in cells["finetune"]:
+        model, task, method, k, seed = (cell[key] for key in ("model", "task", "method", "k", "seed"))
+        if model not in fetched:
+            continue
+        spec = config["tasks"][task]
+        pattern = task_pattern(spec, ft["pattern"])
+
+        def inputs(tokens, name):
+            ids, truncated = classifier_inputs(tokens, pattern, read(sample_file(samples, task, name)),
+                                               ft["max_length"])
+            return {"tokens": sum(map(len, ids)), "longest": max(map(len, ids)), "truncated": truncated,
+                    "n": len(ids)}
+
+        train = measure(model, ("finetune", task, f"train_k{k}_seed{seed}"), lambda t: inputs(t, f"train_k{k}_seed{seed}"))
+        evaluated = {split: measure(model, ("finetune", task, split), lambda t, s=split: inputs(t, s))
+                     for split in evals(task)}
+        where = dict(stage="finetune", model=model, task=task, method=method, k=k, seed=seed)
+        truncated = {"train": train["truncated"]} | {s: e["truncated"] for s, e in evaluated.items()}
+        if any(truncated.values()) and method == ft["methods"][0]:
+            plan.cells.append(dict(where, method="every method", what="inputs truncated to finetune.max_length: " +
+                                   ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
+        shape = shapes[model]
+        gpus = config["models"][model]["gpus"]
+        per_token = (4 if method.startswith("lora") else 6) + (2 if ft["gradient_checkpointing"] else 0)
+        flops = shape["parameters"] * (per_token * train["tokens"] * ft["epochs"] +
+                                       2 * sum(e["tokens"] for e in evaluated.values()))
+        memory = training_memory(shape, method, finetune_settings(config, method), zero_stage, offload, gpus,
+                                 train["longest"])
+        plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
+        if memory / 1e9 > plan.cluster["gpu_memory_gb"]:
+            plan.errors.append(f"models.{model}.gpus: {method} fine-tuning needs about {memory / 1e9:.0f} GB per GPU "
+                               f"under {ft['zero']} on {max(gpus, 1)} GPU(s), more than "
+                               f"preflight.gpu_memory_gb ({plan.cluster['gpu_memory_gb']}); add GPUs, use "
+                               f"zero3/zero3_offload, or lower finetune.batch_size")
+
+    result = {"seconds": round(time.time() - start, 2), "models_fetched": sorted(fetched),
+              "models_not_fetched": sorted(set(config["models"]) - set(fetched)),
+              "cells": {stage: len(c) for stage, c in cells.items()},
+              "demonstrations": [{"key": key, "task": task, "shots": shots,
+                                  "per_class": math.ceil(shots / len(config["tasks"][task]["labels"])),
+                                  "pool_per_class": config["tasks"][task]["demonstrations"]}
+                                 for key, task, shots in demonstration_needs(config)],
+              "expected_skipped": [c for c in plan.cells if c["what"].startswith("skipped")],
+              "notes": plan.cells, "errors": plan.errors, "jobs": plan.jobs,
+              "gpu_hours": sum(j["gpu_hours"] for j in plan.jobs), "cluster": plan.cluster}
+    write_json(result, out_json)
+    write_text(to_markdown(result), out_md)
+    if plan.errors:
+        raise ConfigError(f"preflight: {len(plan.errors)} cell(s) cannot run (see {out_md}); first: {plan.errors[0]}")
+    return result
+
+
+def skipped_cells(plan: dict, tidy: pd.DataFrame) -> tuple[set, set]:
+    """(predicted, recorded) skipped ICL cells as (model, task, pattern, shots, seed): the preflight's list
+    against the skipped records of a finished run (results/tables/all.parquet)."""
+    predicted = {(c["model"], c["task"], c["pattern"], c["shots"], c["seed"]) for c in plan["expected_skipped"]}
+    rows = tidy[(tidy["method"] == "icl") & tidy["skipped"].notna() & tidy["group"].isna()]
+    recorded = {(r.model, r.task, r.prompt, int(r.k), int(r.seed)) for r in rows.itertuples()}
+    return predicted, recorded
+
+
+def _cached(function):
+    cache = {}
+
+    def wrapper(path):
+        if path not in cache:
+            cache[path] = function(path)
+        return cache[path]
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- the page a person reads
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
+def to_markdown(result: dict) -> str:
+    cluster = result["cluster"]
+    lines = ["# Preflight", "",
+             f"Checked in {result['seconds']} s. Models measured with their own tokenizer: "
+             f"{', '.join(result['models_fetched']) or 'none'}"
+             + (f"; not fetched yet (static checks only): {', '.join(result['models_not_fetched'])}"
+                if result["models_not_fetched"] else "") + ".", ""]
+    if result["errors"]:
+        lines += ["## Errors: these cells cannot run", ""] + [f"- {e}" for e in result["errors"]] + [""]
+    lines += ["## Cells", ""] + _table(["stage", "cells"], [[s, n] for s, n in result["cells"].items()]) + [""]
+    if result["demonstrations"]:
+        lines += ["## Demonstrations (from each seed's pool, disjoint from every training sample)", ""]
+        lines += _table(["config key", "task", "shots", "per class", "pool per class"],
+                        [[d["key"], d["task"], d["shots"], d["per_class"], d["pool_per_class"]]
+                         for d in result["demonstrations"]]) + [""]
+    skipped = result["expected_skipped"]
+    lines += [f"## Expected skipped cells ({len(skipped)})", "",
+              "ICL cells whose prompt (prefix + longest evaluation example + label word) does not fit the context; "
+              "they are recorded as skipped with these counts, never truncated.", ""]
+    if skipped:
+        lines += _table(["model", "task", "pattern", "shots", "seed", "prefix tokens", "after prefix", "context"],
+                        [[c["model"], c["task"], c["pattern"], c["shots"], c["seed"], c["prefix_tokens"],
+                          c["tokens_after_prefix"], c["context"]] for c in skipped]) + [""]
+    notes = [c for c in result["notes"] if not c["what"].startswith("skipped")]
+    if notes:
+        lines += [f"## Reduced or truncated ({len(notes)})", ""]
+        lines += _table(["stage", "model", "task", "cell", "what"],
+                        [[c["stage"], c["model"], c["task"], ", ".join(f"{k}={c[k]}" for k in
+                                                                       ("pattern", "method", "prompt", "sample",
+                                                                        "shots", "k", "seed") if c.get(k) is not None),
+                          c["what"]] for c in notes]) + [""]
+    by = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "memory": 0.0, "flops": 0.0, "fits": True, "gpus": 0})
+    for job in result["jobs"]:
+        row = by[job["model"], job["stage"]]
+        row["jobs"] += 1
+        row["gpu_hours"] += job["gpu_hours"]
+        row["flops"] += job["flops"]
+        row["memory"] = max(row["memory"], job["memory_gb"])
+        row["fits"] &= job["fits"]
+        row["gpus"] = job["gpus"]
+    lines += ["## Cost", "",
+              f"Assumed: one GPU has {cluster['gpu_memory_gb']} GB and {cluster['gpu_tflops']} TFLOP/s at "
+              f"{cluster['mfu']:.0%} utilisation; weights load at {cluster['load_gb_per_s']} GB/s "
+              f"(config key `preflight`). Memory is the estimated peak on one GPU (16-bit weights; fine-tuning: "
+              f"AdamW states under ZeRO, activations of the longest input).", ""]
+    lines += _table(["model", "stage", "jobs", "GPUs per job", "peak GB per GPU", "fits", "PFLOP", "GPU-hours"],
+                    [[m, s, r["jobs"], r["gpus"], f"{r['memory']:.1f}", "yes" if r["fits"] else "**no**",
+                      f"{r['flops'] / 1e15:.2f}", f"{r['gpu_hours']:.2f}"] for (m, s), r in sorted(by.items())])
+    lines += ["", f"**Estimated total: {result['gpu_hours']:.1f} GPU-hours** for {len(result['jobs'])} model jobs.",
+              ""]
+    return "\n".join(lines)

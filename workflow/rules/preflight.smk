@@ -1,0 +1,21 @@
+# Preflight: every cell checked with the real tokenizers and samples, and costed, before the model jobs matter.
+# A local rule (seconds, on the login node) that runs as soon as the models are fetched and the samples drawn;
+# run it alone before a submission: `snakemake --profile slurm --configfile config/paper.yaml preflight`.
+
+
+rule preflight:
+    input:
+        models=[model_dir(model) for model in used_models()],
+        samples=sample_targets(),
+    output:
+        json="results/plan/preflight.json",
+        md=report("results/plan/preflight.md", caption="../report/preflight.rst", category="Plan"),
+    params:
+        config=lambda w: as_arg(config),
+    log:
+        "results/logs/preflight.log",
+    localrule: True
+    priority: 100
+    shell:
+        "lmadapt preflight --config-json {params.config} --samples results/samples --models resources/models"
+        " --out-json {output.json} --out-md {output.md} > {log} 2>&1"
