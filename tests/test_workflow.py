@@ -1,7 +1,9 @@
 """The workflow end to end on fixture data: outputs, no-op reruns, exact reruns after a content change."""
+import json
 import re
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from conftest import FIXTURES, REPO, rte_task, run_snakemake, write_config
 from test_icl import PATTERNS
@@ -14,18 +16,30 @@ def planned_jobs(proc) -> dict[str, int]:
 
 
 def fixture_config(model_dir=None):
-    tweets = {"labels": ["negative", "neutral", "positive"], "k": [1], "n_test": 3,
+    tweets = {"labels": ["negative", "neutral", "positive"], "k": [1], "n_test": 3, "demonstrations": 1,
               "data": {"train": {"path": str(FIXTURES / "tweet_sentiment/train.jsonl")}},
               "prompt": {"patterns": {"tweet": {"template": "{text} Sentiment:", "verbalizer": {
                   "negative": " negative", "neutral": " neutral", "positive": " positive"}}}}}
-    config = {"seeds": [1, 2], "tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}), "tweets": tweets}}
+    config = {"seeds": [1, 2], "tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}, demonstrations=3),
+                                         "tweets": tweets}}
     if model_dir:
         config.update(models={"tiny": {"id": str(model_dir), "gpus": 0, "mem_mb": 1000}},
                       extract={"tasks": ["rte"], "shots": 2, "layers": [1, -1]},
                       probe={"mlp": {"epochs": 20}}, icl={"shots": [0, 2]},
                       finetune={"tasks": ["rte"], "k": [2], "methods": ["lora_pattern", "distill"], "epochs": 2,
-                                "batch_size": 2, "distill": {"shots": 2}})
+                                "batch_size": 2, "effective_batch": 2, "distill": {"shots": 2}})
     return config
+
+
+def plan_after(workdir, model_dir, config_path, change) -> dict[str, int]:
+    """The jobs a dry run plans after `change` (a function editing the fixture config); the file is restored."""
+    changed = fixture_config(model_dir)
+    change(changed)
+    write_config(config_path, changed)
+    try:
+        return planned_jobs(run_snakemake(workdir, "--configfile", str(config_path), "-n"))
+    finally:
+        write_config(config_path, fixture_config(model_dir))
 
 
 def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
@@ -33,6 +47,7 @@ def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
     run_snakemake(tmp_path, "--configfile", str(config))
     results = tmp_path / "results"
     assert (tmp_path / "resources/models/tiny/lmadapt_model.json").exists()
+    assert list((tmp_path / "resources/models/tiny").glob("*.safetensors"))
     assert len(list((results / "metrics/probe/tiny/rte").rglob("*.json"))) == 2 * 2 * 2  # prompts x k x seeds
     assert len(list((results / "metrics/icl/tiny").rglob("*.json"))) == 2 * (1 + 2)  # tasks x (0-shot + seeds)
     tidy = pd.read_parquet(results / "tables/all.parquet")
@@ -40,27 +55,59 @@ def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
     assert len(list((results / "metrics/finetune/tiny/rte").rglob("*.json"))) == 2 * 2  # methods x seeds
     assert set(tidy["split"]) == {"test", "ood_hans"} and tidy["code_version"].notna().all()
     assert (results / "tables/icl.md").exists() and (results / "figures/probe_accuracy_vs_layer.png").exists()
-
-    changed = fixture_config(tiny_opt)
-    changed["probe"]["mlp"]["epochs"] = 21  # one probe hyperparameter: only the probes and the tables rerun
-    write_config(config, changed)
-    assert planned_jobs(run_snakemake(tmp_path, "--configfile", str(config), "-n")) == {
-        "probe": 8, "aggregate": 1, "all": 1}
-    write_config(config, fixture_config(tiny_opt))
-    samples = tmp_path / "results/samples"
-    assert sorted(p.name for p in (samples / "rte").iterdir()) == [
-        "ood_hans.parquet", "test.parquet", "train_k2_seed1.parquet", "train_k2_seed2.parquet",
-        "train_k3_seed1.parquet", "train_k3_seed2.parquet"]
-    assert len(pd.read_parquet(samples / "tweets/train_k1_seed2.parquet")) == 3
-    assert (tmp_path / "results/logs/sample/rte/test.log").exists()
+    assert "labeled examples" in (results / "tables/finetune.md").read_text()
+    plan = json.loads((results / "plan/preflight.json").read_text())
+    assert plan["cells"]["icl"] == 6 and not plan["errors"] and "Estimated total" in (
+        results / "plan/preflight.md").read_text()
+    # a few-shot prompt's demonstrations never train a probe or a student: none and fewshot probes see the same rows
+    demos = set(pd.read_parquet(results / "samples/rte/demos_seed1.parquet")["id"])
+    for k in (2, 3):
+        assert not demos & set(pd.read_parquet(results / f"samples/rte/train_k{k}_seed1.parquet")["id"])
+    for prompt in ("none", "fewshot"):
+        record = json.loads((results / f"metrics/probe/tiny/rte/{prompt}/k2_seed1.json").read_text())["records"][0]
+        assert record["details"]["n_train"] == 4 and record["examples"] == 4 + (2 if prompt == "fewshot" else 0)
+    teacher = pd.read_parquet(results / "teacher/tiny/rte/k2_seed1.parquet")
+    assert not set(json.loads(pq.read_schema(results / "teacher/tiny/rte/k2_seed1.parquet").metadata[b"lmadapt"])[
+        "demonstration_ids"]) & set(teacher["id"])
 
     assert "Nothing to be done" in run_snakemake(tmp_path, "--configfile", str(config), "-n").stdout
 
-    changed = fixture_config(tiny_opt)
-    changed["tasks"]["tweets"]["n_test"] = 4  # content change in one task's settings: its jobs, none of rte's
-    write_config(config, changed)
-    plan = planned_jobs(run_snakemake(tmp_path, "--configfile", str(config), "-n"))
-    assert plan == {"sample_train": 2, "sample_test": 1, "bow": 2, "icl": 3, "aggregate": 1, "all": 1}
+    def resources(c):  # Slurm requests and how jobs run: never what they compute
+        c["models"]["tiny"]["mem_mb"] = 3000
+        c["threads"] = 3
+        c["finetune"].update(checkpoint_every=7, keep_checkpoint=True)
+    assert plan_after(tmp_path, tiny_opt, config, resources) == {}
+
+    def probe(c):  # one probe hyperparameter: only the probes and the tables
+        c["probe"]["mlp"]["epochs"] = 21
+    assert plan_after(tmp_path, tiny_opt, config, probe) == {"probe": 8, "aggregate": 1, "all": 1}
+
+    def lora(c):  # a LoRA setting: only the LoRA jobs (and the plan, which estimates LoRA's size)
+        c["finetune"]["lora"] = {"r": 4}
+    assert plan_after(tmp_path, tiny_opt, config, lora) == {"finetune": 2, "preflight": 1, "aggregate": 1, "all": 1}
+
+    def new_k(c):  # a k added to a task and to fine-tuning: only the new cells
+        c["tasks"]["rte"]["k"] = [2, 3, 4]
+        c["finetune"]["k"] = [2, 4]
+    assert plan_after(tmp_path, tiny_opt, config, new_k) == {
+        "sample": 2, "extract": 2 + 2, "probe": 4, "bow": 2, "teacher": 2, "finetune": 4, "preflight": 1,
+        "aggregate": 1, "all": 1}
+
+    def new_method(c):
+        c["finetune"]["methods"] = ["lora_pattern", "distill", "head"]
+    assert plan_after(tmp_path, tiny_opt, config, new_method) == {"finetune": 2, "preflight": 1, "aggregate": 1, "all": 1}
+
+    def tweets_test(c):  # content change in one task's settings: its jobs, none of rte's
+        c["tasks"]["tweets"]["n_test"] = 4
+    assert plan_after(tmp_path, tiny_opt, config, tweets_test) == {
+        "sample": 2 + 2 + 1, "bow": 2, "icl": 3, "preflight": 1, "aggregate": 1, "all": 1}
+
+    samples = tmp_path / "results/samples"
+    assert sorted(p.name for p in (samples / "rte").iterdir()) == [
+        "demos_seed1.parquet", "demos_seed2.parquet", "ood_hans.parquet", "test.parquet", "train_k2_seed1.parquet",
+        "train_k2_seed2.parquet", "train_k3_seed1.parquet", "train_k3_seed2.parquet"]
+    assert len(pd.read_parquet(samples / "tweets/train_k1_seed2.parquet")) == 3
+    assert (tmp_path / "results/logs/sample/rte/test.log").exists()
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -83,9 +130,12 @@ def test_missing_data_file_is_named(tmp_path):
 
 def test_paper_grid_plans(tmp_path):
     plan = planned_jobs(run_snakemake(tmp_path, "--configfile", str(REPO / "config/paper.yaml"), "-n"))
-    assert plan["sample_train"] == 4 * 3 * 10 and plan["sample_test"] == 4 and plan["sample_ood"] == 1
-    assert plan["fetch_data"] == 9 and plan["fetch_model"] == 5  # fetched once on the login node
-    assert plan["extract"] == 5 * (1 + 3 * 10)  # IMDB: one none folder + one per (k, seed) prefix, per model
+    # training samples, one demonstration pool per task and seed, test samples, HANS
+    assert plan["sample"] == 4 * 3 * 10 + 4 * 10 + 4 + 1
+    assert plan["fetch_data"] == 9 and plan["fetch_model"] == 5 and plan["preflight"] == 1  # login node
+    # IMDB: without a prompt, every training sample and the test sample; after each seed's prefix, the seed's
+    # training samples and the test sample
+    assert plan["extract"] == 5 * ((3 * 10 + 1) + 10 * (3 + 1))
     assert plan["probe"] == 5 * 2 * 3 * 10
     assert plan["icl"] == 5 * 4 * (1 + 3 * 10)  # zero-shot once, 2/32/128 shots per seed
     assert plan["finetune"] == 5 * 4 * 3 * 10 and plan["teacher"] == 5 * 3 * 10  # study 5: RTE, 4 methods

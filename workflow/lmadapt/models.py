@@ -117,19 +117,23 @@ def download_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
     return Path(folder), info.sha
 
 
+def checkpoint_class(config):
+    """The class a checkpoint's config names (its head kept), or the causal / seq2seq LM when it names none."""
+    import transformers
+
+    if config.architectures and hasattr(transformers, config.architectures[0]):
+        return getattr(transformers, config.architectures[0])
+    return transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
+
+
 def save_prepared(source: Path, out: Path, **load_kwargs) -> None:
     """Load a checkpoint (safetensors or .bin, any head its config names) and write it as safetensors with its
     tokenizer, so that compute jobs never unpickle."""
-    import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(source, **load_kwargs)
-    if config.architectures:
-        model_class = getattr(transformers, config.architectures[0])
-    else:
-        model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     gguf = bool(load_kwargs.get("gguf_file"))
-    model = model_class.from_pretrained(source, **({} if gguf else {"dtype": "auto"}), **load_kwargs)
+    model = checkpoint_class(config).from_pretrained(source, **({} if gguf else {"dtype": "auto"}), **load_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs)
     if gguf:  # a GGUF-loaded model keeps its quantization_config and refuses to save: rebuild it plain
         plain_config = model.config.to_dict()

@@ -24,7 +24,7 @@ import pandas as pd
 from .config import ConfigError, demonstration_needs, finetune_settings, grid
 from .icl import fit_demonstrations, needed_after_prefix
 from .io import write_json, write_text
-from .models import load_tokens
+from .models import checkpoint_class, load_tokens
 from .prompt import choose_demonstrations, classifier_inputs, encode_prompt, task_pattern
 
 BYTES_16BIT = 2
@@ -37,13 +37,12 @@ def model_shape(folder: str | Path, lora: dict | None = None) -> dict:
     """Parameters, layers, hidden size of a prepared model (instantiated on the meta device: no weights read),
     and the parameters LoRA adds with the config's target modules."""
     import torch
-    import transformers
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
+    cls = checkpoint_class(config)
     with torch.device("meta"):
-        model = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0]).from_config(config) \
-            if config.architectures else transformers.AutoModelForCausalLM.from_config(config)
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
     params = sum(p.numel() for p in model.parameters())
     lora_params = 0
     if lora:

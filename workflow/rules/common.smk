@@ -226,12 +226,15 @@ def probe_evals(wildcards, input):
     return " ".join(f"{split}={input[split]}" for split in eval_splits(wildcards.task))
 
 
-def cell_keys(wildcards, **extra):
+def cell_of(wildcards):
     """The cell's keys, as the metrics records carry them."""
     named = dict(wildcards.items())
     keys = {key: named[key] for key in ("task", "model", "prompt", "method") if key in named}
-    keys |= {key: int(named[key]) for key in ("k", "seed") if key in named}
-    return as_arg(keys | extra)
+    return keys | {key: int(named[key]) for key in ("k", "seed") if key in named}
+
+
+def cell_keys(wildcards):
+    return as_arg(cell_of(wildcards))
 
 
 def probe_targets():
@@ -282,6 +285,16 @@ def finetune_targets():
 
 
 # ---------------------------------------------------------------- the whole grid
+
+
+def preflight_config(wildcards):
+    """What the preflight reads: the grid and its prompts, fine-tuning and GPU settings; not the probe, bag-of-
+    words or table settings, and no Slurm request (mem_mb, threads), so changing those does not rerun it."""
+    plan = {key: value for key, value in config.items() if key not in ("threads", "probe", "aggregate", "bow")}
+    plan["bow"] = {"tasks": config["bow"]["tasks"]}
+    plan["finetune"] = {k: v for k, v in config["finetune"].items() if k not in FINETUNE_RUN_SETTINGS}
+    plan["models"] = {name: {k: v for k, v in spec.items() if k != "mem_mb"} for name, spec in config["models"].items()}
+    return as_arg(plan)
 
 
 def metrics_targets():

@@ -11,7 +11,7 @@ rule preflight:
         json="results/plan/preflight.json",
         md=report("results/plan/preflight.md", caption="../report/preflight.rst", category="Plan"),
     params:
-        config=lambda w: as_arg(config),
+        config=preflight_config,
     log:
         "results/logs/preflight.log",
     localrule: True

@@ -59,7 +59,7 @@ rule bow:
         "results/metrics/bow/{task}/k{k}_seed{seed}.json",
     params:
         settings=stage_settings("bow"),
-        cell=lambda w: cell_keys(w, model="none", prompt="none"),
+        cell=lambda w: as_arg(cell_of(w) | {"model": "none", "prompt": "none"}),
         evals=lambda w: eval_arg(f"results/samples/{w.task}", w.task),
     log:
         "results/logs/bow/{task}/k{k}_seed{seed}.log",
