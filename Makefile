@@ -4,9 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: run test setup clean
+.PHONY: run test setup clean rehearsal
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
+
+# The paper grid rehearsed here (README: Before you submit): tiny models, hub-shaped data, 2 seeds.
+rehearsal: setup
+	$(BIN)/lmadapt rehearsal --paper config/paper.yaml --out rehearsal $(REHEARSAL_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile rehearsal/config.yaml \
+		--directory rehearsal
+	$(BIN)/lmadapt check-skips --plan rehearsal/results/plan/preflight.json --tidy rehearsal/results/tables/all.parquet
 
 setup: $(VENV)/.installed
 

@@ -139,3 +139,27 @@ def test_paper_grid_plans(tmp_path):
     assert plan["probe"] == 5 * 2 * 3 * 10
     assert plan["icl"] == 5 * 4 * (1 + 3 * 10)  # zero-shot once, 2/32/128 shots per seed
     assert plan["finetune"] == 5 * 4 * 3 * 10 and plan["teacher"] == 5 * 3 * 10  # study 5: RTE, 4 methods
+
+
+def test_aggregate_reads_its_inputs_from_a_file_at_any_scale(tmp_path):
+    """20,000 metrics files (about 1 MB of paths: far over one shell argument's 128 KiB) aggregate in one job."""
+    from lmadapt.io import write_json
+    from lmadapt.metrics import classification_record, finish
+
+    config = fixture_config()
+    config["tasks"] = {"tweets": dict(config["tasks"]["tweets"], k=list(range(1, 101)), demonstrations=0)}
+    config["seeds"] = list(range(200))
+    path = write_config(tmp_path / "config.yaml", config)
+    labels = ["negative", "neutral", "positive"]
+    for k in range(1, 101):
+        for seed in range(200):
+            keys = dict(task="tweets", model="none", method="bow_count", prompt="none", k=k, examples=3 * k,
+                        seed=seed, split="test")
+            record = classification_record(keys, labels, [0, 1, 2, 0], [0, 1, 2, (k + seed) % 3])
+            write_json(finish([record], {}, {}), tmp_path / f"results/metrics/bow/tweets/k{k}_seed{seed}.json")
+    args = ("results/tables", "--configfile", str(path), "--allowed-rules", "aggregate")
+    assert planned_jobs(run_snakemake(tmp_path, *args, "-n")) == {"aggregate": 1}
+    run_snakemake(tmp_path, *args)
+    tidy = pd.read_parquet(tmp_path / "results/tables/all.parquet")
+    assert len(tidy) == 20_000 and len((tmp_path / "results/tables/expected.txt").read_text().split()) == 20_000
+    assert (tmp_path / "results/tables/missing.txt").read_text() == ""

@@ -167,7 +167,8 @@ def cmd_preflight(args) -> int:
 def cmd_rehearsal(args) -> int:
     from .rehearsal import build_rehearsal
 
-    path = build_rehearsal(args.paper, args.out, seeds=args.seeds, hans_rows=args.hans_rows or None)
+    path = build_rehearsal(args.paper, args.out, seeds=args.seeds, models=args.models, ks=args.k,
+                           epochs=args.epochs, hans_rows=args.hans_rows or None)
     print(f"{path}: the grid of {args.paper} with tiny models and hub-shaped local data; run it with "
           f"snakemake --configfile {path} --directory {Path(args.out)}")
     return 0
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", default="config/paper.yaml", help="the grid to rehearse")
     p.add_argument("--out", default="rehearsal", help="folder for config.yaml, models/, data/ and the run")
     p.add_argument("--seeds", type=int, default=2, help="keep this many of the grid's seeds")
+    p.add_argument("--models", nargs="+", help="keep only these models (default: all)")
+    p.add_argument("--k", type=int, nargs="+", help="keep only these k (default: all)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the grid's; fewer cuts time, not shape)")
     p.add_argument("--hans-rows", type=int, default=3000,
                    help="a stratified subset of HANS's 30,000 rows (0 = all of them)")
     p.set_defaults(func=cmd_rehearsal)

@@ -102,9 +102,36 @@ def build_model(folder: Path, texts_for_tokenizer: list[str], seed: int) -> Path
     return folder
 
 
-def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, hans_rows: int | None = 3000) -> Path:
-    """Write out/config.yaml (the grid, rehearsed), out/models/ and out/data/; returns the config path."""
-    paper = yaml.safe_load(Path(paper_path).read_text())
+def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None = None,
+               ks: list[int] | None = None, epochs: int | None = None) -> dict:
+    """The grid cut down: its first `seeds` seeds, only `models`, only the k in `ks`, `epochs` of fine-tuning
+    (a copy; the same cut applied to the real grid plans the same jobs as the rehearsal)."""
+    config = copy.deepcopy(config)
+    if epochs:
+        config.setdefault("finetune", {})["epochs"] = epochs
+    if seeds:
+        config["seeds"] = config.get("seeds", [1])[:seeds]
+    if models:
+        unknown = sorted(set(models) - set(config.get("models", {})))
+        if unknown:
+            raise ValueError(f"no model(s) {unknown} in the grid (it has {sorted(config.get('models', {}))})")
+        config["models"] = {name: spec for name, spec in config["models"].items() if name in models}
+        for stage in ("extract", "icl", "finetune"):
+            if config.get(stage, {}).get("models"):
+                config[stage]["models"] = [m for m in config[stage]["models"] if m in models]
+    if ks:
+        for task in config["tasks"].values():
+            task["k"] = [k for k in task.get("k", [2, 32, 128]) if k in ks]
+        if config.get("finetune", {}).get("k"):
+            config["finetune"]["k"] = [k for k in config["finetune"]["k"] if k in ks]
+    return config
+
+
+def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, models: list[str] | None = None,
+                    ks: list[int] | None = None, epochs: int | None = None, hans_rows: int | None = 3000) -> Path:
+    """Write out/config.yaml (the grid, rehearsed, cut by slice_grid), out/models/ and out/data/; returns the
+    config path."""
+    paper = slice_grid(yaml.safe_load(Path(paper_path).read_text()), seeds, models, ks, epochs)
     checked = check_config(copy.deepcopy(paper), origin=str(paper_path))
     out = Path(out).resolve()
     rng = np.random.default_rng(0)
@@ -112,7 +139,6 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, han
     prompt_words = [p["template"] + " " + " ".join(p["verbalizer"].values())
                     for t in checked["tasks"].values() for p in t["prompt"]["patterns"].values()]
     config = copy.deepcopy(paper)
-    config["seeds"] = checked["seeds"][:seeds]
     config["threads"] = 1
     for name, task in config["tasks"].items():
         spec = checked["tasks"][name]

@@ -1,0 +1,71 @@
+"""The preflight: costs from a model's real shape, and cells that cannot run found from the real tokenizer and
+samples before any model job."""
+import json
+
+import pytest
+from transformers import OPTConfig
+
+from conftest import FIXTURES, rte_task
+from lmadapt.config import ConfigError, check_config
+from lmadapt.preflight import model_shape, run_preflight, training_memory
+from lmadapt.sample import run_sample
+from lmadapt.testing import build_tiny_opt
+from test_icl import PATTERNS
+
+
+def test_costs_of_opt_6_7b_from_its_config(tmp_path):
+    OPTConfig(hidden_size=4096, num_hidden_layers=32, ffn_dim=16384, num_attention_heads=32, vocab_size=50272,
+              max_position_embeddings=2048, word_embed_proj_dim=4096,
+              architectures=["OPTForCausalLM"]).save_pretrained(tmp_path)  # config only: no weights are read
+    shape = model_shape(tmp_path, {"r": 32, "target_modules": ["q_proj", "v_proj"]})
+    assert 6.6e9 < shape["parameters"] < 6.8e9
+    assert shape["lora_parameters"] == 32 * 2 * 32 * (4096 + 4096)
+    settings = {"batch_size": 8, "gradient_checkpointing": True}
+    gb = lambda method, stage, gpus: training_memory(shape, method, settings, stage, False, gpus, 512) / 1e9  # noqa
+    assert gb("head", 2, 1) > 100  # 16 bytes a parameter: no single 80 GB GPU holds full fine-tuning
+    assert gb("head", 3, 4) < 30 < gb("head", 2, 4) < gb("head", 2, 1)  # ZeRO-3 partitions the weights too
+    assert 13 < gb("lora_pattern", 2, 1) < 20  # 16-bit frozen weights and small adapters
+
+
+@pytest.fixture(scope="module")
+def short_context(tmp_path_factory):
+    """A tiny OPT with a 256-token context, and fixture RTE samples laid out as the rules write them."""
+    root = tmp_path_factory.mktemp("preflight")
+    build_tiny_opt(root / "models/tiny", max_positions=256)
+    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}, demonstrations=3)}})["tasks"]["rte"]
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv"),
+              "ood:hans": str(FIXTURES / "hans/heuristics_evaluation_set.txt")}
+    for name, split, kwargs in (("train_k2_seed1", "train", {"k": 2, "seed": 1}), ("demos_seed1", "demos", {"seed": 1}),
+                                ("test", "test", {}), ("ood_hans", "ood:hans", {})):
+        run_sample("rte", task, inputs, split, root / f"samples/rte/{name}.parquet", **kwargs)
+    return root
+
+
+def config(root, **stages):
+    base = {"seeds": [1], "tasks": {"rte": rte_task(k=[2], prompt={"patterns": PATTERNS}, demonstrations=3)},
+            "models": {"tiny": {"id": str(root / "models/tiny"), "gpus": 0}}, "extract": {"shots": 2},
+            "icl": {"shots": [0, 2, 6]}, "finetune": {"methods": ["head"], "batch_size": 2, "effective_batch": 2,
+                                                     "max_length": 24}}
+    return check_config(base | stages)
+
+
+def test_expected_skips_and_truncation_are_listed(short_context):
+    root = short_context
+    result = run_preflight(config(root), root / "samples", root / "models", root / "plan.json", root / "plan.md")
+    skipped = {(c["pattern"], c["shots"]) for c in result["expected_skipped"]}
+    assert ("gpt3", 6) in skipped and ("gpt3", 0) not in skipped  # 6 demonstrations overflow 256 tokens
+    assert all(c["prefix_tokens"] + c["tokens_after_prefix"] > c["context"] == 256 for c in result["expected_skipped"])
+    truncated = [c for c in result["notes"] if c["stage"] == "finetune"]
+    assert truncated and "truncated to finetune.max_length" in truncated[0]["what"]
+    page = (root / "plan.md").read_text()
+    assert "Expected skipped cells" in page and "Estimated total" in page and "| tiny | icl |" in page
+    assert json.loads((root / "plan.json").read_text())["cells"] == {"probe": 2, "bow": 1, "icl": 3, "finetune": 1}
+
+
+def test_a_cell_that_would_fail_is_an_error_naming_the_key(short_context):
+    root = short_context
+    with pytest.raises(ConfigError, match=r"extract\.shots: the 6-shot prefix of task rte \(seed 1\) is \d+ "
+                                          r"tokens, not less than model tiny's 256-token context"):
+        run_preflight(config(root, extract={"shots": 6}), root / "samples", root / "models", root / "p.json",
+                      root / "p.md")
+    assert "cannot run" in (root / "p.md").read_text()  # the page a person reads says which

@@ -1,0 +1,55 @@
+"""A slice of the paper-grid rehearsal (one seed, OPT-125m and the 4-GPU OPT-6.7b, k=2 and k=128, every stage,
+2 fine-tuning epochs),
+run as `make rehearsal` runs the whole of it: tiny OPTs in the hub's layout, hub-shaped data through the real
+fetch and sample rules. Every job succeeds; the plan has the same jobs as the real grid cut the same way; the
+cells the run skips are exactly those the preflight predicted. Takes ~10 minutes on 2 cores."""
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import BIN, REPO, clean_env, run_snakemake, write_config
+from lmadapt.rehearsal import slice_grid
+from test_workflow import planned_jobs
+
+SLICE = dict(seeds=1, models=["opt_125m", "opt_6_7b"], ks=[2, 128], epochs=2)  # 2 of the 40 epochs: time, not shape
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rehearsal")
+    subprocess.run([str(BIN / "lmadapt"), "rehearsal", "--paper", str(REPO / "config/paper.yaml"), "--out",
+                    str(folder), "--seeds", "1", "--models", *SLICE["models"], "--k", "2", "128", "--epochs", "2"], check=True,
+                   env=clean_env(), capture_output=True)
+    return folder
+
+
+def test_rehearsal_plans_the_jobs_of_the_grid(rehearsal, tmp_path):
+    paper = write_config(tmp_path / "paper.yaml", slice_grid(yaml.safe_load((REPO / "config/paper.yaml").read_text()),
+                                                             **SLICE))
+    grid = planned_jobs(run_snakemake(tmp_path, "--configfile", str(paper), "-n"))
+    rehearsed = planned_jobs(run_snakemake(rehearsal, "--configfile", str(rehearsal / "config.yaml"), "-n"))
+    assert rehearsed == grid and grid["finetune"] == 2 * 4 * 2 and grid["fetch_data"] == 9
+
+
+def test_rehearsal_runs_with_zero_failed_jobs_and_skips_what_preflight_predicted(rehearsal):
+    run_snakemake(rehearsal, "--configfile", str(rehearsal / "config.yaml"))
+    results = rehearsal / "results"
+    plan = json.loads((results / "plan/preflight.json").read_text())
+    assert not plan["errors"] and plan["expected_skipped"] and plan["gpu_hours"] > 0
+    check = subprocess.run([str(BIN / "lmadapt"), "check-skips", "--plan", str(results / "plan/preflight.json"),
+                            "--tidy", str(results / "tables/all.parquet")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    tidy = pd.read_parquet(results / "tables/all.parquet")
+    # 128 RTE demonstrations never fit OPT's 2,048 tokens: skipped, as study 5 found and the preflight predicted
+    rte_128 = tidy[(tidy["task"] == "rte") & (tidy["method"] == "icl") & (tidy["k"] == 128) & tidy["group"].isna()]
+    assert len(rte_128) and rte_128["skipped"].notna().all()
+    assert set(tidy["model"]) >= {"opt_125m", "opt_6_7b"}
+    finetuned = tidy[tidy["method"].isin(["head", "pattern", "lora_pattern", "distill"]) & tidy["group"].isna()]
+    assert len(finetuned) == 2 * 4 * 2 * 2 and finetuned["accuracy"].notna().all()  # models x methods x k x splits
+    details = json.loads((results / "metrics/finetune/opt_6_7b/rte/head/k2_seed0.json").read_text())
+    assert details["records"][0]["details"]["world_size"] == 4  # torchrun, one process per GPU (gloo here)
+    assert "Nothing to be done" in run_snakemake(rehearsal, "--configfile", str(rehearsal / "config.yaml"),
+                                                 "-n").stdout
