@@ -201,15 +201,15 @@ def write_figures(frame: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]
             sub = sub[~sub["method"].str.startswith("probe") | (sub["layer"] == sub.groupby("model")["layer"]
                                                                  .transform("max"))]
             for (method, prompt), g in sub.groupby(["method", "prompt"], dropna=False):
-                stats = g.groupby("k")[metric].agg(["mean", "std"]).reset_index()
+                stats = g.groupby("examples")[metric].agg(["mean", "std"]).reset_index()
                 label = method if method in ("icl",) or not isinstance(prompt, str) or prompt == "none" \
                     else f"{method} ({prompt})"
-                ax.errorbar(stats["k"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
+                ax.errorbar(stats["examples"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
                             label=label)
             majority = sub["majority_baseline"].dropna()
             if len(majority):
                 ax.axhline(majority.iloc[0], color="grey", linestyle=":", label="majority class")
-            ax.set(title=task, xlabel="k (per class; ICL: demonstrations)", ylabel=metric)
+            ax.set(title=task, xlabel="labeled examples used (training rows + demonstrations)", ylabel=metric)
             ax.set_xscale("symlog", linthresh=1)
             ax.legend(fontsize=6)
         save(fig, "accuracy_vs_k")

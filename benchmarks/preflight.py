@@ -1,0 +1,89 @@
+"""Benchmark: the preflight on the full paper grid, and the grid's estimated GPU-hours.
+
+The rehearsal of config/paper.yaml with all 10 seeds and all 30,000 HANS rows is fetched and sampled (hub-shaped
+data, the grid's exact cells); then each prepared model folder gets the real OPT size's config.json (the shapes
+published with facebook/opt-*), so that the cost estimate is the real grid's while prompt lengths come from the
+rehearsal's tokenizer (about 1.6 tokens a word, a little above OPT's BPE on English). Times `lmadapt preflight`
+(best of 3, after fetch and sample, as on a login node). Target: < 30 s. Writes docs/benchmarks.md.
+
+    python benchmarks/preflight.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import write_section  # noqa: E402
+
+BIN = Path(sys.executable).parent
+WORK = REPO / "resources" / "benchmarks" / "preflight"
+# facebook/opt-* config.json: hidden size, layers, heads, FFN size, embedding projection
+OPT_SHAPES = {"opt_125m": (768, 12, 12, 3072, 768), "opt_350m": (1024, 24, 16, 4096, 512),
+              "opt_1_3b": (2048, 24, 32, 8192, 2048), "opt_2_7b": (2560, 32, 32, 10240, 2560),
+              "opt_6_7b": (4096, 32, 32, 16384, 4096)}
+
+
+def main() -> None:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run([str(BIN / "lmadapt"), "rehearsal", "--paper", str(REPO / "config/paper.yaml"), "--out",
+                    str(WORK), "--seeds", "10", "--hans-rows", "0"], check=True, env=env)
+    config = WORK / "config.yaml"
+    samples = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(WORK),
+                              "--configfile", str(config), "--cores", "2", "--until", "sample", "fetch_model"],
+                             env=env, capture_output=True, text=True)
+    if samples.returncode:
+        raise RuntimeError(samples.stdout[-3000:] + samples.stderr[-3000:])
+    for name, (hidden, layers, heads, ffn, proj) in OPT_SHAPES.items():
+        path = WORK / "resources/models" / name / "config.json"
+        shape = json.loads(path.read_text())
+        shape.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
+                     word_embed_proj_dim=proj, vocab_size=50272)
+        path.write_text(json.dumps(shape, indent=2))
+    runs = []
+    for _ in range(3):
+        start = time.time()
+        subprocess.run([str(BIN / "lmadapt"), "preflight", "--config", str(config), "--samples",
+                        str(WORK / "results/samples"), "--models", str(WORK / "resources/models"), "--out-json",
+                        str(WORK / "plan.json"), "--out-md", str(WORK / "plan.md")], check=True, env=env,
+                       capture_output=True)
+        runs.append(time.time() - start)
+    plan = json.loads((WORK / "plan.json").read_text())
+    by = defaultdict(float)
+    for job in plan["jobs"]:
+        by[job["model"], job["stage"]] += job["gpu_hours"]
+    models = sorted({m for m, _ in by}, key=list(OPT_SHAPES).index)
+    stages = ["extract", "icl", "teacher", "finetune"]
+    rows = ["| model | " + " | ".join(stages) + " | total |", "|---|" + "---|" * (len(stages) + 1)]
+    for model in models:
+        values = [by[model, stage] for stage in stages]
+        rows.append(f"| {model} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {sum(values):.1f} |")
+    cluster = plan["cluster"]
+    section = "\n".join([
+        "## preflight (benchmarks/preflight.py)", "",
+        f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores): `lmadapt preflight` on "
+        f"the full paper grid (10 seeds, HANS's 30,000 rows; {sum(plan['cells'].values())} cells, "
+        f"{len(plan['jobs'])} model jobs costed) after fetch and sample, with the rehearsal's hub-shaped samples "
+        "and tokenizer and the real OPT sizes' configs. Target: < 30 s.", "",
+        "| run | seconds (best of 3) | expected skipped ICL cells | notes (reduced, truncated) | errors |",
+        "|---|---|---|---|---|",
+        f"| paper grid | {min(runs):.1f} | {len(plan['expected_skipped'])} | {len(plan['notes'])} | "
+        f"{len(plan['errors'])} |", "",
+        f"Estimated GPU-hours by model and stage (preflight's estimate: one GPU = {cluster['gpu_memory_gb']} GB, "
+        f"{cluster['gpu_tflops']} TFLOP/s at {cluster['mfu']:.0%} utilisation, weights loaded at "
+        f"{cluster['load_gb_per_s']} GB/s; fine-tuning FLOPs 6N per token (8N with gradient checkpointing, "
+        "4N/6N for LoRA) over 40 epochs, inference 2N per token):", "", *rows, "",
+        f"**Total: {plan['gpu_hours']:.0f} GPU-hours.** No GPU was lent to this task, so these are estimates, not "
+        "measurements.", ""])
+    write_section(REPO / "docs" / "benchmarks.md", "preflight", section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
