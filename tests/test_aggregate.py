@@ -23,7 +23,8 @@ def write_cell(folder, name, task, method, k, seed, accuracy_pattern, split="tes
 
 
 def test_means_std_counts_partial_grid_skipped_and_degenerate(tmp_path):
-    paths = [write_cell(tmp_path, "a", "rte_task", "icl", 2, 1, 6), write_cell(tmp_path, "b", "rte_task", "icl", 2, 2, 8)]
+    paths = [write_cell(tmp_path, "a", "rte_task", "icl", 2, 1, 6),
+             write_cell(tmp_path, "b", "rte_task", "icl", 2, 2, 8)]
     degenerate = classification_record(dict(task="rte_task", model="m", method="icl", k=32, examples=32, seed=1,
                                             split="test",
                                             prompt="gpt3"), ["yes", "no"], [0, 1] * 5, [0] * 10)

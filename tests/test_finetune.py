@@ -97,10 +97,11 @@ def test_distillation_kl_is_zero_for_the_same_model_on_the_same_input(tiny_opt, 
 def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), extra=None, **overrides):
     task, folder = rte
     cmd = [*launcher, "finetune"] if launcher else [str(BIN / "lmadapt"), "finetune"]
+    full = settings(**overrides)  # split as the rule splits it: what the job computes, how it runs
     cmd += ["--model-dir", str(tiny_opt), "--task", "rte", "--task-config", json.dumps(task),
             "--train", str(folder / "train.parquet"), "--eval", f"test={folder / 'test.parquet'}",
-            "--settings", json.dumps({k: v for k, v in settings(**overrides).items() if k not in FINETUNE_RUN_SETTINGS}),
-            "--run-settings", json.dumps({k: settings(**overrides)[k] for k in FINETUNE_RUN_SETTINGS}),
+            "--settings", json.dumps({k: v for k, v in full.items() if k not in FINETUNE_RUN_SETTINGS}),
+            "--run-settings", json.dumps({k: full[k] for k in FINETUNE_RUN_SETTINGS}),
             "--deepspeed-config",
             str(REPO / f"config/deepspeed/{overrides.get('zero', 'zero2')}.json"),
             "--keys", json.dumps({"task": "rte", "model": "tiny", "method": method, "k": 8, "seed": 1}),
@@ -125,7 +126,8 @@ rows = pd.read_parquet("{folder / 'test.parquet'}")
 prompt = encode_prompt(lm, task_pattern(task), rows, rows.iloc[:0], max_length=512)
 ids, mask = pad_batch([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
 with torch.no_grad():
-    print(json.dumps(class_logits(lm.model, "pattern", ids, mask, [v[0] for v in prompt.verbalizers]).argmax(-1).tolist()))
+    logits = class_logits(lm.model, "pattern", ids, mask, [v[0] for v in prompt.verbalizers])
+    print(json.dumps(logits.argmax(-1).tolist()))
 """
     out = subprocess.run([sys.executable, "-c", script, json.dumps(task)], env=env, check=True, capture_output=True,
                          text=True).stdout

@@ -21,8 +21,8 @@ SLICE = dict(seeds=1, models=["opt_125m", "opt_6_7b"], ks=[2, 128], epochs=2)  #
 def rehearsal(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rehearsal")
     subprocess.run([str(BIN / "lmadapt"), "rehearsal", "--paper", str(REPO / "config/paper.yaml"), "--out",
-                    str(folder), "--seeds", "1", "--models", *SLICE["models"], "--k", "2", "128", "--epochs", "2"], check=True,
-                   env=clean_env(), capture_output=True)
+                    str(folder), "--seeds", "1", "--models", *SLICE["models"], "--k", "2", "128", "--epochs", "2"],
+                   check=True, env=clean_env(), capture_output=True)
     return folder
 
 

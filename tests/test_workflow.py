@@ -95,7 +95,8 @@ def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
 
     def new_method(c):
         c["finetune"]["methods"] = ["lora_pattern", "distill", "head"]
-    assert plan_after(tmp_path, tiny_opt, config, new_method) == {"finetune": 2, "preflight": 1, "aggregate": 1, "all": 1}
+    assert plan_after(tmp_path, tiny_opt, config, new_method) == {
+        "finetune": 2, "preflight": 1, "aggregate": 1, "all": 1}
 
     def tweets_test(c):  # content change in one task's settings: its jobs, none of rte's
         c["tasks"]["tweets"]["n_test"] = 4

@@ -181,7 +181,8 @@ def cmd_check_skips(args) -> int:
 
     predicted, recorded = skipped_cells(json.loads(Path(args.plan).read_text()), pd.read_parquet(args.tidy))
     print(f"skipped cells: {len(predicted)} predicted by the preflight, {len(recorded)} recorded by the run")
-    for label, cells in (("predicted, not skipped", predicted - recorded), ("skipped, not predicted", recorded - predicted)):
+    for label, cells in (("predicted, not skipped", predicted - recorded),
+                         ("skipped, not predicted", recorded - predicted)):
         for cell in sorted(cells, key=str):
             print(f"  {label}: {cell}")
     return 0 if predicted == recorded else 1

@@ -121,8 +121,8 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
             args = (encoded[split].examples, encoded[split].verbalizers, settings["batch_size"],
                     f"icl {keys['task']} {name} {shots}-shot {split}")
             scores = seq2seq_label_logprobs(lm, prefix, *args) if forward is None else label_logprobs(forward, *args)
-            record = classification_record(dict(cell, split=split, examples=len(demos)), labels, rows["label"].to_numpy(),
-                                           scores.argmax(1), group_columns(rows, rows["id"]))
+            record = classification_record(dict(cell, split=split, examples=len(demos)), labels,
+                                           rows["label"].to_numpy(), scores.argmax(1), group_columns(rows, rows["id"]))
             record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),
                                      mean_label_logprob={label: float(v) for label, v in zip(labels, scores.mean(0))})
             records.append(record)

@@ -1,7 +1,8 @@
 """Metrics records with the fixed schema every stage writes (DESIGN: contracts), and their provenance.
 
 A metrics file is `{"records": [record, ...]}`; a record is one cell x evaluation split: its keys (task, model,
-method, layer, prompt, k, examples, seed, split), n, accuracy, macro-F1, per-class precision/recall, the confusion matrix,
+method, layer, prompt, k, examples, seed, split), n, accuracy, macro-F1, per-class precision/recall, the confusion
+matrix,
 the distribution of predicted labels, the majority-class baseline, a `degenerate` flag, cost and provenance.
 A cell that could not run is a record with `skipped` set to its reason and no scores.
 """

@@ -51,7 +51,9 @@ class PromptTokens:
 
     def encode_many(self, texts: list[str]) -> list[list[int]]:
         """`encode` of many texts in one call (the fast tokenizers batch them in Rust)."""
-        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 @dataclass

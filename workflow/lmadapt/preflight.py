@@ -183,7 +183,8 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
             continue
         if counts["truncated"]:
             plan.cells.append(dict(stage="extract", model=model, task=task, prompt=prompt, sample=name,
-                                   what=f"{counts['truncated']} of {counts['n']} inputs truncated (they keep their end)"))
+                                   what=f"{counts['truncated']} of {counts['n']} inputs truncated "
+                                        "(they keep their end)"))
         shape = shapes[model]
         length = counts["prefix"] + counts["tokens"] // max(counts["n"], 1)
         plan.job("extract", model, task, min(config["models"][model]["gpus"], 1),
@@ -229,7 +230,8 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
 
     # ------------------------------------------------ teacher + finetune
     ft = config["finetune"]
-    teachers = sorted({(c["model"], c["task"], c["k"], c["seed"]) for c in cells["finetune"] if c["method"] == "distill"})
+    teachers = sorted({(c["model"], c["task"], c["k"], c["seed"]) for c in cells["finetune"]
+                       if c["method"] == "distill"})
     for model, task, k, seed in teachers:
         if model not in fetched:
             continue
@@ -280,7 +282,8 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
             return {"tokens": sum(map(len, ids)), "longest": max(map(len, ids)), "truncated": truncated,
                     "n": len(ids)}
 
-        train = measure(model, ("finetune", task, f"train_k{k}_seed{seed}"), lambda t: inputs(t, f"train_k{k}_seed{seed}"))
+        name = f"train_k{k}_seed{seed}"
+        train = measure(model, ("finetune", task, name), lambda t: inputs(t, name))
         evaluated = {split: measure(model, ("finetune", task, split), lambda t, s=split: inputs(t, s))
                      for split in evals(task)}
         where = dict(stage="finetune", model=model, task=task, method=method, k=k, seed=seed)

@@ -111,7 +111,8 @@ def encode_prompt(lm, pattern: Pattern, rows: pd.DataFrame, demonstrations: pd.D
 
 
 
-def classifier_inputs(tokens, pattern: Pattern, rows: pd.DataFrame, max_length: int | None) -> tuple[list[list[int]], int]:
+def classifier_inputs(tokens, pattern: Pattern, rows: pd.DataFrame,
+                      max_length: int | None) -> tuple[list[list[int]], int]:
     """(ids, truncated) of a fine-tuned classifier's inputs: each example alone after the leading special tokens,
     within max_length (never more than the model's context); longer ones keep their end and are counted."""
     encoded = encode_prompt(tokens, pattern, rows, rows.iloc[:0], max_length=tokens.context(max_length))

@@ -26,6 +26,7 @@ rule sample:
         test_seed=config["test_seed"],
     log:
         "results/logs/sample/{task}/{sample}.log",
+    priority: 50  # cheap, and the preflight waits for every sample: draw them before the model jobs
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=10,
