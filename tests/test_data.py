@@ -1,6 +1,7 @@
 import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import FIXTURES
@@ -74,6 +75,8 @@ def test_hub_source_fetches_to_parquet(tmp_path):
               "data_files": str(FIXTURES / "tweet_sentiment/train.jsonl")}
     out = tmp_path / "fetched.parquet"
     assert fetch_hub(source, out) == 12
+    origin = json.loads(pq.read_schema(out).metadata[b"lmadapt_fetch"])
+    assert origin == {"source": "hub:json:train", "revision": None, "commit": None}  # a builder, not a hub repo
     rows = read_split(source, out, ["text"], ["negative", "neutral", "positive"]).rows
     assert len(rows) == 12 and rows["label_name"].iloc[-1] == "positive"
 

@@ -188,8 +188,12 @@ def _label_ids(raw, label_map, labels, path, column, row_numbers, ids) -> list[i
 
 
 def fetch_hub(source: dict, out: str | Path) -> int:
-    """Download a hub dataset split once (login node) and store it as Parquet for the compute jobs."""
+    """Download a hub dataset split once (login node) and store it as Parquet for the compute jobs, with the hub
+    commit it came from in the file's metadata (a branch such as refs/convert/parquet resolved to its commit)."""
+    import json
+
     import datasets  # slow to import; only the fetch step needs it
+    import pyarrow.parquet as pq
 
     from .io import atomic_path
 
@@ -198,6 +202,20 @@ def fetch_hub(source: dict, out: str | Path) -> int:
                                    data_files=source.get("data_files"), revision=source.get("revision"))
     except Exception as e:  # datasets raises many types; the message is what the user needs
         raise DataError(f"{_source_name(source, Path(out))}: cannot load: {type(e).__name__}: {e}") from None
+    origin = {"source": _source_name(source, Path(out)), "revision": source.get("revision"),
+              "commit": hub_commit(source)}
     with atomic_path(out) as tmp:
         ds.to_parquet(str(tmp))
+        table = pq.read_table(tmp)
+        metadata = dict(table.schema.metadata or {}, lmadapt_fetch=json.dumps(origin))
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
     return len(ds)
+
+
+def hub_commit(source: dict) -> str | None:
+    """The commit a hub dataset's revision resolves to, or None for a builder on local files (json, parquet)."""
+    if "/" not in source["hub"]:
+        return None
+    from huggingface_hub import HfApi
+
+    return HfApi().dataset_info(source["hub"], revision=source.get("revision")).sha
