@@ -11,7 +11,7 @@ from lmadapt.config import check_config
 from lmadapt.extract import resolve_layers, run_extract
 from lmadapt.forward import last_positions, pool
 from lmadapt.io import read_metadata
-from lmadapt.prompt import PromptError, prefix_text, task_pattern
+from lmadapt.prompt import prefix_text, task_pattern
 from lmadapt.sample import run_sample
 
 PATTERN = {"gpt3": {"template": "{premise} question: {hypothesis} Yes or No? answer:",
@@ -83,10 +83,14 @@ def test_long_examples_are_cut_and_counted_never_the_prefix(tiny_opt, rte, tmp_p
     [meta] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "a.parquet"))],
                          dict(SETTINGS, max_length=12))
     assert meta["truncated"] > 0 and meta["max_length"] == 12
-    with pytest.raises(PromptError, match="the prefix alone is"):
-        run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "b.parquet"))],
-                    dict(SETTINGS, max_length=12), demos_path=str(folder / "train.parquet"), seed=1)
-    assert not (tmp_path / "b.parquet").exists()
+    # a prefix is never cut: it holds the most demonstrations that keep it within half the context
+    [short] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "b.parquet"))],
+                          dict(SETTINGS, max_length=200), demos_path=str(folder / "train.parquet"), seed=1)
+    [full] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "c.parquet"))],
+                         SETTINGS, demos_path=str(folder / "train.parquet"), seed=1)
+    assert full["prompt"]["shots"] == full["prompt"]["shots_requested"] == 3
+    assert short["prompt"]["shots_requested"] == 3 > short["prompt"]["shots"]
+    assert short["prompt"]["prefix_tokens"] <= 100 < full["prompt"]["prefix_tokens"]
 
 
 def test_resolve_layers():

@@ -62,10 +62,16 @@ def test_expected_skips_and_truncation_are_listed(short_context):
     assert json.loads((root / "plan.json").read_text())["cells"] == {"probe": 2, "bow": 1, "icl": 3, "finetune": 1}
 
 
-def test_a_cell_that_would_fail_is_an_error_naming_the_key(short_context):
+def test_a_reduced_prefix_is_listed_and_a_job_that_cannot_run_is_an_error_naming_the_key(short_context):
     root = short_context
-    with pytest.raises(ConfigError, match=r"extract\.shots: the 6-shot prefix of task rte \(seed 1\) is \d+ "
-                                          r"tokens, not less than model tiny's 256-token context"):
-        run_preflight(config(root, extract={"shots": 6}), root / "samples", root / "models", root / "p.json",
-                      root / "p.md")
-    assert "cannot run" in (root / "p.md").read_text()  # the page a person reads says which
+    result = run_preflight(config(root, extract={"shots": 6}), root / "samples", root / "models", root / "p.json",
+                           root / "p.md")
+    reduced = [c for c in result["notes"] if c["stage"] == "extract" and c["prompt"] == "fewshot_seed1"]
+    assert reduced and all("of 6 demonstrations (a prefix takes at most 50% of the context)" in c["what"]
+                           for c in reduced)
+    tiny_gpu = {"gpu_memory_gb": 1e-6, "gpu_tflops": 312, "mfu": 0.3, "load_gb_per_s": 1.0}
+    with pytest.raises(ConfigError, match=r"models\.tiny\.gpus: head fine-tuning needs about 0 GB per GPU under "
+                                          r"zero2 on 1 GPU\(s\), more than preflight\.gpu_memory_gb"):
+        run_preflight(config(root, preflight=tiny_gpu), root / "samples", root / "models", root / "q.json",
+                      root / "q.md")
+    assert "cannot run" in (root / "q.md").read_text()  # the page a person reads says which

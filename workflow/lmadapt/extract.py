@@ -19,10 +19,21 @@ from tqdm import tqdm
 from .forward import PrefixForward, batches_by_length, pool
 from .io import atomic_path, read_metadata
 from .models import load_model
-from .prompt import choose_demonstrations, encode_prompt, prefix_text, task_pattern
+from .prompt import encode_prompt, fit_demonstrations, prefix_text, task_pattern
 from .sample import META_KEY
 
 ROWS_PER_GROUP = 256
+PREFIX_SHARE = 0.5  # a few-shot prefix takes at most this share of the context; the example keeps the rest
+
+
+def prefix_demonstrations(tokens, pattern, pool: pd.DataFrame, n_labels: int, shots: int, seed: int,
+                          max_length: int) -> tuple[pd.DataFrame, dict]:
+    """(demonstrations, counts) of the few-shot prefix: `shots` from the pool, or the most that keep the prefix
+    within PREFIX_SHARE of the context (long demonstrations, e.g. IMDB reviews, would leave no room for the
+    example; the prefix is never cut). The count is recorded in the file's metadata; preflight predicts it."""
+    demos, _, counts = fit_demonstrations(tokens, pattern, pool, n_labels, shots, seed,
+                                          max_length - int(max_length * PREFIX_SHARE), max_length, "max")
+    return demos, counts
 
 
 def resolve_layers(spec, n_layers: int) -> list[int]:
@@ -49,10 +60,11 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
     settings: layers, pooling (list), pattern, shots, batch_size, max_length, store_dtype, dtype."""
     lm = load_model(model_dir, dtype=settings["dtype"])
     pattern = task_pattern(task, settings.get("pattern"))
+    max_length = lm.context(settings.get("max_length"))
     demos = None
     if demos_path:
-        demos = choose_demonstrations(pd.read_parquet(demos_path), len(task["labels"]), settings["shots"], seed)
-    max_length = lm.context(settings.get("max_length"))
+        demos, _ = prefix_demonstrations(lm, pattern, pd.read_parquet(demos_path), len(task["labels"]),
+                                         settings["shots"], seed, max_length)
     layers = resolve_layers(settings["layers"], lm.model.config.num_hidden_layers)
     forward = None
     metas = []
@@ -72,14 +84,17 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
 def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length, sample_path,
                        out) -> dict:
     sample_meta = read_metadata(sample_path, META_KEY)
+    demos_requested = demos is not None
     demos = rows.iloc[:0] if demos is None else demos
     store = pa.float16() if settings["store_dtype"] == "float16" else pa.float32()
     store_torch = torch.float16 if settings["store_dtype"] == "float16" else torch.float32
     fields = [pa.field("id", pa.string()), pa.field("label", pa.int64())]
     meta = {
         "model": lm.info, "layers": layers, "n_layers": forward.n_layers, "pooling": settings["pooling"],
-        "prompt": {"variant": "fewshot" if len(demos) else "none", "pattern": pattern.name,
-                   "template": pattern.template, "shots": len(demos), "demonstration_ids": demos["id"].tolist(),
+        "prompt": {"variant": "fewshot" if demos_requested else "none", "pattern": pattern.name,
+                   "template": pattern.template, "shots": len(demos),
+                   "shots_requested": settings["shots"] if demos_requested else 0,
+                   "demonstration_ids": demos["id"].tolist(),
                    "prefix_tokens": len(prompt.prefix),
                    "prefix_sha256": hashlib.sha256(prefix_text(pattern, demos).encode()).hexdigest()},
         "dtype": str(lm.dtype).removeprefix("torch."), "store_dtype": settings["store_dtype"],

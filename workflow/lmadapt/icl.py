@@ -18,7 +18,7 @@ from .forward import PrefixForward, batches_by_length, pad_batch
 from .io import read_metadata, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
 from .models import load_model
-from .prompt import PromptError, choose_demonstrations, encode_prompt, task_pattern
+from .prompt import PromptError, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
 from .sample import META_KEY
 
 
@@ -68,27 +68,6 @@ def seq2seq_label_logprobs(lm, prefix: list[int], examples: list[list[int]], ver
             targets = torch.tensor(verbalizer, device=lm.device)
             out[batch, c] = logprobs[:, torch.arange(len(verbalizer)), targets].sum(-1).cpu().numpy()
     return out
-
-
-def fit_demonstrations(lm, pattern, train: pd.DataFrame, n_labels: int, shots: int, seed: int,
-                       needed_after_prefix: int, max_length: int, fit: str):
-    """(demonstrations, prefix ids, counts) whose prompt fits the context, or (None, None, counts) showing why not.
-    needed_after_prefix: tokens of the longest evaluation example plus the longest verbalizer."""
-    for used in range(shots, -1, -1):
-        demos = choose_demonstrations(train, n_labels, used, seed)
-        prefix = encode_prompt(lm, pattern, train.iloc[:0], demos).prefix
-        counts = {"prefix_tokens": len(prefix), "tokens_after_prefix": needed_after_prefix, "context": max_length,
-                  "shots_requested": shots, "shots_used": used}
-        if len(prefix) + needed_after_prefix <= max_length:
-            return demos, prefix, counts
-        if fit == "skip":
-            break
-    return None, None, counts
-
-
-def needed_after_prefix(examples: list[list[int]], verbalizers: list[list[int]]) -> int:
-    """Tokens a prompt needs after its prefix: the longest example and the longest verbalizer."""
-    return max(map(len, examples)) + max(map(len, verbalizers))
 
 
 def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict[str, str], out: str,

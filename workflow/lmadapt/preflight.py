@@ -4,9 +4,10 @@ Static part (the config alone): the cells of every stage, and each few-shot prom
 task's demonstration pool (config validation already refuses an infeasible one, naming the key).
 Dynamic part (after fetch and sample, with each model's real tokenizer and the real samples): prompt lengths per
 cell through the same functions the jobs call — which ICL cells will be skipped or run with fewer
-demonstrations and why, how many demonstrations each teacher gets, how many inputs extraction and fine-tuning
-will truncate — and the expected skipped list. A cell that would fail (a few-shot prefix that alone overflows
-the context) is an error naming the config key and the cell.
+demonstrations and why, how many demonstrations each few-shot prefix and teacher gets, how many inputs
+extraction and fine-tuning will truncate — and the expected skipped list. A cell that would fail (a training
+input too long for the teacher even without demonstrations, a fine-tuning job that does not fit the GPUs) is an
+error naming the config key and the cell.
 Cost part: per job, parameters, GPU memory under the chosen ZeRO stage and GPU count against the GPU's memory,
 FLOPs and an estimated GPU time, summed for the grid. Written as results/plan/preflight.{json,md}.
 """
@@ -22,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 
 from .config import ConfigError, demonstration_needs, finetune_settings, grid
-from .icl import fit_demonstrations, needed_after_prefix
+from .extract import PREFIX_SHARE, prefix_demonstrations
 from .io import write_json, write_text
 from .models import checkpoint_class, load_tokens
-from .prompt import choose_demonstrations, classifier_inputs, encode_prompt, task_pattern
+from .prompt import classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
 
 BYTES_16BIT = 2
 
@@ -164,27 +165,24 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
 
         def count(tokens, task=task, seed=seed, name=name, shots=shots, pattern=pattern, spec=spec):
             rows = read(sample_file(samples, task, name))
-            demos = choose_demonstrations(read(sample_file(samples, task, f"demos_seed{seed}")),
-                                          len(spec["labels"]), shots, seed) if shots else rows.iloc[:0]
             limit = tokens.context(extract["max_length"])
-            prefix = encode_prompt(tokens, pattern, rows.iloc[:0], demos).prefix
-            if len(prefix) >= limit:
-                return {"error": len(prefix), "limit": limit}
+            demos = rows.iloc[:0]
+            if shots:
+                pool = read(sample_file(samples, task, f"demos_seed{seed}"))
+                demos, _ = prefix_demonstrations(tokens, pattern, pool, len(spec["labels"]), shots, seed, limit)
             prompt_ids = encode_prompt(tokens, pattern, rows, demos, max_length=limit)
-            return {"prefix": len(prefix), "truncated": prompt_ids.truncated, "n": len(rows),
-                    "tokens": sum(map(len, prompt_ids.examples))}
+            return {"prefix": len(prompt_ids.prefix), "truncated": prompt_ids.truncated, "n": len(rows),
+                    "tokens": sum(map(len, prompt_ids.examples)), "shots_used": len(demos)}
 
         counts = measure(model, ("extract", task, seed, name), count)
         prompt = "none" if seed is None else f"fewshot_seed{seed}"
-        if "error" in counts:
-            plan.errors.append(f"extract.shots: the {shots}-shot prefix of task {task} (seed {seed}) is "
-                               f"{counts['error']} tokens, not less than model {model}'s {counts['limit']}-token "
-                               f"context")
-            continue
+        where = dict(stage="extract", model=model, task=task, prompt=prompt, sample=name)
+        if counts["shots_used"] < shots:
+            plan.cells.append(dict(where, what=f"prefix of {counts['shots_used']} of {shots} demonstrations (a "
+                                               f"prefix takes at most {PREFIX_SHARE:.0%} of the context)"))
         if counts["truncated"]:
-            plan.cells.append(dict(stage="extract", model=model, task=task, prompt=prompt, sample=name,
-                                   what=f"{counts['truncated']} of {counts['n']} inputs truncated "
-                                        "(they keep their end)"))
+            plan.cells.append(dict(where, what=f"{counts['truncated']} of {counts['n']} inputs truncated "
+                                               "(they keep their end)"))
         shape = shapes[model]
         length = counts["prefix"] + counts["tokens"] // max(counts["n"], 1)
         plan.job("extract", model, task, min(config["models"][model]["gpus"], 1),

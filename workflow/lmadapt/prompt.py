@@ -1,4 +1,5 @@
-"""The one prompt formatter: a task's pattern and verbalizer, demonstrations, and the token ids of a prompt.
+"""The one prompt formatter: a task's pattern and verbalizer, demonstrations (and how many fit), and the token
+ids of a prompt.
 
 A prompt is token ids, not a string: the leading special tokens, the demonstration prefix and the example are
 tokenized apart and concatenated (tokenizing `prefix + example` as one string can merge tokens across the
@@ -117,3 +118,25 @@ def classifier_inputs(tokens, pattern: Pattern, rows: pd.DataFrame,
     within max_length (never more than the model's context); longer ones keep their end and are counted."""
     encoded = encode_prompt(tokens, pattern, rows, rows.iloc[:0], max_length=tokens.context(max_length))
     return [encoded.prefix + ids for ids in encoded.examples], encoded.truncated
+
+
+def fit_demonstrations(lm, pattern, train: pd.DataFrame, n_labels: int, shots: int, seed: int,
+                       needed_after_prefix: int, max_length: int, fit: str):
+    """(demonstrations, prefix ids, counts) whose prompt fits the context, or (None, None, counts) showing why not.
+    needed_after_prefix: the tokens to leave after the prefix (ICL, the teacher: the longest example and label
+    word). fit: skip = `shots` demonstrations or none; max = the most of them that fit."""
+    for used in range(shots, -1, -1):
+        demos = choose_demonstrations(train, n_labels, used, seed)
+        prefix = encode_prompt(lm, pattern, train.iloc[:0], demos).prefix
+        counts = {"prefix_tokens": len(prefix), "tokens_after_prefix": needed_after_prefix, "context": max_length,
+                  "shots_requested": shots, "shots_used": used}
+        if len(prefix) + needed_after_prefix <= max_length:
+            return demos, prefix, counts
+        if fit == "skip":
+            break
+    return None, None, counts
+
+
+def needed_after_prefix(examples: list[list[int]], verbalizers: list[list[int]]) -> int:
+    """Tokens a prompt needs after its prefix: the longest example and the longest verbalizer."""
+    return max(map(len, examples)) + max(map(len, verbalizers))
