@@ -53,6 +53,9 @@ class PromptTokens:
         """`encode` of many texts in one call (the fast tokenizers batch them in Rust)."""
         if not texts:
             return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the Rust tokenizer directly: the same ids without building Python encodings
+            return [encoding.ids for encoding in backend.encode_batch(list(texts), add_special_tokens=False)]
         return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
