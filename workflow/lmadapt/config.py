@@ -159,13 +159,19 @@ def is_local_model(spec: dict) -> bool:
     return bool(spec.get("package")) or spec["id"].startswith(("/", "./", "../", "~")) or spec["id"] == "."
 
 
+def package_folder(package: str) -> Path | None:
+    """Where an installed package lies (found without importing it), or None."""
+    found = importlib.util.find_spec(package)
+    return Path(list(found.submodule_search_locations)[0]) if found and found.submodule_search_locations else None
+
+
 def local_model_path(spec: dict) -> Path:
     """The folder a local model is read from (inside its package when it names one)."""
     if spec.get("package"):
-        found = importlib.util.find_spec(spec["package"])  # locates the package without importing it
-        if found is None or not found.submodule_search_locations:
+        folder = package_folder(spec["package"])
+        if folder is None:
             raise ConfigError(f"package {spec['package']!r} is not installed (see envs/requirements-data.txt)")
-        return Path(list(found.submodule_search_locations)[0]) / spec["id"]
+        return folder / spec["id"]
     return Path(spec["id"]).expanduser()
 
 

