@@ -50,7 +50,8 @@ def worker(args) -> None:
     import pandas as pd
     import torch
 
-    from lmadapt.extract import resolve_layers, run_extract
+    from lmadapt.config import resolve_layers
+    from lmadapt.extract import run_extract
     from lmadapt.models import load_model
     from lmadapt.prompt import choose_demonstrations, encode_prompt, task_pattern
 

@@ -52,8 +52,8 @@ def clean_env(**extra) -> dict:
     return dict(env, PATH=f"{BIN}{os.pathsep}{env['PATH']}", **extra)
 
 
-def run_snakemake(workdir: Path, *args, check=True):
-    env = clean_env()
+def run_snakemake(workdir: Path, *args, check=True, env=None):
+    env = env or clean_env()
     proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                            "--cores", "2", *args], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:

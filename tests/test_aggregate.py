@@ -5,7 +5,7 @@ import pytest
 
 from lmadapt.aggregate import latex_escape, run_aggregate
 from lmadapt.config import check_config
-from lmadapt.io import write_json
+from lmadapt.io import UnreadableFile, write_json
 from lmadapt.metrics import classification_record, finish, skipped_record
 
 SETTINGS = check_config({"tasks": {"t": {"labels": ["a", "b"], "data": {"train": {"path": "x.csv"}}}}})["aggregate"]
@@ -75,5 +75,12 @@ def test_out_of_domain_groups_and_figure(tmp_path):
 
 def test_bad_metrics_file_is_named(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"bad\.json: not a metrics file"):
+    with pytest.raises(UnreadableFile, match=r"bad\.json: not a metrics file \(no 'records'\)$"):
         run_aggregate([str(tmp_path / "bad.json")], [], tmp_path / "t", tmp_path / "f", SETTINGS)
+    truncated = tmp_path / "results/metrics/icl/tiny/rte/shots2_seed1.json"  # the workflow's: moved aside
+    truncated.parent.mkdir(parents=True)
+    truncated.write_text('{"records": [{"task"')
+    with pytest.raises(UnreadableFile, match=r"shots2_seed1\.json: unreadable \(not valid JSON: .*\); moved to "
+                                             r"shots2_seed1\.json\.corrupt; the next run remakes it \(rule icl\)$"):
+        run_aggregate([str(truncated)], [], tmp_path / "t", tmp_path / "f", SETTINGS)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "f").exists()

@@ -76,7 +76,8 @@ def test_hub_source_fetches_to_parquet(tmp_path):
     out = tmp_path / "fetched.parquet"
     assert fetch_hub(source, out) == 12
     origin = json.loads(pq.read_schema(out).metadata[b"lmadapt_fetch"])
-    assert origin == {"source": "hub:json:train", "revision": None, "commit": None}  # a builder, not a hub repo
+    # a builder, not a hub repo: no commit; the identity is what a later run compares with its config
+    assert origin == {"source": "hub:json:train", "revision": None, "commit": None, "identity": dict(source, revision=None)}
     rows = read_split(source, out, ["text"], ["negative", "neutral", "positive"]).rows
     assert len(rows) == 12 and rows["label_name"].iloc[-1] == "positive"
 
@@ -99,7 +100,7 @@ def test_missing_column(tmp_path):
 def test_empty_text_names_row(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text,label\nfine,0\n   ,1\nalso fine,1\n")
-    with pytest.raises(DataError, match=r"d\.csv: column 'text' \(field text\) is empty or NaN at row 1"):
+    with pytest.raises(DataError, match=r"^line 3 of \S*d\.csv: column 'text' \(field text\) is empty or NaN"):
         read_split({}, path, ["text"], ["a", "b"])
     rows = read_split({"drop_empty_text": True}, path, ["text"], ["a", "b"]).rows
     assert rows["id"].tolist() == ["0", "2"]
@@ -108,23 +109,45 @@ def test_empty_text_names_row(tmp_path):
 def test_nan_text_names_row(tmp_path):
     path = tmp_path / "d.parquet"
     pd.DataFrame({"text": ["x", None, "y"], "label": [0, 1, 1]}).to_parquet(path)
-    with pytest.raises(DataError, match=r"is empty or NaN at row 1 \(id 1\)"):
+    with pytest.raises(DataError, match=r"^row 2 of \S*d\.parquet: column 'text' \(field text\) is empty or NaN"):
         read_split({}, path, ["text"], ["a", "b"])
 
 
 def test_undeclared_label_names_row_and_value(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [("x", "pos"), ("y", "meh")]))
-    with pytest.raises(DataError, match=r"d\.jsonl: column 'label', row 1 \(id 1\): label 'meh' is not one of "
-                                        r"the declared labels \['neg', 'pos'\]"):
+    path.write_text("\n".join(json.dumps({"text": t, "label": l, "id": i}) for t, l, i in [("x", "pos", "a"), ("y", "meh", "b")]))
+    with pytest.raises(DataError, match=r"^line 2 of \S*d\.jsonl \(id b\): column 'label': label 'meh' is not one "
+                                        r"of the declared labels \['neg', 'pos'\]"):
+        read_split({"columns": {"id": "id"}}, path, ["text"], ["neg", "pos"])
+    path.write_text(path.read_text().replace("\n", "\n\n"))  # blank lines hold no record; the line still counts
+    with pytest.raises(DataError, match=r"^line 3 of \S*d\.jsonl: "):
         read_split({}, path, ["text"], ["neg", "pos"])
 
 
 def test_integer_label_out_of_range(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text("text,label\nx,0\ny,2\n")
-    with pytest.raises(DataError, match=r"row 1 \(id 1\): label '2' is not one of"):
+    path.write_text('text,label\n"a text\nover two lines",0\ny,2\n')  # a quoted field may span lines
+    with pytest.raises(DataError, match=r"^line 4 of \S*d\.csv: column 'label': label '2' is not one of"):
         read_split({}, path, ["text"], ["a", "b"])
+
+
+def test_empty_file_is_named(tmp_path):
+    header_only, empty = tmp_path / "header.tsv", tmp_path / "empty.csv"
+    header_only.write_text("text\tlabel\n")
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"header\.tsv: no data rows \(only a header line\)$"):
+        read_split({}, header_only, ["text"], ["a", "b"])
+    with pytest.raises(DataError, match=r"empty\.csv: empty file \(no header, no rows\)$"):
+        read_split({}, empty, ["text"], ["a", "b"])
+    with pytest.raises(DataError, match=r"no rows left after `exclude_labels`"):
+        read_split({"format": "glue_rte", "exclude_labels": NLI[1]}, FIXTURES / "glue_rte/train.tsv", *NLI)
+
+
+def test_ag_news_class_index_names_the_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('"3","Title","Text"\n"9","Title","Text"\n')  # no header in the official CSV
+    with pytest.raises(DataError, match=r"^line 2 of \S*train\.csv, column 1 \(class index\): '9'"):
+        read_split({"format": "ag_news_csv"}, path, ["text"], ["World", "Sports", "Business", "Sci/Tech"])
 
 
 def test_layout_field_count_mismatch():

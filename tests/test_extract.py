@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FIXTURES, rte_task
-from lmadapt.config import check_config
-from lmadapt.extract import resolve_layers, run_extract
+from lmadapt.config import ConfigError, check_config, resolve_layers
+from lmadapt.extract import run_extract
 from lmadapt.forward import last_positions, pool
 from lmadapt.io import read_metadata
 from lmadapt.prompt import prefix_text, task_pattern
@@ -96,8 +96,8 @@ def test_long_examples_are_cut_and_counted_never_the_prefix(tiny_opt, rte, tmp_p
 def test_resolve_layers():
     assert resolve_layers([-1, 0, 2], 4) == [0, 2, 4]
     assert resolve_layers("all", 2) == [0, 1, 2]
-    with pytest.raises(ValueError, match="layer 7 is out of range"):
-        resolve_layers([7], 4)
+    with pytest.raises(ConfigError, match=r"extract\.layers: layer 7 is out of range for model m, which has 4 "):
+        resolve_layers([7], 4, "model m")
 
 
 def test_last_token_whatever_the_padding_side():

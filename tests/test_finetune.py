@@ -148,14 +148,26 @@ def killed_after_a_checkpoint(cmd, env, tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_killed_run_resumes_from_its_checkpoint(tiny_opt, rte, tmp_path):
-    overrides = dict(epochs=60, checkpoint_every=5, batch_size=2, effective_batch=2)
+def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_opt, rte, tmp_path):
+    overrides = dict(epochs=60, checkpoint_every=5, batch_size=2, effective_batch=2, dropout=0.1)
     killed_after_a_checkpoint(*cli(tiny_opt, rte, tmp_path, **overrides), tmp_path)
     cmd, env = cli(tiny_opt, rte, tmp_path, **dict(overrides, checkpoint_every=7))  # how it runs: still resumes
     subprocess.run(cmd, env=env, check=True, capture_output=True)
-    details = json.loads((tmp_path / "metrics.json").read_text())["records"][0]["details"]
-    assert details["resumed_from_micro_step"] > 0
-    assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 60 * 8
+    resumed = json.loads((tmp_path / "metrics.json").read_text())["records"][0]
+    assert resumed["details"]["resumed_from_micro_step"] > 0
+    assert resumed["details"]["optimizer_steps"] == resumed["details"]["planned_optimizer_steps"] == 60 * 8
+    # the same run uninterrupted: equal losses at every step (dropout masks included), predictions and metrics
+    whole = tmp_path / "whole"
+    cmd, env = cli(tiny_opt, rte, whole, **overrides)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    reference = json.loads((whole / "metrics.json").read_text())["records"][0]
+    how_it_ran = ("train_seconds", "train_tokens_per_s", "resumed_from_micro_step")
+    assert {k: v for k, v in resumed["details"].items() if k not in how_it_ran} == {
+        k: v for k, v in reference["details"].items() if k not in how_it_ran}
+    for key in ("accuracy", "macro_f1", "predicted_distribution"):
+        assert resumed[key] == reference[key]
+    assert (tmp_path / "work/predictions_test.parquet").read_bytes() == (
+        whole / "work/predictions_test.parquet").read_bytes()
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(tiny_opt, rte, tmp_path):

@@ -87,7 +87,7 @@ def test_too_few_examples_names_class_and_writes_nothing(tmp_path):
     inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
     out = tmp_path / "sub" / "train.parquet"
     with pytest.raises(DataError, match=r"train\.tsv: class 'entailment' \(label 0\) has 8 example\(s\) available "
-                                        r"for training, fewer than k=9"):
+                                        r"for training, fewer than k=9; lower tasks\.rte\.k$"):
         run_sample("rte", task, inputs, "train", out, k=9, seed=1)
     assert not out.exists() and not list(tmp_path.rglob("*.parquet*"))
 
@@ -113,6 +113,6 @@ def test_training_sample_that_would_reach_the_pool_is_refused(tmp_path):
     inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
     run_sample("rte", task, inputs, "train", tmp_path / "ok.parquet", k=5, seed=1)  # 5 + 3 = the 8 rows of a class
     with pytest.raises(DataError, match=r"has 8 example\(s\) available for training, fewer than k=6 besides the 3 "
-                                        r"kept for demonstrations"):
+                                        r"kept for demonstrations; lower tasks\.rte\.k or tasks\.rte\.demonstrations"):
         run_sample("rte", task, inputs, "train", tmp_path / "k6.parquet", k=6, seed=1)
     assert not (tmp_path / "k6.parquet").exists()

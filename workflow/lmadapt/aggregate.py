@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, write_text
+from .io import UnreadableFile, atomic_path, read_json, write_text
 
 ROW_KEYS = ["task", "model", "method", "pooling", "layer", "prompt", "k", "examples", "seed", "split", "group"]
 DEGENERATE_MARK = "†"
@@ -24,10 +24,10 @@ def load_records(paths: list[str]) -> pd.DataFrame:
     """The tidy table: one row per record x split, plus one per group (HANS heuristic) with `group` set."""
     rows = []
     for path in paths:
-        try:
-            records = json.loads(Path(path).read_text())["records"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{path}: not a metrics file ({e})") from None
+        document = read_json(path)
+        if not isinstance(document, dict) or "records" not in document:
+            raise UnreadableFile(f"{path}: not a metrics file (no 'records')")
+        records = document["records"]
         for r in records:
             base = {key: r.get(key) for key in ROW_KEYS if key != "group"}
             prov, cost = r.get("provenance", {}), r.get("cost", {})
@@ -244,15 +244,19 @@ def write_figures(frame: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]
 
 
 def run_aggregate(metrics: list[str], expected: list[str], tables_dir: str, figures_dir: str, settings: dict) -> dict:
+    """Both folders are written whole and then put in place: a killed job leaves the previous ones (or none)."""
     present = [p for p in metrics if Path(p).exists()]
     missing = sorted(set(expected) - set(present))
     frame = load_records(present)
-    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
-    with atomic_path(tables_dir / "all.parquet") as tmp:
-        frame.to_parquet(tmp, index=False)
-    with atomic_path(tables_dir / "all.csv") as tmp:
-        frame.to_csv(tmp, index=False)
-    write_text("".join(f"{p}\n" for p in missing), tables_dir / "missing.txt")
-    tables = write_tables(frame, settings["tables"], settings["metric"], tables_dir)
-    figures = write_figures(frame, settings["metric"], figures_dir)
+    with atomic_path(tables_dir) as tables_tmp, atomic_path(figures_dir) as figures_tmp:
+        tables_tmp.mkdir()
+        figures_tmp.mkdir()
+        frame.to_parquet(tables_tmp / "all.parquet", index=False)
+        frame.to_csv(tables_tmp / "all.csv", index=False)
+        write_text("".join(f"{p}\n" for p in expected), tables_tmp / "expected.txt")
+        write_text("".join(f"{p}\n" for p in missing), tables_tmp / "missing.txt")
+        tables = write_tables(frame, settings["tables"], settings["metric"], tables_tmp)
+        figures = write_figures(frame, settings["metric"], figures_tmp)
+    tables = [Path(tables_dir) / p.name for p in tables]
+    figures = [Path(figures_dir) / p.name for p in figures]
     return {"rows": len(frame), "files": len(present), "missing": missing, "tables": tables, "figures": figures}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import ConfigError, check_task_slice, load_config
 from .data import DataError
+from .io import UnreadableFile
 from .models import ModelError
 from .prompt import PromptError
 
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, PromptError) as e:
+    except (ConfigError, DataError, ModelError, PromptError, UnreadableFile) as e:
         print(f"lmadapt {args.command}: error: {e}", file=sys.stderr)
         return 2
 

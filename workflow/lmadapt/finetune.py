@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 
 from .forward import last_positions, pad_batch
 from .config import FINETUNE_RUN_SETTINGS, fingerprint
-from .io import read_metadata, write_json, write_parquet
+from .io import read_metadata, read_table, write_json, write_parquet
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
 from .prompt import PromptError, classifier_inputs, task_pattern
@@ -118,6 +117,7 @@ def class_logits(model, method: str, input_ids, mask, verbalizer_ids: list[int])
     return core.get_output_embeddings()(last)[:, verbalizer_ids]
 
 
+CHECKPOINT_FORMAT = 2  # what a checkpoint's client state holds (2: losses, tokens, RNG states)
 JOB_FILE = "job.json"  # the settings hash of the job whose checkpoints these are
 
 
@@ -168,7 +168,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     lm, model = build_model(model_dir, method, len(labels), settings)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     pattern = task_pattern(task, settings.get("pattern"))
-    train = pd.read_parquet(train_path)
+    train, train_meta = read_table(train_path, META_KEY)
     examples, truncated_train = classifier_inputs(lm, pattern, train, settings["max_length"])
     verbalizer_ids = [lm.encode(pattern.verbalizer[label])[0] for label in labels]  # each verbalizer's first token
     if method != "head" and method != "lora_head" and len(set(verbalizer_ids)) < len(verbalizer_ids):
@@ -179,7 +179,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     if method == "distill":
         if teacher_path is None:
             raise ValueError("method distill needs the teacher's label distribution (--teacher)")
-        teacher_rows = pd.read_parquet(teacher_path).set_index("id").loc[train["id"]]
+        teacher_rows = read_table(teacher_path, "lmadapt")[0].set_index("id").loc[train["id"]]
         teacher = torch.tensor(np.stack(teacher_rows["probs"].to_numpy()), dtype=torch.float32)
 
     accum = accumulation_steps(settings, world)
@@ -189,9 +189,10 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     total_steps = -(-total_micro // accum)
     dtype = precision(settings["precision"])
     config = deepspeed_config(ds_config_path, settings, method, accum, total_steps, dtype)
-    fingerprints = [read_metadata(p, META_KEY)["fingerprint"] for p in [train_path, *eval_paths.values()]]
+    evals = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
+    fingerprints = [train_meta["fingerprint"]] + [meta["fingerprint"] for _, meta in evals.values()]
     job_hash = fingerprint({"settings": {k: v for k, v in settings.items() if k not in FINETUNE_RUN_SETTINGS},
-                            "keys": keys, "data": fingerprints, "world": world,
+                            "keys": keys, "data": fingerprints, "world": world, "format": CHECKPOINT_FORMAT,
                             "teacher": read_metadata(teacher_path, "lmadapt") if teacher_path else None})
     discard_foreign_checkpoints(Path(work_dir) / "checkpoints", job_hash, rank)
     engine, *_ = deepspeed.initialize(model=model, config=config,
@@ -199,11 +200,15 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     device = engine.device
 
     checkpoints = Path(work_dir) / "checkpoints"
-    start_micro, resumed_from = 0, None
-    if (checkpoints / "latest").exists():
+    start_micro, resumed_from, losses, tokens = 0, None, [], 0
+    if (checkpoints / "latest").exists():  # resume exactly: the same dropout masks and loss curve as one run
         _, client = engine.load_checkpoint(str(checkpoints))
-        start_micro, resumed_from = client["micro_step"], client["micro_step"]
-    losses, tokens, train_start = [], 0, time.time()
+        start_micro = resumed_from = client["micro_step"]
+        losses, tokens = client["losses"], client["tokens"]
+        torch.set_rng_state(client["rng"])
+        if client["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(client["cuda_rng"])
+    train_start = time.time()
     micro = 0
     for epoch in range(settings["epochs"]):
         order = np.random.default_rng([seed, epoch]).permutation(len(examples))[:order_length][rank::world]
@@ -227,13 +232,15 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
             tokens += int(mask.sum())
             micro += 1
             if micro % accum == 0 and (micro // accum) % settings["checkpoint_every"] == 0:
-                engine.save_checkpoint(str(checkpoints), client_state={"micro_step": micro})
+                engine.save_checkpoint(str(checkpoints), client_state={
+                    "micro_step": micro, "losses": losses, "tokens": tokens, "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
                 if rank == 0:
                     write_json({"job_hash": job_hash}, checkpoints / JOB_FILE)
     train_seconds = time.time() - train_start
 
     engine.eval()
-    evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
+    evals = {split: rows for split, (rows, _) in evals.items()}
     records, truncated_eval = [], {}
     teacher_shots = read_metadata(teacher_path, "lmadapt")["shots"] if teacher_path else 0
     for split, rows in evals.items():

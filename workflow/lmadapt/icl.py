@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .forward import PrefixForward, batches_by_length, pad_batch
-from .io import read_metadata, write_json
+from .io import read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
 from .models import load_model
 from .prompt import PromptError, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
@@ -77,9 +77,12 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     cost = Cost()
     lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
     shots, seed = keys["k"], keys["seed"]
-    evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
-    train = pd.read_parquet(train_path) if train_path else evals["test"].iloc[:0]
-    fingerprints = [read_metadata(p, META_KEY)["fingerprint"] for p in [train_path, *eval_paths.values()] if p]
+    read = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
+    if train_path:
+        read["demonstrations"] = read_table(train_path, META_KEY)
+    fingerprints = [meta["fingerprint"] for _, meta in read.values()]  # provenance sorts them
+    evals = {split: read[split][0] for split in eval_paths}
+    train = read["demonstrations"][0] if train_path else evals["test"].iloc[:0]
     max_length = lm.context(settings.get("max_length"))
     labels = task["labels"]
     records = []
@@ -135,8 +138,8 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
 
     lm = load_model(model_dir, dtype=settings["dtype"])
     pattern = task_pattern(task, settings.get("pattern"))
-    rows = pd.read_parquet(train_path)
-    pool = pd.read_parquet(demos_path) if demos_path else rows.iloc[:0]
+    rows, sample_meta = read_table(train_path, META_KEY)
+    pool = read_table(demos_path, META_KEY)[0] if demos_path else rows.iloc[:0]
     demos, _, counts = teacher_demonstrations(lm, pattern, rows, pool, len(task["labels"]), settings["shots"], seed)
     prompt = encode_prompt(lm, pattern, rows, demos)
     scores = label_logprobs(PrefixForward(lm, prompt.prefix), prompt.examples, prompt.verbalizers,
@@ -144,7 +147,7 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
     probs = torch.tensor(scores).softmax(-1).numpy()
     meta = {"model": lm.info, "pattern": pattern.name, "shots": len(demos), "shots_requested": settings["shots"],
             "prefix_tokens": counts["prefix_tokens"], "demonstration_ids": demos["id"].tolist(),
-            "labels": task["labels"], "sample_fingerprint": read_metadata(train_path, META_KEY)["fingerprint"],
+            "labels": task["labels"], "sample_fingerprint": sample_meta["fingerprint"],
             "teacher_accuracy": float((probs.argmax(1) == rows["label"].to_numpy()).mean())}
     table = pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),
                       "probs": pa.array(probs.tolist(), pa.list_(pa.float32()))})

@@ -1,4 +1,5 @@
-"""Atomic writes: a file appears complete under its final name or not at all."""
+"""Atomic writes (a file appears complete under its final name or not at all) and checked reads of the Parquet
+files the stages hand each other."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +9,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -17,6 +19,8 @@ def atomic_path(path: str | Path):
     """Yield a temporary path (file or folder) beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a killed writer of this path
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
     try:
         yield tmp
@@ -45,12 +49,81 @@ def write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
+class UnreadableFile(ValueError):
+    """An intermediate file that is truncated, corrupted or not written by lmadapt; the message names it."""
+
+
+# Which rule makes the files under a folder, for the message that tells the user what will remake it.
+PRODUCERS = {"results/samples": "sample", "results/activations": "extract", "results/teacher": "teacher",
+             **{f"results/metrics/{stage}": stage for stage in ("probe", "bow", "icl", "finetune")}}
+PARQUET_MAGIC = b"PAR1"
+
+
+def _producer(path: Path) -> str | None:
+    text = path.as_posix()
+    return next((rule for folder, rule in PRODUCERS.items() if f"{folder}/" in text), None)
+
+
+def _unreadable(path: Path, reason: str) -> UnreadableFile:
+    """A broken intermediate of the workflow is moved aside (kept as PATH.corrupt, for a look) so the next run
+    remakes it; any other file is only named."""
+    rule = _producer(path)
+    if rule is None:
+        return UnreadableFile(f"{path}: unreadable ({reason})")
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, aside)
+        done = f"moved to {aside.name}; the next run remakes it (rule {rule})"
+    except OSError:  # another job got there first, or a read-only folder
+        done = f"delete it and rerun (rule {rule} remakes it)"
+    return UnreadableFile(f"{path}: unreadable ({reason}); {done}")
+
+
+def _missing(path: Path) -> UnreadableFile:
+    rule = _producer(path)
+    return UnreadableFile(f"{path}: not found" + (f" (rule {rule} makes it)" if rule else ""))
+
+
 def read_metadata(path: str | Path, key: str) -> dict:
-    """The JSON document stored under `key` in a Parquet file's schema metadata."""
-    meta = pq.read_schema(path).metadata or {}
+    """The JSON document an lmadapt stage stored under `key` in a Parquet file's metadata. A file that is
+    truncated, corrupted or lacks the document gives a one-line error naming it (and is moved aside)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(max(os.fstat(f.fileno()).st_size - 4, 0))
+            tail = f.read(4)
+    except FileNotFoundError:
+        raise _missing(path) from None
+    if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+        raise _unreadable(path, "not a complete Parquet file: truncated or overwritten")
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, f"corrupted Parquet: {str(e).splitlines()[0]}") from None
     if key.encode() not in meta:
-        raise ValueError(f"{path}: no '{key}' metadata; not written by this lmadapt stage")
+        raise _unreadable(path, f"no '{key}' metadata: not written by lmadapt")
     return json.loads(meta[key.encode()])
+
+
+def read_table(path: str | Path, key: str) -> tuple[pd.DataFrame, dict]:
+    """An lmadapt Parquet file's rows and its `key` metadata, checked as read_metadata checks them."""
+    meta = read_metadata(path, key)
+    try:
+        return pq.read_table(path).to_pandas(), meta
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(Path(path), f"corrupted Parquet: {str(e).splitlines()[0]}") from None
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file an lmadapt stage wrote (a metrics file), checked as read_metadata checks Parquet."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except (ValueError, OSError) as e:
+        raise _unreadable(path, f"not valid JSON: {e}") from None
 
 
 def file_sha256(path: str | Path) -> str:

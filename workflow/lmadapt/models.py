@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .config import is_local_model, local_model_path
+from .config import MODEL_INFO, is_local_model, local_model_path, model_identity, model_source
 from .io import atomic_path
 
-MODEL_INFO = "lmadapt_model.json"
 
 
 class ModelError(RuntimeError):
@@ -161,12 +160,11 @@ def fetch_model(name: str, spec: dict, out: str | Path) -> dict:
             gguf = source / spec["gguf_file"]
             if not gguf.is_file():
                 raise ModelError(f"model {name}: GGUF file {gguf} not found")
-            info = {"source": f"gguf:{spec.get('package') or source}/{spec['gguf_file']}",
-                    "revision": _sha256(gguf)[:16]}
+            info = {"source": model_source(spec), "revision": _sha256(gguf)[:16]}
         elif not (source / "config.json").is_file():
             raise ModelError(f"model {name}: local folder {source} not found or without config.json")
         else:
-            info = {"source": f"local:{source}", "revision": folder_revision(source)}
+            info = {"source": model_source(spec), "revision": folder_revision(source)}
         kwargs = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}
     else:
         try:
@@ -176,10 +174,10 @@ def fetch_model(name: str, spec: dict, out: str | Path) -> dict:
         except Exception as e:  # network, auth, unknown id or revision: the message is what the user needs
             raise ModelError(f"model {name}: cannot download {spec['id']!r} at revision "
                              f"{spec.get('revision')!r}: {type(e).__name__}: {e}") from None
-        info, kwargs = {"source": f"hub:{spec['id']}", "revision": commit}, {}
+        info, kwargs = {"source": model_source(spec), "revision": commit}, {}
     with atomic_path(out) as tmp:
         save_prepared(source, tmp, **kwargs)
-        info["name"] = name
+        info.update(name=name, identity=model_identity(spec))
         (tmp / MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
     return info
 

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ConfigError, demonstration_needs, finetune_settings, grid
+from .config import ConfigError, demonstration_needs, finetune_settings, grid, layer_problems
 from .extract import PREFIX_SHARE, prefix_demonstrations
-from .io import write_json, write_text
+from .io import read_table, write_json, write_text
 from .models import checkpoint_class, load_tokens
 from .prompt import classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
+from .sample import META_KEY
 
 BYTES_16BIT = 2
 
@@ -126,8 +127,9 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     start = time.time()
     samples, models = Path(samples_dir), Path(models_dir)
     plan = Plan(config)
+    plan.errors += layer_problems(config, models)
     cells = grid(config)
-    read = _cached(lambda path: pd.read_parquet(path))
+    read = _cached(lambda path: read_table(path, META_KEY)[0])
     fetched = {m: models / m for m in config["models"] if (models / m / "config.json").is_file()}
     shapes = {m: model_shape(folder, config["finetune"]["lora"]) for m, folder in fetched.items()}
     tokens_by_key: dict[str, object] = {}

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .extract import column_name
-from .io import read_metadata, write_json
+from .io import read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .sample import META_KEY
 
@@ -101,12 +101,13 @@ def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[st
               settings: dict, keys: dict) -> dict:
     """Every layer x pooling x probe of one (model, task, prompt, k, seed) cell -> one metrics file."""
     cost = Cost()
-    meta = read_metadata(train_path, META_KEY)
-    labels = read_metadata(eval_samples[next(iter(eval_samples))], META_KEY)["labels"]
-    train = pd.read_parquet(train_path)
+    train, meta = read_table(train_path, META_KEY)
     y_train = train["label"].to_numpy()
-    evals = {split: pd.read_parquet(path) for split, path in eval_paths.items()}
-    groups = {split: group_columns(pd.read_parquet(eval_samples[split]), frame["id"]) for split, frame in evals.items()}
+    read = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
+    evals = {split: frame for split, (frame, _) in read.items()}
+    samples = {split: read_table(eval_samples[split], META_KEY) for split in evals}
+    labels = next(iter(samples.values()))[1]["labels"]
+    groups = {split: group_columns(samples[split][0], frame["id"]) for split, frame in evals.items()}
     seed = keys.get("seed") or 0
     records = []
     for how in meta["pooling"]:
@@ -130,8 +131,7 @@ def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[st
                     record["details"] = dict(details, n_train=len(y_train), truncated=meta["truncated"])
                     records.append(record)
     prov = provenance(settings, meta["model"]["revision"],
-                      [meta["sample"]["fingerprint"]] + [read_metadata(p, META_KEY)["sample"]["fingerprint"]
-                                                         for p in eval_paths.values()])
+                      [meta["sample"]["fingerprint"]] + [m["sample"]["fingerprint"] for _, m in read.values()])
     result = finish(records, cost.as_dict(), prov)
     write_json(result, out)
     return result
@@ -144,9 +144,8 @@ def text_of(frame: pd.DataFrame, fields: list[str]) -> list[str]:
 def run_bow(train_path: str, eval_paths: dict[str, str], out: str, settings: dict, keys: dict) -> dict:
     """Bag-of-words (or tf-idf) logistic regression on the raw text of the same samples."""
     cost = Cost()
-    meta = read_metadata(train_path, META_KEY)
+    train, meta = read_table(train_path, META_KEY)
     fields, labels = meta["fields"], meta["labels"]
-    train = pd.read_parquet(train_path)
     vectorizer_class = TfidfVectorizer if settings["vectorizer"] == "tfidf" else CountVectorizer
     vectorizer = vectorizer_class(ngram_range=(1, settings["ngram_max"]), lowercase=True)
     x_train = vectorizer.fit_transform(text_of(train, fields))
@@ -155,8 +154,8 @@ def run_bow(train_path: str, eval_paths: dict[str, str], out: str, settings: dic
                           scale=False)
     records, fingerprints = [], [meta["fingerprint"]]
     for split, path in eval_paths.items():
-        frame = pd.read_parquet(path)
-        fingerprints.append(read_metadata(path, META_KEY)["fingerprint"])
+        frame, frame_meta = read_table(path, META_KEY)
+        fingerprints.append(frame_meta["fingerprint"])
         record = classification_record(dict(keys, method=f"bow_{settings['vectorizer']}", split=split,
                                             examples=len(y_train)), labels,
                                        frame["label"].to_numpy(), model.predict(vectorizer.transform(

@@ -49,22 +49,25 @@ def class_order(pool: pd.DataFrame, label_id: int, seed: int) -> pd.DataFrame:
 
 
 def draw_balanced(pool: pd.DataFrame, labels: list[str], k: int, seed: int, where: str,
-                  demonstrations: int = 0) -> pd.DataFrame:
+                  demonstrations: int = 0, task_key: str = "the task") -> pd.DataFrame:
     """k rows of every class, nested across k for one seed, then shuffled together. demonstrations: the pool
-    size per class kept apart at the tail of each class's order (the training rows must not reach it)."""
+    size per class kept apart at the tail of each class's order (the training rows must not reach it).
+    task_key: the task's config key (tasks.<name>), named in errors."""
     parts = []
     for label_id, name in enumerate(labels):
         members = class_order(pool, label_id, seed)
         if len(members) < k + demonstrations:
             apart = f" besides the {demonstrations} kept for demonstrations" if demonstrations else ""
+            keys = f"{task_key}.k" + (f" or {task_key}.demonstrations" if demonstrations else "")
             raise DataError(f"{where}: class {name!r} (label {label_id}) has {len(members)} example(s) available "
-                            f"for training, fewer than k={k}{apart}")
+                            f"for training, fewer than k={k}{apart}; lower {keys}")
         parts.append(members.iloc[:k])
     sample = pd.concat(parts)
     return sample.iloc[np.random.default_rng(seed).permutation(len(sample))].reset_index(drop=True)
 
 
-def draw_demonstrations(pool: pd.DataFrame, labels: list[str], per_class: int, seed: int, where: str) -> pd.DataFrame:
+def draw_demonstrations(pool: pd.DataFrame, labels: list[str], per_class: int, seed: int, where: str,
+                        task_key: str = "the task") -> pd.DataFrame:
     """The seed's demonstration pool: `per_class` rows of every class from the tail of its order (each training
     sample checks that its head stays clear of it), then shuffled together."""
     parts = []
@@ -72,7 +75,7 @@ def draw_demonstrations(pool: pd.DataFrame, labels: list[str], per_class: int, s
         members = class_order(pool, label_id, seed)
         if len(members) < per_class:
             raise DataError(f"{where}: class {name!r} (label {label_id}) has {len(members)} example(s), fewer than "
-                            f"the {per_class} per class of the demonstration pool")
+                            f"the {per_class} per class of the demonstration pool; lower {task_key}.demonstrations")
         parts.append(members.iloc[::-1].iloc[:per_class])
     sample = pd.concat(parts)
     return sample.iloc[np.random.default_rng([seed, len(labels)]).permutation(len(sample))].reset_index(drop=True)
@@ -128,10 +131,12 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
             carved = None if "test" in task["data"] else test
             pool = training_pool(train.rows, carved, fields)
             if split == "train":
-                rows = draw_balanced(pool, labels, k, seed, str(train.path), demonstrations=task["demonstrations"])
+                rows = draw_balanced(pool, labels, k, seed, str(train.path), demonstrations=task["demonstrations"],
+                                     task_key=f"tasks.{task_name}")
                 meta.update(k=k, seed=seed)
             else:  # the pool does not depend on k: adding a k to the task changes no demonstration
-                rows = draw_demonstrations(pool, labels, task["demonstrations"], seed, str(train.path))
+                rows = draw_demonstrations(pool, labels, task["demonstrations"], seed, str(train.path),
+                                           task_key=f"tasks.{task_name}")
                 meta.update(seed=seed, per_class=task["demonstrations"])
             sources = [source_meta(train)]
         else:

@@ -1,5 +1,6 @@
 # Aggregation: every metrics file of the grid -> results/tables (tidy table, paper tables) and results/figures.
-# The list of expected files goes through a file (a grid's paths overflow one shell argument, 128 KiB).
+# The list of expected files goes through a file (a grid's paths overflow one shell argument, 128 KiB); the job
+# copies it into results/tables/expected.txt.
 
 
 rule aggregate:
@@ -26,10 +27,10 @@ rule aggregate:
         mem_mb=4000,
         runtime=30,
     run:
-        expected = Path(output.tables) / "expected.txt"
-        expected.parent.mkdir(parents=True, exist_ok=True)
-        expected.write_text("".join(f"{path}\n" for path in input))
-        shell(
-            "lmadapt aggregate --expected {expected} --settings {params.settings}"
-            " --tables {output.tables} --figures {output.figures} > {log} 2>&1"
-        )
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as expected:
+            expected.write("".join(f"{path}\n" for path in input))
+            expected.flush()
+            shell(
+                "lmadapt aggregate --expected {expected.name} --settings {params.settings}"
+                " --tables {output.tables} --figures {output.figures} > {log} 2>&1"
+            )

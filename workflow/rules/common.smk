@@ -2,6 +2,7 @@
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -10,19 +11,32 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lm
 from lmadapt.config import (
     FINETUNE_RUN_SETTINGS,
     SCHEMA_PATH,
+    ConfigError,
     check_config,
+    dataset_identity,
+    layer_problems,
+    prepared_problems,
+    read_yaml,
     demonstration_needs,
     demonstration_pool,
     finetune_settings,
     grid,
     model_identity,
 )
-from lmadapt.data import resolve_path
+from lmadapt.data import empty_sources, resolve_path
 
 # lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
-# Snakemake's own validation then records the schema for the report.
+# Snakemake's own validation then records the schema for the report. Each config file is read again, strictly:
+# Snakemake's YAML reading keeps the last of two equal keys without a word.
+for path in workflow.configfiles:
+    read_yaml(path)
 config.update(check_config(config, origin="config (config/config.yaml and --configfile/--config)"))
 validate(config, str(SCHEMA_PATH))
+# What the files at hand already tell, before any job: a changed identity of a prepared model or dataset (the
+# fetch would replace it), layers a model does not have, a data file without rows.
+PROBLEMS = prepared_problems(config) + layer_problems(config) + empty_sources(config)
+if PROBLEMS:
+    raise ConfigError("invalid configuration:\n  " + "\n  ".join(PROBLEMS))
 
 TASKS = sorted(config["tasks"])
 GRID = grid(config)  # every cell, by stage

@@ -1,12 +1,12 @@
-# Data: fetch hub datasets once (login node), then draw the training samples, the demonstration pools, the test
+# Data: fetch hub datasets once (login node; protected and never replaced, as models are), then draw the training samples, the demonstration pools, the test
 # sample and the out-of-domain sets (one rule; the sample's name says which).
 
 
 rule fetch_data:
     output:
-        "resources/data/{task}/{role}.parquet",
+        protected("resources/data/{task}/{role}.parquet"),
     params:
-        source=lambda w: as_arg(source_entry(w.task, w.role)),
+        source=lambda w: as_arg(dataset_identity(source_entry(w.task, w.role))),
     log:
         "results/logs/fetch_data/{task}/{role}.log",
     localrule: True

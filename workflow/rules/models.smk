@@ -1,11 +1,13 @@
 # Models: prepared once into resources/models/{model} (login node: hub downloads need the internet; weights are
 # written as safetensors whatever the source, a GGUF file dequantised, so that every later job loads in seconds).
-# Only the model's identity is a param: its gpus, mem_mb or dtype never re-fetch it nor rerun what uses it.
+# Only the model's identity is a param: its gpus, mem_mb or dtype never re-fetch it nor rerun what uses it. The
+# folder is never replaced: a changed identity stops the workflow as it loads, naming the folder to remove
+# (common.smk: prepared_problems), and the folder is write-protected once made (a --forceall stops at it).
 
 
 rule fetch_model:
     output:
-        directory("resources/models/{model}"),
+        protected(directory("resources/models/{model}")),
     params:
         model=lambda w: as_arg(model_identity(config["models"][w.model])),
     log:
