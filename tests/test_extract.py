@@ -30,16 +30,16 @@ def rte(tmp_path_factory):
     return task, folder
 
 
-def reference_vectors(model_dir, prefix: str, texts: list[str], layer: int, how: str) -> np.ndarray:
+def reference_vectors(model_dir, prompts: list[str], texts: list[str], layer: int, how: str) -> np.ndarray:
+    """A plain forward of each whole prompt string, tokenized at once; pooled over the tokens of its example."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    specials = tokenizer("", add_special_tokens=True).input_ids
-    prefix_ids = specials + (tokenizer(prefix, add_special_tokens=False).input_ids if prefix else [])
     out = []
-    for text in texts:
-        ids = prefix_ids + tokenizer(text, add_special_tokens=False).input_ids
+    for prompt, text in zip(prompts, texts):
+        encoded = tokenizer(prompt, return_offsets_mapping=True)
+        own = [i for i, (start, end) in enumerate(encoded.offset_mapping) if end > len(prompt) - len(text)]
         with torch.no_grad():
-            states = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[layer][0, len(prefix_ids):]
+            states = model(torch.tensor([encoded.input_ids]), output_hidden_states=True).hidden_states[layer][0, own]
         out.append((states[-1] if how == "last" else states.mean(0)).numpy())
     return np.stack(out)
 
@@ -56,12 +56,12 @@ def test_activations_equal_plain_forward(tiny_opt, rte, tmp_path, fewshot):
     train = pd.read_parquet(folder / "train.parquet").set_index("id")
     demos = train.loc[meta["prompt"]["demonstration_ids"]].reset_index()
     assert len(demos) == (3 if fewshot else 0) and meta["prompt"]["variant"] == ("fewshot" if fewshot else "none")
-    prefix = prefix_text(pattern, demos)
     texts = [pattern.fill(row) for _, row in sample.iterrows()]
+    prompts = [prefix_text(pattern, demos) + (pattern.separator if fewshot else "") + text for text in texts]
     assert meta["layers"] == [0, 1, 2, 3] and meta["truncated"] == 0
     for layer in meta["layers"]:
         for how in ("last", "mean"):
-            want = reference_vectors(tiny_opt, prefix, texts, layer, how)
+            want = reference_vectors(tiny_opt, prompts, texts, layer, how)
             got = np.stack(stored.loc[sample["id"], f"{how}_{layer}"].to_numpy())
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 

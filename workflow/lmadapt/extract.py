@@ -98,6 +98,8 @@ def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settin
             batches = batches_by_length([len(ids) for ids in prompt.examples], settings["batch_size"])
             for batch in tqdm(batches, desc=f"extract {sample_meta['task']}/{sample_meta['split']}", unit="batch"):
                 states, mask = forward.hidden_states([prompt.examples[i] for i in batch], layers)
+                for row, i in enumerate(batch):  # pool the example's own tokens, not the separator before it
+                    mask[row, : prompt.own_from[i]] = 0
                 columns = {"id": pa.array(rows["id"].iloc[batch].tolist(), pa.string()),
                            "label": pa.array(rows["label"].iloc[batch].tolist(), pa.int64())}
                 for how in settings["pooling"]:

@@ -89,8 +89,9 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     for name in settings["patterns"] or list(task["prompt"]["patterns"]):
         pattern = task_pattern(task, name)
         cell = dict(keys, method="icl", prompt=name, layer=None, examples=shots)
-        encoded = {split: encode_prompt(lm, pattern, rows, rows.iloc[:0]) for split, rows in evals.items()}
-        needed = max(needed_after_prefix(e.examples, e.verbalizers) for e in encoded.values())
+        guard = [encode_prompt(lm, pattern, rows, rows.iloc[:0], after_demonstrations=shots > 0)
+                  for rows in evals.values()]
+        needed = max(needed_after_prefix(e.examples, e.verbalizers) for e in guard)
         demos, prefix, counts = fit_demonstrations(lm, pattern, train, len(labels), shots, seed, needed,
                                                    max_length, settings["fit"])
         if demos is None:
@@ -99,6 +100,7 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
             records += [skipped_record(dict(cell, split=s), reason, **counts) for s in evals]
             continue
         forward = None if lm.model.config.is_encoder_decoder else PrefixForward(lm, prefix)
+        encoded = {split: encode_prompt(lm, pattern, rows, demos) for split, rows in evals.items()}
         for split, rows in evals.items():
             args = (encoded[split].examples, encoded[split].verbalizers, settings["batch_size"],
                     f"icl {keys['task']} {name} {shots}-shot {split}")
@@ -117,7 +119,7 @@ def teacher_demonstrations(tokens, pattern, rows: pd.DataFrame, pool: pd.DataFra
                            seed: int):
     """(demonstrations, prefix ids, counts) of the teacher's prompt: `shots` from the pool, or the most that
     leave room for the longest training input (the documented rule; preflight predicts it)."""
-    prompt = encode_prompt(tokens, pattern, rows, rows.iloc[:0])
+    prompt = encode_prompt(tokens, pattern, rows, rows.iloc[:0], after_demonstrations=shots > 0)
     demos, prefix, counts = fit_demonstrations(tokens, pattern, pool, n_labels, shots, seed,
                                                needed_after_prefix(prompt.examples, prompt.verbalizers),
                                                tokens.max_length, "max")

@@ -57,6 +57,21 @@ class PromptTokens:
             return [encoding.ids for encoding in backend.encode_batch(list(texts), add_special_tokens=False)]
         return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
+    def encode_after(self, separator: str, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+        """Ids of `separator + text` for every text, and where each text's own tokens start: tokens that end
+        within the separator are its (a token that spans both belongs to the text)."""
+        if not separator:
+            return self.encode_many(texts), [0] * len(texts)
+        joined = [separator + text for text in texts]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            encodings = backend.encode_batch(joined, add_special_tokens=False)
+            ids, offsets = [e.ids for e in encodings], [e.offsets for e in encodings]
+        else:
+            encoded = self.tokenizer(joined, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = [list(i) for i in encoded["input_ids"]], encoded["offset_mapping"]
+        return ids, [sum(1 for _, end in spans if end <= len(separator)) for spans in offsets]
+
 
 @dataclass
 class LoadedModel(PromptTokens):

@@ -201,14 +201,15 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
         for name in icl["patterns"] or list(spec["prompt"]["patterns"]):
             pattern = task_pattern(spec, name)
 
-            def lengths(tokens, pattern=pattern, task=task, spec=spec):  # once per pattern, not per shots and seed
-                encoded = [encode_prompt(tokens, pattern, rows, rows.iloc[:0]) for rows in evals(task).values()]
+            def lengths(tokens, pattern=pattern, task=task, spec=spec, joined=shots > 0):  # not per shots and seed
+                encoded = [encode_prompt(tokens, pattern, rows, rows.iloc[:0], after_demonstrations=joined)
+                           for rows in evals(task).values()]
                 return {"needed": max(needed_after_prefix(e.examples, e.verbalizers) for e in encoded),
                         "tokens": sum(len(ids) for e in encoded for ids in e.examples),
                         "n": sum(len(e.examples) for e in encoded), "labels": len(spec["labels"]),
                         "multi": max(map(len, encoded[0].verbalizers)) > 1}
 
-            evaluated = measure(model, ("icl", task, name), lengths)
+            evaluated = measure(model, ("icl", task, name, shots > 0), lengths)
 
             def fit(tokens, pattern=pattern, evaluated=evaluated, task=task, spec=spec, shots=shots, seed=seed):
                 pool = read(sample_file(samples, task, f"demos_seed{seed}")) if shots else evals(task)["test"].iloc[:0]

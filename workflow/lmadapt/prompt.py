@@ -1,9 +1,11 @@
 """The one prompt formatter: a task's pattern and verbalizer, demonstrations (and how many fit), and the token
 ids of a prompt.
 
-A prompt is token ids, not a string: the leading special tokens, the demonstration prefix and the example are
-tokenized apart and concatenated (tokenizing `prefix + example` as one string can merge tokens across the
-boundary). Probes, ICL, the teacher and fine-tuning all build their inputs here, so they see the same ids.
+A prompt is token ids: the leading special tokens, the demonstration prefix (encoded once, its KV cache shared)
+and each example. The prompt string is split where tokenizers split anyway: the prefix ends at the last
+demonstration's label word and the separator starts the example's part, so prefix ids + example ids equal the
+tokenization of the whole prompt string (a prefix ending in "\n\n" would be one byte-level token, 'ĊĊ', that the
+model never sees between demonstrations). Probes, ICL, the teacher and fine-tuning all build their inputs here.
 """
 from __future__ import annotations
 
@@ -77,27 +79,34 @@ def choose_demonstrations(train: pd.DataFrame, n_labels: int, m: int, seed: int)
 
 
 def prefix_text(pattern: Pattern, demonstrations: pd.DataFrame) -> str:
-    if len(demonstrations) == 0:
-        return ""
-    return "".join(pattern.demonstration(row) + pattern.separator for _, row in demonstrations.iterrows())
+    """The demonstrations joined by the separator; the separator after the last one begins each example's part."""
+    return pattern.separator.join(pattern.demonstration(row) for _, row in demonstrations.iterrows())
 
 
 @dataclass
 class EncodedPrompt:
-    """Token ids: `prefix` (leading specials + demonstrations, shared by every example) and one list per example."""
+    """Token ids: `prefix` (leading specials + demonstrations, shared by every example) and one list per example
+    (after demonstrations, the separator's tokens first: `own_from` is where the example's own tokens start)."""
     prefix: list[int]
     examples: list[list[int]]
+    own_from: list[int]
     verbalizers: list[list[int]]  # per label id
     truncated: int  # examples cut (from the left) to fit max_length
 
 
 def encode_prompt(lm, pattern: Pattern, rows: pd.DataFrame, demonstrations: pd.DataFrame,
-                  max_length: int | None = None, reserve: int = 0) -> EncodedPrompt:
-    """Tokenize the shared prefix and every example apart. An example longer than max_length - prefix - reserve
-    keeps its last tokens (where the pattern's cue is) and is counted in `truncated`; the prefix never is."""
+                  max_length: int | None = None, reserve: int = 0,
+                  after_demonstrations: bool | None = None) -> EncodedPrompt:
+    """The prompt's ids: prefix + example equals the whole prompt string's tokenization. An example longer than
+    max_length - prefix - reserve keeps its last tokens (where the pattern's cue is) and is counted in
+    `truncated`; the prefix never is. after_demonstrations: whether the examples follow demonstrations (and so
+    start with the separator); by default when there are any, set by the context guards that count an example's
+    tokens before the demonstrations are chosen."""
     prefix = lm.leading_special_ids() + (lm.encode(prefix_text(pattern, demonstrations)) if len(demonstrations) else [])
     verbalizers = [lm.encode(pattern.verbalizer[label]) for label in pattern.labels]
-    examples = lm.encode_many([pattern.fill(row) for row in rows.to_dict("records")])
+    joined = len(demonstrations) > 0 if after_demonstrations is None else after_demonstrations
+    examples, own_from = lm.encode_after(pattern.separator if joined else "",
+                                         [pattern.fill(row) for row in rows.to_dict("records")])
     truncated = 0
     if max_length is not None:
         budget = max_length - len(prefix) - reserve
@@ -107,8 +116,9 @@ def encode_prompt(lm, pattern: Pattern, rows: pd.DataFrame, demonstrations: pd.D
         for i, ids in enumerate(examples):
             if len(ids) > budget:
                 examples[i] = ids[-budget:]
+                own_from[i] = max(own_from[i] - (len(ids) - budget), 0)
                 truncated += 1
-    return EncodedPrompt(prefix, examples, verbalizers, truncated)
+    return EncodedPrompt(prefix, examples, own_from, verbalizers, truncated)
 
 
 
