@@ -117,8 +117,9 @@ def main() -> None:
             config = harness_task(pattern, demos, rows, shots, workdir / Path(folder).name / f"shots{shots}")
             theirs, their_s = run_harness(harness, config)
             ours, our_s = run_lmadapt(lm, pattern, rows, demos)
-            lines.append(f"| {name} | {shots} | {n} | {n / their_s:.1f} | {n / our_s:.1f} | {their_s / our_s:.1f}x | "
-                         f"{int((theirs != ours).sum())} | {(theirs == gold).mean():.3f} / {(ours == gold).mean():.3f} |")
+            lines.append(f"| {name} | {shots} | {n} | {n / their_s:.1f} | {n / our_s:.1f} | "
+                         f"{their_s / our_s:.1f}x | {int((theirs != ours).sum())} | "
+                         f"{(theirs == gold).mean():.3f} / {(ours == gold).mean():.3f} |")
             print(lines[-1], flush=True)
     section = "\n".join([
         "## icl vs lm-evaluation-harness (benchmarks/icl_vs_harness.py)", "",
@@ -128,8 +129,8 @@ def main() -> None:
         "over a few-shot split), separator `\\n\\n`, verbalizers as choices, `acc`. lmadapt: prefix KV cache, "
         "batches grouped by length, LM head on the scored position. Batch size 16 for both; model loading outside "
         "the timings; lm-eval's time is its whole `simple_evaluate` (task and dataset set-up, requests, scoring), "
-        "lmadapt's its tokenization and scoring. Rotten Tomatoes, pattern `Review: {text}\\nSentiment:`. Targets: >= 10x at 32 shots, >= 2x at 0 "
-        "shots, 0 differing predictions.", "", *lines, ""])
+        "lmadapt's its tokenization and scoring. Rotten Tomatoes, pattern `Review: {text}\\nSentiment:`. Targets: "
+        ">= 10x at 32 shots, >= 2x at 0 shots, 0 differing predictions.", "", *lines, ""])
     write_section(REPO / "docs" / "benchmarks.md", "icl_vs_harness", section)
 
 

@@ -77,7 +77,8 @@ def test_hub_source_fetches_to_parquet(tmp_path):
     assert fetch_hub(source, out) == 12
     origin = json.loads(pq.read_schema(out).metadata[b"lmadapt_fetch"])
     # a builder, not a hub repo: no commit; the identity is what a later run compares with its config
-    assert origin == {"source": "hub:json:train", "revision": None, "commit": None, "identity": dict(source, revision=None)}
+    assert origin == {"source": "hub:json:train", "revision": None, "commit": None,
+                      "identity": dict(source, revision=None)}
     rows = read_split(source, out, ["text"], ["negative", "neutral", "positive"]).rows
     assert len(rows) == 12 and rows["label_name"].iloc[-1] == "positive"
 
@@ -115,7 +116,8 @@ def test_nan_text_names_row(tmp_path):
 
 def test_undeclared_label_names_row_and_value(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t, "label": l, "id": i}) for t, l, i in [("x", "pos", "a"), ("y", "meh", "b")]))
+    rows = [("x", "pos", "a"), ("y", "meh", "b")]
+    path.write_text("\n".join(json.dumps({"text": t, "label": label, "id": i}) for t, label, i in rows))
     with pytest.raises(DataError, match=r"^line 2 of \S*d\.jsonl \(id b\): column 'label': label 'meh' is not one "
                                         r"of the declared labels \['neg', 'pos'\]"):
         read_split({"columns": {"id": "id"}}, path, ["text"], ["neg", "pos"])

@@ -297,9 +297,9 @@ def prepared_problems(config: dict, root: str | Path = ".") -> list[str]:
                 continue
             recorded = _fetched_identity(path)
             if recorded is not None and recorded != dataset_identity(source):
-                problems.append(f"tasks.{task_name}.{key}: {path} was fetched from {_describe_identity(recorded)}; the config "
-                                f"now says {_describe_identity(dataset_identity(source))}. To fetch that, "
-                                f"remove {path}")
+                problems.append(f"tasks.{task_name}.{key}: {path} was fetched from {_describe_identity(recorded)}; "
+                                f"the config now says {_describe_identity(dataset_identity(source))}. To fetch "
+                                f"that, remove {path}")
     return problems
 
 

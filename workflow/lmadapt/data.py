@@ -2,7 +2,8 @@
 
 Sources are local files (csv, tsv, jsonl, parquet, or an official layout: GLUE RTE TSV, HANS, the aclImdb
 folder, the AG News CSV), files shipped inside an installed package, or hub datasets that the fetch rule saved
-to Parquet beforehand. Every problem is reported with the file, column, line (1-based, as an editor shows it) or label that caused it.
+to Parquet beforehand. Every problem is reported with the file, column, line (1-based, as an editor shows it)
+or label that caused it.
 """
 from __future__ import annotations
 
