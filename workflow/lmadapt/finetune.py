@@ -22,7 +22,7 @@ import torch
 
 from .forward import last_positions, pad_batch
 from .config import FINETUNE_RUN_SETTINGS, fingerprint
-from .io import read_metadata, read_table, write_json, write_parquet
+from .io import read_table, write_json, write_parquet
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
 from .prompt import PromptError, classifier_inputs, task_pattern
@@ -175,11 +175,12 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
         raise PromptError(f"pattern {pattern.name!r}: verbalizers {pattern.verbalizer} share their first token; "
                           f"pattern-based fine-tuning scores first tokens, so they must differ")
     targets = torch.tensor(train["label"].to_numpy())
-    teacher = None
+    teacher, teacher_meta = None, None
     if method == "distill":
         if teacher_path is None:
             raise ValueError("method distill needs the teacher's label distribution (--teacher)")
-        teacher_rows = read_table(teacher_path, "lmadapt")[0].set_index("id").loc[train["id"]]
+        teacher_rows, teacher_meta = read_table(teacher_path, "lmadapt")
+        teacher_rows = teacher_rows.set_index("id").loc[train["id"]]
         teacher = torch.tensor(np.stack(teacher_rows["probs"].to_numpy()), dtype=torch.float32)
 
     accum = accumulation_steps(settings, world)
@@ -193,7 +194,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     fingerprints = [train_meta["fingerprint"]] + [meta["fingerprint"] for _, meta in evals.values()]
     job_hash = fingerprint({"settings": {k: v for k, v in settings.items() if k not in FINETUNE_RUN_SETTINGS},
                             "keys": keys, "data": fingerprints, "world": world, "format": CHECKPOINT_FORMAT,
-                            "teacher": read_metadata(teacher_path, "lmadapt") if teacher_path else None})
+                            "teacher": teacher_meta})
     discard_foreign_checkpoints(Path(work_dir) / "checkpoints", job_hash, rank)
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
@@ -242,7 +243,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     engine.eval()
     evals = {split: rows for split, (rows, _) in evals.items()}
     records, truncated_eval = [], {}
-    teacher_shots = read_metadata(teacher_path, "lmadapt")["shots"] if teacher_path else 0
+    teacher_shots = teacher_meta["shots"] if teacher_meta else 0
     for split, rows in evals.items():
         eval_ids, truncated_eval[split] = classifier_inputs(lm, pattern, rows, settings["max_length"])
         predictions = []
@@ -270,7 +271,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                "truncated_train_inputs": truncated_train, "truncated_eval_inputs": truncated_eval,
                "accumulation_steps": accum, "effective_batch": settings["effective_batch"],
                "lr": learning_rate(settings, method), "saved": saved,
-               "teacher": read_metadata(teacher_path, "lmadapt") if teacher_path else None}
+               "teacher": teacher_meta}
     for record in records:
         record["details"] = details
     if rank == 0 and not settings["keep_checkpoint"] and checkpoints.exists():
