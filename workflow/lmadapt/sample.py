@@ -48,8 +48,8 @@ def class_order(pool: pd.DataFrame, label_id: int, seed: int) -> pd.DataFrame:
     return members.iloc[np.random.default_rng([seed, label_id]).permutation(len(members))]
 
 
-def draw_balanced(pool: pd.DataFrame, labels: list[str], k: int, seed: int, where: str,
-                  demonstrations: int = 0, task_key: str = "the task") -> pd.DataFrame:
+def draw_balanced(pool: pd.DataFrame, labels: list[str], k: int, seed: int, where: str, task_key: str,
+                  demonstrations: int = 0) -> pd.DataFrame:
     """k rows of every class, nested across k for one seed, then shuffled together. demonstrations: the pool
     size per class kept apart at the tail of each class's order (the training rows must not reach it).
     task_key: the task's config key (tasks.<name>), named in errors."""
@@ -67,7 +67,7 @@ def draw_balanced(pool: pd.DataFrame, labels: list[str], k: int, seed: int, wher
 
 
 def draw_demonstrations(pool: pd.DataFrame, labels: list[str], per_class: int, seed: int, where: str,
-                        task_key: str = "the task") -> pd.DataFrame:
+                        task_key: str) -> pd.DataFrame:
     """The seed's demonstration pool: `per_class` rows of every class from the tail of its order (each training
     sample checks that its head stays clear of it), then shuffled together."""
     parts = []
@@ -131,12 +131,12 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
             carved = None if "test" in task["data"] else test
             pool = training_pool(train.rows, carved, fields)
             if split == "train":
-                rows = draw_balanced(pool, labels, k, seed, str(train.path), demonstrations=task["demonstrations"],
-                                     task_key=f"tasks.{task_name}")
+                rows = draw_balanced(pool, labels, k, seed, str(train.path), f"tasks.{task_name}",
+                                     demonstrations=task["demonstrations"])
                 meta.update(k=k, seed=seed)
             else:  # the pool does not depend on k: adding a k to the task changes no demonstration
                 rows = draw_demonstrations(pool, labels, task["demonstrations"], seed, str(train.path),
-                                           task_key=f"tasks.{task_name}")
+                                           f"tasks.{task_name}")
                 meta.update(seed=seed, per_class=task["demonstrations"])
             sources = [source_meta(train)]
         else:

@@ -1,5 +1,6 @@
-# Data: fetch hub datasets once (login node; protected and never replaced, as models are), then draw the training samples, the demonstration pools, the test
-# sample and the out-of-domain sets (one rule; the sample's name says which).
+# Data: fetch hub datasets once (login node; protected and never replaced, as models are), then draw the
+# training samples, the demonstration pools, the test sample and the out-of-domain sets (one rule; the sample's
+# name says which).
 
 
 rule fetch_data:
