@@ -1,56 +1,205 @@
-"""Benchmark: how long Snakemake takes to plan the workflow, and that a finished run plans nothing.
+"""Benchmark: the paper grid's cluster job economics, and how long Snakemake takes to plan it.
 
-`snakemake -n` on the full paper grid (config/paper.yaml: 5 OPT models x 4 tasks x k x 10 seeds) and on the
-embedded default; then, if the default study has been run (`make`), a dry run over its finished results must
-schedule 0 jobs. Target: < 15 s for the paper grid. Writes docs/benchmarks.md.
+- Slurm submissions: Snakemake plans config/paper.yaml for the Slurm executor, once without job groups (one Slurm
+  job per rule instance) and once with the profile's groups (slurm/config.yaml). The count is Snakemake's own:
+  its group assignment (`DAG.update_groups`) is observed, not reimplemented. Local rules (fetches, preflight) run
+  on the login node and are not submissions.
+- Model loads and GPU time spent loading vs computing: every model job loads its model once, grouped or not.
+  Seconds from the preflight plan of benchmarks/preflight.py (the real OPT sizes), with weights loaded at the
+  rate `lmadapt`'s loader reaches here (SmolLM2's prepared safetensors folder) and at preflight's assumed rate.
+- Planning: `snakemake -n --profile slurm` wall time for the paper grid and for 10x its seeds, and for the
+  embedded default; if the default study has been run (`make`), its no-op rerun must plan 0 jobs.
 
-    python benchmarks/dag.py
+Targets: grouped submissions <= 1/4 of the ungrouped; the paper grid plans in < 15 s. Writes docs/benchmarks.md.
+
+    python benchmarks/dag.py          (benchmarks/preflight.py first, for the load/compute split)
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import write_section  # noqa: E402
+from common import smollm2_folder, write_section  # noqa: E402
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+PREFLIGHT_PLAN = REPO / "resources/benchmarks/preflight/plan.json"
+ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           LMADAPT_SLURM_ACCOUNT=os.environ.get("LMADAPT_SLURM_ACCOUNT", "account"),
+           LMADAPT_SLURM_PARTITION=os.environ.get("LMADAPT_SLURM_PARTITION", "partition"))
+
+# Runs Snakemake's CLI in this process and prints what its DAG decided about groups, after it decided.
+COUNT_SUBMISSIONS = """
+import json, sys
+from collections import Counter
+from snakemake import cli
+from snakemake import dag
+
+plan = {}
+update_groups = dag.DAG.update_groups
+
+def observed(self):
+    update_groups(self)
+    local = lambda job: job.rule.name in self.workflow._localrules or job.rule.norun
+    jobs = [job for job in self.needrun_jobs() if not local(job)]
+    groups = set(self._group.values())
+    plan.update(jobs=len(jobs), rules=Counter(job.rule.name for job in jobs),
+                groups=Counter(group.groupid for group in groups),
+                submissions=len(groups) + sum(1 for job in jobs if job not in self._group))
+
+dag.DAG.update_groups = observed
+try:
+    cli.main(sys.argv[1:])
+except SystemExit:
+    pass
+print("PLAN " + json.dumps(plan))
+"""
 
 
-def dry_run(*args, directory: Path = REPO) -> tuple[float, int, str]:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+def snakemake_args(directory: Path, *args) -> list[str]:
+    return ["-n", "-s", str(REPO / "Snakefile"), "--directory", str(directory), *args]
+
+
+def planned_submissions(directory: Path, *args) -> dict:
+    proc = subprocess.run([sys.executable, "-c", COUNT_SUBMISSIONS, *snakemake_args(directory, "-q", *args)],
+                          capture_output=True, text=True, env=ENV, cwd=REPO)
+    line = next((line for line in proc.stdout.splitlines() if line.startswith("PLAN ")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
+    return json.loads(line.removeprefix("PLAN "))
+
+
+def dry_run(directory: Path, *args) -> tuple[float, int]:
     start = time.time()
-    proc = subprocess.run([str(SNAKEMAKE), "-n", "-s", str(REPO / "Snakefile"), "--directory", str(directory), *args],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run([str(SNAKEMAKE), *snakemake_args(directory, *args)], capture_output=True, text=True,
+                          env=ENV, cwd=REPO)
     seconds = time.time() - start
     if proc.returncode:
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
     total = re.search(r"^total\s+(\d+)$", proc.stdout, re.M)
-    return seconds, int(total[1]) if total else 0, proc.stdout
+    return seconds, int(total[1]) if total else 0
+
+
+def load_rate() -> tuple[float, float]:
+    """(GB/s, GB) of lmadapt's loader on SmolLM2's prepared folder, in a fresh process (file cache warm)."""
+    folder = Path(smollm2_folder())
+    size = sum(path.stat().st_size for path in folder.glob("*.safetensors")) / 1e9
+    code = ("import time, sys; from lmadapt.models import load_model; load_model(sys.argv[1], dtype='float32');"
+            "start = time.time(); load_model(sys.argv[1], dtype='float32'); print(time.time() - start)")
+    seconds = min(float(subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                                       check=True, env=ENV).stdout.split()[-1]) for _ in range(3))
+    return size / seconds, size
+
+
+def scontrol_seconds() -> float | None:
+    """The Slurm plugin asks `scontrol show config` as it is imported (every snakemake start); timed here."""
+    if not shutil.which("scontrol"):
+        return None
+    start = time.time()
+    subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=60)
+    return time.time() - start
+
+
+def economics_rows(plan_ungrouped: dict, plan_grouped: dict) -> list[str]:
+    rows = ["| rule | jobs | Slurm submissions without groups | group (slurm/config.yaml) | submissions with groups |",
+            "|---|---|---|---|---|"]
+    profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
+    group_of = dict(entry.split("=") for entry in profile["groups"])
+    by_group = Counter()
+    for group, count in plan_grouped["groups"].items():
+        parent = next((g for g in set(group_of.values()) if re.fullmatch(re.sub(r"\{\w+\}", ".+", g), group)), group)
+        by_group[parent] += count
+    for rule, count in sorted(plan_ungrouped["rules"].items(), key=lambda item: -item[1]):
+        group = group_of.get(rule)
+        grouped = f"{by_group[group]} (with {', '.join(r for r, g in group_of.items() if g == group)})" if group \
+            else str(count)
+        rows.append(f"| {rule} | {count} | {count} | {group or '-'} | {grouped} |")
+    ratio = plan_grouped["submissions"] / plan_ungrouped["submissions"]
+    rows.append(f"| **all** | {plan_ungrouped['jobs']} | **{plan_ungrouped['submissions']}** | | "
+                f"**{plan_grouped['submissions']}** ({ratio:.0%}) |")
+    return rows
+
+
+def load_rows(rate: float, size: float) -> list[str]:
+    if not PREFLIGHT_PLAN.exists():
+        return [f"(Run benchmarks/preflight.py first for the load/compute split. Load rate here: {rate:.2f} GB/s.)"]
+    plan = json.loads(PREFLIGHT_PLAN.read_text())
+    assumed = plan["cluster"]["load_gb_per_s"]
+    rows = [f"| stage | model jobs (model loads) | GPU-hours loading at {assumed:g} GB/s (preflight) | "
+            f"GPU-hours loading at {rate:.2f} GB/s (measured here) | GPU-hours computing |", "|---|---|---|---|---|"]
+    totals = Counter()
+    for stage in ("extract", "icl", "teacher", "finetune"):
+        jobs = [job for job in plan["jobs"] if job["stage"] == stage]
+        load = sum(job["load_seconds"] * max(job["gpus"], 1) for job in jobs) / 3600
+        compute = sum(job["compute_seconds"] * max(job["gpus"], 1) for job in jobs) / 3600
+        totals.update(jobs=len(jobs), load=load, compute=compute)
+        rows.append(f"| {stage} | {len(jobs)} | {load:.2f} | {load * assumed / rate:.2f} | {compute:.1f} |")
+    rows.append(f"| **all** | {totals['jobs']} | {totals['load']:.2f} | {totals['load'] * assumed / rate:.2f} | "
+                f"{totals['compute']:.1f} |")
+    return rows
 
 
 def main() -> None:
-    rows = ["| plan | jobs | seconds (best of 3) |", "|---|---|---|"]
     with tempfile.TemporaryDirectory() as empty:
-        for label, args in (("paper grid, nothing run yet", ["--configfile", str(REPO / "config/paper.yaml")]),
-                            ("embedded default, nothing run yet", [])):
-            runs = [dry_run(*args, directory=Path(empty)) for _ in range(3)]
-            rows.append(f"| {label} | {runs[0][1]} | {min(r[0] for r in runs):.1f} |")
-            print(rows[-1], flush=True)
+        empty = Path(empty)
+        paper = ["--configfile", str(REPO / "config/paper.yaml")]
+        ungrouped = planned_submissions(empty, *paper, "--executor", "slurm", "--jobs", "100")
+        grouped = planned_submissions(empty, *paper, "--profile", "slurm")
+        print(f"submissions: {ungrouped['submissions']} without groups, {grouped['submissions']} with", flush=True)
+        rate, size = load_rate()
+        print(f"load rate: {rate:.2f} GB/s ({size:.2f} GB)", flush=True)
+
+        config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+        config["seeds"] = list(range(10 * len(config["seeds"])))
+        tenfold = empty / "paper_10x.yaml"
+        tenfold.write_text(yaml.safe_dump(config, sort_keys=False))
+        plans = [("paper grid, nothing run yet", [*paper, "--profile", "slurm"]),
+                 ("paper grid with 10x the seeds (100), nothing run yet", ["--configfile", str(tenfold),
+                                                                          "--profile", "slurm"]),
+                 ("embedded default, nothing run yet", [])]
+        times = ["| plan | jobs | seconds (best of 3) |", "|---|---|---|"]
+        for label, args in plans:
+            runs = [dry_run(empty, *args) for _ in range(3)]
+            times.append(f"| {label} | {runs[0][1]} | {min(r[0] for r in runs):.1f} |")
+            print(times[-1], flush=True)
     if (REPO / "results/tables/all.parquet").exists():
-        runs = [dry_run() for _ in range(3)]
-        rows.append(f"| embedded default after `make` (no-op rerun) | {runs[0][1]} | {min(r[0] for r in runs):.1f} |")
-        print(rows[-1], flush=True)
-    section = "\n".join(["## dag (benchmarks/dag.py)", "",
-                         f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores). "
-                         "`snakemake -n` wall time including Python start-up. Target: < 15 s for the paper grid; "
-                         "0 jobs when nothing changed.", "", *rows, ""])
+        runs = [dry_run(REPO) for _ in range(3)]
+        times.append(f"| embedded default after `make` (no-op rerun) | {runs[0][1]} | {min(r[0] for r in runs):.1f} |")
+        print(times[-1], flush=True)
+    probe = scontrol_seconds()
+    probe_note = "" if probe is None else (
+        f" Included in each: the Slurm plugin runs `scontrol show config` as snakemake starts ({probe:.1f} s here"
+        f"{' with the controller running' if probe < 1 else ', where Slurm is installed but its controller stopped'}).")
+    section = "\n".join([
+        "## cluster jobs and planning (benchmarks/dag.py)", "",
+        f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores).", "",
+        "Slurm submissions of the paper grid, as Snakemake plans them for the Slurm executor (its own DAG and group "
+        "assignment). Without groups every rule instance is a Slurm job; with the profile's groups, jobs of one kind "
+        "(and, on GPUs, one model) go as one job that runs them one after another, sized for its largest member. "
+        "Which jobs run does not change: the Slurm test changes a probe setting and sees only the probe jobs "
+        "(one group job) and aggregate rerun. Target: <= 1/4.", "",
+        *economics_rows(ungrouped, grouped), "",
+        "Model loads and GPU time of the paper grid (preflight's plan from benchmarks/preflight.py: the real OPT "
+        "sizes, 16-bit weights; GPU-hours count every GPU of a job). Grouping keeps one load per model job: a job "
+        "is one `lmadapt` process. Loading is a small share of the GPU time, so one process per cell (its own log, "
+        "retry and rerun precision) costs little.", "",
+        *load_rows(rate, size), "",
+        f"Load rate here: `lmadapt.models.load_model` on SmolLM2-135M's prepared folder ({size:.2f} GB of "
+        "float32 safetensors, file cache warm), best of 3.", "",
+        "Planning: `snakemake -n` wall time including Python start-up. Target: < 15 s for the paper grid; 0 jobs "
+        "when nothing changed." + probe_note, "",
+        *times, ""])
     write_section(REPO / "docs" / "benchmarks.md", "dag", section)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import BIN, FIXTURES, REPO, clean_env, rte_task
 from lmadapt.config import FINETUNE_RUN_SETTINGS, check_config
-from lmadapt.finetune import build_model, class_logits, distill_loss, run_finetune
+from lmadapt.finetune import build_model, class_logits, distill_loss, epoch_batches, run_finetune
 from lmadapt.forward import pad_batch
 from lmadapt.icl import run_teacher
 from lmadapt.prompt import encode_prompt, task_pattern
@@ -74,6 +74,27 @@ def test_every_method_learns(tiny_opt, rte, teacher, tmp_path, method, zero):
     if method.startswith("lora"):
         assert (tmp_path / "work/adapter/adapter_config.json").exists()
         assert record["details"]["trainable_parameters"] < 10_000
+
+
+def test_epoch_batches_group_lengths_and_split_ranks_evenly():
+    lengths = np.random.default_rng(0).integers(5, 200, size=403)
+    order_length = len(lengths) // 2 * 2
+    ranks = [epoch_batches(lengths, order_length, 7, 1, rank, 2, 8, window=10) for rank in range(2)]
+    taken = [np.concatenate(batches) for batches in ranks]
+    assert len(ranks[0]) == len(ranks[1]) and len(taken[0]) == len(taken[1]) == order_length // 2
+    assert len(set(taken[0]) | set(taken[1])) == order_length  # each example once per epoch, on one rank
+    assert [b.tolist() for b in epoch_batches(lengths, order_length, 7, 1, 0, 2, 8, window=10)] == \
+        [b.tolist() for b in ranks[0]]  # the same seed and epoch, the same batches
+    assert [b.tolist() for b in epoch_batches(lengths, order_length, 7, 2, 0, 2, 8, window=10)] != \
+        [b.tolist() for b in ranks[0]]
+
+    def padding(batches):
+        return sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches)
+
+    rng = np.random.default_rng([7, 1])
+    shuffled = rng.permutation(len(lengths))[:order_length][0::2]
+    random_batches = [shuffled[i: i + 8] for i in range(0, len(shuffled), 8)]
+    assert padding(ranks[0]) < padding(random_batches) / 3
 
 
 def test_distillation_kl_is_zero_for_the_same_model_on_the_same_input(tiny_opt, rte, teacher):

@@ -1,6 +1,7 @@
 """A real single-node Slurm on localhost (slurmctld, slurmd, munge, slurmdbd + MariaDB): the workflow runs through
-the Snakemake Slurm executor plugin, sacct shows every rule as a Slurm job with its resources, and changing one
-probe hyperparameter reruns only the probe and aggregate jobs."""
+the Snakemake Slurm executor plugin with the profile's job groups, sacct shows each group as one Slurm job sized
+for its largest member (the members run one after another), and changing one probe hyperparameter reruns only
+the probe jobs (in their group) and aggregate."""
 import os
 import shutil
 import subprocess
@@ -62,13 +63,19 @@ def test_workflow_through_slurm(slurm, tiny_opt, tmp_path):
     assert (tmp_path / "results/tables/all.parquet").exists()
     jobs = sacct_jobs(since)
     ran = sorted(job["comment"].split("_wildcards")[0].removeprefix("rule_") for job in jobs)
-    # one sample and one extract job per sample file (train k=2, test, HANS); fetch_model and preflight are
-    # localrules: they ran on the "login node"
-    assert ran == sorted(["sample"] * 3 + ["extract"] * 3 + ["probe", "bow", "icl", "finetune", "aggregate"]), jobs
+    # 11 jobs in 5 submissions (slurm/config.yaml `groups`; a group job is named by its group and rules): the 3
+    # samples (train k=2, test, HANS); extract of each sample and icl in the model's GPU group; finetune; probe and
+    # bow; aggregate. fetch_model and preflight are localrules: they ran on the "login node"
+    assert ran == ["aggregate", "cpu_bow_probe", "finetune_tiny_finetune", "gpu_tiny_extract_icl",
+                   "samples_sample"], jobs
     assert all(job["state"] == "COMPLETED" and job["partition"] == "debug" and job["account"] == "testacct"
                for job in jobs), jobs
-    extract = next(job for job in jobs if job["comment"].startswith("rule_extract"))
-    assert extract["mem"] in ("1500M", "1500Mn") and extract["cpus"] == "1"
+    gpu_group = next(job for job in jobs if job["comment"].startswith("rule_gpu_tiny"))
+    assert gpu_group["mem"] in ("1500M", "1500Mn") and gpu_group["cpus"] == "1"  # one member's, not the sum
+    logs = tmp_path / "results/logs"
+    assert len(list((logs / "extract").rglob("*.log"))) == 3 and list((logs / "icl").rglob("*.log"))
+    bow_metrics = next((tmp_path / "results/metrics/bow").rglob("*.json"))
+    bow_written = bow_metrics.stat().st_mtime_ns
 
     settings["probe"]["mlp"]["epochs"] = 11  # one probe hyperparameter, changed in content
     write_config(config, settings)
@@ -76,4 +83,5 @@ def test_workflow_through_slurm(slurm, tiny_opt, tmp_path):
     time.sleep(1)
     run(tmp_path, config)
     rerun = sorted(job["comment"].split("_wildcards")[0].removeprefix("rule_") for job in sacct_jobs(since))
-    assert rerun == ["aggregate", "probe"]
+    assert rerun == ["aggregate", "cpu_probe"]
+    assert bow_metrics.stat().st_mtime_ns == bow_written  # the probe's group did not take bow along

@@ -117,7 +117,22 @@ def class_logits(model, method: str, input_ids, mask, verbalizer_ids: list[int])
     return core.get_output_embeddings()(last)[:, verbalizer_ids]
 
 
-CHECKPOINT_FORMAT = 2  # what a checkpoint's client state holds (2: losses, tokens, RNG states)
+def epoch_batches(lengths: np.ndarray, order_length: int, seed: int, epoch: int, rank: int, world: int,
+                  batch_size: int, window: int = 50) -> list[np.ndarray]:
+    """This process's micro-batches of one epoch: a seeded shuffle (the first order_length examples, every
+    world-th from rank); each window of `window` batches sorted by length and cut into batches; the batches
+    shuffled. Batches of similar lengths pad little, and their order stays random (Hugging Face's
+    group_by_length does the same)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))[:order_length][rank::world]
+    span = window * batch_size
+    grouped = np.concatenate([sorted(order[i: i + span], key=lambda j: -lengths[j])
+                              for i in range(0, len(order), span)]).astype(int) if len(order) else order
+    batches = [grouped[i: i + batch_size] for i in range(0, len(grouped), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+CHECKPOINT_FORMAT = 3  # what a checkpoint's client state holds and how batches are drawn (3: length-grouped)
 JOB_FILE = "job.json"  # the settings hash of the job whose checkpoints these are
 
 
@@ -201,23 +216,22 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     device = engine.device
 
     checkpoints = Path(work_dir) / "checkpoints"
-    start_micro, resumed_from, losses, tokens = 0, None, [], 0
+    start_micro, resumed_from, losses, tokens, padded = 0, None, [], 0, 0
     if (checkpoints / "latest").exists():  # resume exactly: the same dropout masks and loss curve as one run
         _, client = engine.load_checkpoint(str(checkpoints))
         start_micro = resumed_from = client["micro_step"]
-        losses, tokens = client["losses"], client["tokens"]
+        losses, tokens, padded = client["losses"], client["tokens"], client["padded"]
         torch.set_rng_state(client["rng"])
         if client["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(client["cuda_rng"])
     train_start = time.time()
     micro = 0
+    lengths = np.array([len(example) for example in examples])
     for epoch in range(settings["epochs"]):
-        order = np.random.default_rng([seed, epoch]).permutation(len(examples))[:order_length][rank::world]
-        for first in range(0, len(order), settings["batch_size"]):
+        for batch in epoch_batches(lengths, order_length, seed, epoch, rank, world, settings["batch_size"]):
             if micro < start_micro:
                 micro += 1
                 continue
-            batch = order[first: first + settings["batch_size"]]
             ids, mask = pad_batch([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
             logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
             gold = targets[batch].to(device)
@@ -231,10 +245,12 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
             engine.step()
             losses.append(loss.item())
             tokens += int(mask.sum())
+            padded += mask.numel()
             micro += 1
             if micro % accum == 0 and (micro // accum) % settings["checkpoint_every"] == 0:
                 engine.save_checkpoint(str(checkpoints), client_state={
-                    "micro_step": micro, "losses": losses, "tokens": tokens, "rng": torch.get_rng_state(),
+                    "micro_step": micro, "losses": losses, "tokens": tokens, "padded": padded,
+                    "rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
                 if rank == 0:
                     write_json({"job_hash": job_hash}, checkpoints / JOB_FILE)
@@ -266,6 +282,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                "micro_steps": micro, "planned_optimizer_steps": total_steps, "resumed_from_micro_step": resumed_from,
                "loss_per_step": per_step, "train_seconds": round(train_seconds, 3),
                "train_tokens_per_s": round(tokens * world / max(train_seconds, 1e-9), 1),
+               "train_padding_share": round(1 - tokens / max(padded, 1), 4),
                "trainable_parameters": trainable,
                "zero_stage": config["zero_optimization"]["stage"], "precision": dtype, "world_size": world,
                "truncated_train_inputs": truncated_train, "truncated_eval_inputs": truncated_eval,
