@@ -1,4 +1,4 @@
-# lmadapt: how well does a language model adapt to a classification task? See README.md.
+# lmadapt: how well does a language model adapt to a classification task? See README.md and docs/design.md.
 # The rules know paths and resources; the lmadapt package (workflow/lmadapt) knows ML.
 
 

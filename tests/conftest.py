@@ -1,4 +1,6 @@
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,70 @@ def run_snakemake(workdir: Path, *args, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+LATEX_PACKAGES = ("texlive-latex-base", "texlive-latex-recommended")  # pdflatex; booktabs
+
+
+@pytest.fixture(scope="session")
+def pdflatex():
+    """pdflatex, installed with apt where missing (as root); the test is skipped, with the reason, where it
+    cannot be."""
+    if not shutil.which("pdflatex"):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip(f"no pdflatex, and no root apt-get to install {' '.join(LATEX_PACKAGES)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for command in (["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *LATEX_PACKAGES]):
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+            if proc.returncode:
+                pytest.skip(f"could not install {' '.join(LATEX_PACKAGES)}: {proc.stderr.strip()[-300:]}")
+    return shutil.which("pdflatex")
+
+
+def compile_latex_tables(pdflatex: str, tables: list[Path], workdir: Path) -> None:
+    """Each table inside a minimal article with booktabs, through pdflatex; fails naming the table and the
+    LaTeX error."""
+    for table in tables:
+        document = workdir / f"{table.stem}_document.tex"
+        document.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                            f"\\input{{{table}}}\n\\end{{document}}\n")
+        proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", document.name],
+                              cwd=workdir, capture_output=True, text=True, timeout=120)
+        errors = [line for line in proc.stdout.splitlines() if line.startswith("!")]
+        assert proc.returncode == 0 and (workdir / f"{document.stem}.pdf").exists(), f"{table.name}: {errors}"
+
+
+# Shared by the stage and workflow tests.
+PATTERNS = {
+    "gpt3": {"template": "{premise} question: {hypothesis} Yes or No? answer:",
+             "verbalizer": {"entailment": " Yes", "not_entailment": " No"}},
+    "long_words": {"template": "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:",  # multi-token
+                   "verbalizer": {"entailment": " entailment holds", "not_entailment": " it is not so"}},
+}
+EXTRACT_PATTERN = {"gpt3": {"template": "{premise} question: {hypothesis} Yes or No? answer:",
+                    "verbalizer": {"entailment": " Yes", "not_entailment": " No"}}}
+EXTRACT_SETTINGS = {"layers": "all", "pooling": ["last", "mean"], "pattern": None, "shots": 3, "batch_size": 3,
+            "max_length": None, "store_dtype": "float32", "dtype": "float32"}
+
+
+def planned_jobs(proc) -> dict[str, int]:
+    """Job counts from a dry run's 'Job stats' table."""
+    stats = proc.stdout.split("Job stats:")[1].split("\n\n")[0] if "Job stats:" in proc.stdout else ""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m[1] != "total"}
+
+
+def fixture_config(model_dir=None):
+    tweets = {"labels": ["negative", "neutral", "positive"], "k": [1], "n_test": 3, "demonstrations": 1,
+              "data": {"train": {"path": str(FIXTURES / "tweet_sentiment/train.jsonl")}},
+              "prompt": {"patterns": {"tweet": {"template": "{text} Sentiment:", "verbalizer": {
+                  "negative": " negative", "neutral": " neutral", "positive": " positive"}}}}}
+    config = {"seeds": [1, 2], "tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}, demonstrations=3),
+                                         "tweets": tweets}}
+    if model_dir:
+        config.update(models={"tiny": {"id": str(model_dir), "gpus": 0, "mem_mb": 1000}},
+                      extract={"tasks": ["rte"], "shots": 2, "layers": [1, -1]},
+                      probe={"mlp": {"epochs": 20}}, icl={"shots": [0, 2]},
+                      finetune={"tasks": ["rte"], "k": [2], "methods": ["lora_pattern", "distill"], "epochs": 2,
+                                "batch_size": 2, "effective_batch": 2, "distill": {"shots": 2}})
+    return config

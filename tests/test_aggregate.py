@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from conftest import compile_latex_tables
 from lmadapt.aggregate import latex_escape, run_aggregate
 from lmadapt.config import check_config
 from lmadapt.io import UnreadableFile, write_json
@@ -58,6 +59,27 @@ def test_latex_is_escaped(tmp_path):
     assert r"rte\_task" in tex and r"eval\_harness" in tex and r"in \%" in tex and r"\toprule" in tex
     assert "rte_task" not in tex.replace(r"rte\_task", "")
     assert latex_escape("50% a_b & c#") == r"50\% a\_b \& c\#"
+
+
+def test_latex_tables_compile(tmp_path, pdflatex):
+    """Every table kind, with the caption's symbols, a degenerate mark, a skipped cell, underscores and
+    out-of-domain groups, compiles with pdflatex and booktabs."""
+    paths = [write_cell(tmp_path, f"{method}{seed}", "rte_task", method, 2, seed, 6 + seed, prompt="eval_harness")
+             for method in ("icl", "probe_logreg", "head", "bow_count") for seed in (1, 2)]
+    degenerate = classification_record(dict(task="rte_task", model="m", method="icl", k=32, examples=32, seed=1,
+                                            split="test", prompt="gpt3"), ["yes", "no"], [0, 1] * 5, [0] * 10)
+    skipped = skipped_record(dict(task="rte_task", model="m", method="icl", k=128, examples=128, seed=1, split="test",
+                                  prompt="gpt3"), "prompt does not fit the context", prefix_tokens=4000, context=2048)
+    hans = classification_record(dict(task="rte_task", model="m", method="icl", k=2, seed=1, split="ood_hans",
+                                      prompt="gpt3"), ["yes", "no"], [0, 1] * 3, [0] * 6,
+                                 groups={"heuristic": ["lexical_overlap"] * 2 + ["subsequence"] * 4})
+    write_json(finish([degenerate, skipped, hans], {}, {}), tmp_path / "c.json")
+    paths.append(str(tmp_path / "c.json"))
+    run_aggregate(paths, paths, tmp_path / "tables", tmp_path / "figures", SETTINGS)
+    tables = sorted((tmp_path / "tables").glob("*.tex"))
+    assert len(tables) >= 3 and any("dagger" in table.read_text() for table in tables)
+    assert all("≥" not in table.read_text() for table in tables)
+    compile_latex_tables(pdflatex, tables, tmp_path)
 
 
 def test_out_of_domain_groups_and_figure(tmp_path):

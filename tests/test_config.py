@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -66,3 +67,47 @@ def test_validate_config_command(tmp_path):
     assert str(bad) in fail.stderr and "tasks.rte.k[0]: -3 is less than the minimum of 1" in fail.stderr
     missing = subprocess.run(cmd + [str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such config file" in missing.stderr
+
+
+@pytest.mark.parametrize("stage, settings, message", [
+    ("probe", {"probes": ["logreg"], "mlp": {}}, "lmadapt probe: error: --settings: probe.logreg: missing"),
+    ("bow", {"vectorizer": "count", "ngram_max": "two", "Cs": [1.0], "cv_folds": 3},
+     "lmadapt bow: error: --settings: bow.ngram_max: 'two' is not of type 'integer'"),
+    ("icl", {"patterns": [], "fit": "skip", "batch_size": 8, "dtype": "auto", "shots": [0]},
+     "lmadapt icl: error: --settings: icl: unknown key 'shots'"),
+])
+def test_stage_settings_are_checked_at_the_cli(stage, settings, message, tmp_path, capsys):
+    from lmadapt.cli import main
+
+    args = [stage, "--train", "t.parquet", "--eval", "test=e.parquet", "--keys", "{}", "--out", str(tmp_path / "o"),
+            "--settings", json.dumps(settings)]
+    if stage == "probe":
+        args += ["--eval-sample", "test=s.parquet"]
+    if stage == "icl":
+        args = [stage, "--model-dir", "m", "--task", "t", "--task-config", "{}", "--eval", "test=e.parquet",
+                "--keys", "{}", "--out", str(tmp_path / "o"), "--settings", json.dumps(settings)]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(message) and "\n" not in error, error
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_rule_passes_settings_its_stage_accepts():
+    """The settings the workflow's rules build (the embedded default) pass the CLI's checks."""
+    from lmadapt.config import check_stage_settings, finetune_settings
+
+    config = load_config(REPO / "config/config.yaml")
+    drop = ("models", "tasks", "prompts", "shots", "k", "methods")
+    section = lambda stage: {k: v for k, v in config[stage].items() if k not in drop}  # noqa: E731
+    check_stage_settings("extract", section("extract") | {"dtype": "auto", "shots": config["extract"]["shots"]})
+    check_stage_settings("icl", section("icl") | {"dtype": "auto"})
+    check_stage_settings("probe", config["probe"])
+    check_stage_settings("bow", section("bow"))
+    distill = config["finetune"]["distill"]
+    check_stage_settings("teacher", {"shots": distill["shots"], "pattern": config["finetune"]["pattern"],
+                                     "batch_size": distill["batch_size"], "dtype": "auto"})
+    run = {"checkpoint_every": 1, "keep_checkpoint": False}
+    for method in ("head", "lora_pattern", "distill"):
+        check_stage_settings("finetune", finetune_settings(config, method) | run, method)
+    with pytest.raises(ConfigError, match="method lora_head needs finetune.lora"):
+        check_stage_settings("finetune", finetune_settings(config, "head") | run, "lora_head")

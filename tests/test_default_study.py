@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake, write_config
+from conftest import REPO, compile_latex_tables, run_snakemake, write_config
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,11 @@ def test_default_study_numbers_make_sense(study):
         assert (study / f"results/tables/{name}.md").exists() and (study / f"results/tables/{name}.tex").exists()
     for name in ("accuracy_vs_k", "probe_accuracy_vs_layer"):
         assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
+
+
+def test_default_study_tables_compile(study, pdflatex, tmp_path):
+    compile_latex_tables(pdflatex, [study / f"results/tables/{name}.tex" for name in ("probes", "icl", "finetune")],
+                         tmp_path)
 
 
 def test_second_run_schedules_nothing_and_a_probe_change_reruns_only_probes(study):

@@ -6,19 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import FIXTURES, rte_task
+from conftest import EXTRACT_PATTERN as PATTERN, EXTRACT_SETTINGS as SETTINGS, FIXTURES, rte_task
 from lmadapt.config import ConfigError, check_config, resolve_layers
 from lmadapt.extract import run_extract
 from lmadapt.forward import last_positions, pool
 from lmadapt.io import read_metadata
 from lmadapt.prompt import prefix_text, task_pattern
 from lmadapt.sample import run_sample
-
-PATTERN = {"gpt3": {"template": "{premise} question: {hypothesis} Yes or No? answer:",
-                    "verbalizer": {"entailment": " Yes", "not_entailment": " No"}}}
-SETTINGS = {"layers": "all", "pooling": ["last", "mean"], "pattern": None, "shots": 3, "batch_size": 3,
-            "max_length": None, "store_dtype": "float32", "dtype": "float32"}
-
 
 @pytest.fixture(scope="module")
 def rte(tmp_path_factory):

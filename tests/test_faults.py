@@ -12,10 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import BIN, REPO, clean_env, run_snakemake, write_config
+from conftest import BIN, REPO, clean_env, fixture_config, run_snakemake, write_config
 from lmadapt.config import ConfigError, check_config, layer_problems, load_config
 from lmadapt.io import UnreadableFile, read_metadata, read_table
-from test_workflow import fixture_config
 
 
 def files_of(folder):

@@ -12,14 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import BIN, FIXTURES, REPO, clean_env, rte_task
+from conftest import BIN, FIXTURES, PATTERNS, REPO, clean_env, rte_task
 from lmadapt.config import FINETUNE_RUN_SETTINGS, check_config
 from lmadapt.finetune import build_model, class_logits, distill_loss, epoch_batches, run_finetune
 from lmadapt.forward import pad_batch
 from lmadapt.icl import run_teacher
 from lmadapt.prompt import encode_prompt, task_pattern
 from lmadapt.sample import run_sample
-from test_icl import PATTERNS
 
 
 def settings(**overrides):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import FIXTURES, rte_task
+from conftest import FIXTURES, PATTERNS, rte_task
 from lmadapt.config import check_config
 from lmadapt.forward import PrefixForward
 from lmadapt.icl import label_logprobs, run_icl
@@ -15,12 +15,6 @@ from lmadapt.models import load_model
 from lmadapt.prompt import choose_demonstrations, encode_prompt, task_pattern
 from lmadapt.sample import run_sample
 
-PATTERNS = {
-    "gpt3": {"template": "{premise} question: {hypothesis} Yes or No? answer:",
-             "verbalizer": {"entailment": " Yes", "not_entailment": " No"}},
-    "long_words": {"template": "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:",  # multi-token
-                   "verbalizer": {"entailment": " entailment holds", "not_entailment": " it is not so"}},
-}
 SETTINGS = {"patterns": [], "fit": "skip", "batch_size": 4, "max_length": None, "dtype": "float32"}
 
 

@@ -5,12 +5,11 @@ import json
 import pytest
 from transformers import OPTConfig
 
-from conftest import FIXTURES, rte_task
+from conftest import FIXTURES, PATTERNS, rte_task
 from lmadapt.config import ConfigError, check_config
 from lmadapt.preflight import model_shape, run_preflight, training_memory
 from lmadapt.sample import run_sample
 from lmadapt.testing import build_tiny_opt
-from test_icl import PATTERNS
 
 
 def test_costs_of_opt_6_7b_from_its_config(tmp_path):

@@ -4,13 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FIXTURES, rte_task
+from conftest import EXTRACT_PATTERN as PATTERN, EXTRACT_SETTINGS as SETTINGS, FIXTURES, rte_task
 from lmadapt.config import check_config
 from lmadapt.extract import run_extract
 from lmadapt.metrics import KEYS, classification_record
 from lmadapt.probe import MLPProbe, fit_logreg, run_bow, run_probe
 from lmadapt.sample import run_sample
-from test_extract import PATTERN, SETTINGS
 
 
 def test_metrics_record_counts_and_flags_degenerate():

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import BIN, REPO, clean_env, run_snakemake, write_config
+from conftest import BIN, REPO, clean_env, planned_jobs, run_snakemake, write_config
 from lmadapt.rehearsal import slice_grid
-from test_workflow import planned_jobs
 
 SLICE = dict(seeds=1, models=["opt_125m", "opt_6_7b"], ks=[2, 128], epochs=2)  # 2 of the 40 epochs: time, not shape
 

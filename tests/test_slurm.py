@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from conftest import BIN, REPO, clean_env, rte_task, write_config
-from test_icl import PATTERNS
+from conftest import BIN, PATTERNS, REPO, clean_env, rte_task, write_config
 
 START = REPO / "tests/slurm/start-local-slurm.sh"
 

@@ -1,34 +1,10 @@
 """The workflow end to end on fixture data: outputs, no-op reruns, exact reruns after a content change."""
 import json
-import re
 
 import pandas as pd
 import pyarrow.parquet as pq
 
-from conftest import FIXTURES, REPO, rte_task, run_snakemake, write_config
-from test_icl import PATTERNS
-
-
-def planned_jobs(proc) -> dict[str, int]:
-    """Job counts from a dry run's 'Job stats' table."""
-    stats = proc.stdout.split("Job stats:")[1].split("\n\n")[0] if "Job stats:" in proc.stdout else ""
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m[1] != "total"}
-
-
-def fixture_config(model_dir=None):
-    tweets = {"labels": ["negative", "neutral", "positive"], "k": [1], "n_test": 3, "demonstrations": 1,
-              "data": {"train": {"path": str(FIXTURES / "tweet_sentiment/train.jsonl")}},
-              "prompt": {"patterns": {"tweet": {"template": "{text} Sentiment:", "verbalizer": {
-                  "negative": " negative", "neutral": " neutral", "positive": " positive"}}}}}
-    config = {"seeds": [1, 2], "tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}, demonstrations=3),
-                                         "tweets": tweets}}
-    if model_dir:
-        config.update(models={"tiny": {"id": str(model_dir), "gpus": 0, "mem_mb": 1000}},
-                      extract={"tasks": ["rte"], "shots": 2, "layers": [1, -1]},
-                      probe={"mlp": {"epochs": 20}}, icl={"shots": [0, 2]},
-                      finetune={"tasks": ["rte"], "k": [2], "methods": ["lora_pattern", "distill"], "epochs": 2,
-                                "batch_size": 2, "effective_batch": 2, "distill": {"shots": 2}})
-    return config
+from conftest import REPO, fixture_config, planned_jobs, run_snakemake, write_config
 
 
 def plan_after(workdir, model_dir, config_path, change) -> dict[str, int]:

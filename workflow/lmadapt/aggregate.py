@@ -139,7 +139,8 @@ def to_markdown(text: pd.DataFrame, means: pd.DataFrame) -> str:
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", DEGENERATE_MARK: r"$^\dagger$", "–": "--"}
+                  "±": r"$\pm$", DEGENERATE_MARK: r"$^\dagger$", "–": "--", "—": "---", "≥": r"$\geq$",
+                  "≤": r"$\leq$", "×": r"$\times$", "→": r"$\rightarrow$", "−": "$-$"}
 
 
 def latex_escape(text: str) -> str:

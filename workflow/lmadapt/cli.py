@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, check_task_slice, load_config
+from .config import ConfigError, check_stage_settings, check_task_slice, load_config, settings_help
 from .data import DataError
 from .io import UnreadableFile
 from .models import ModelError
@@ -81,7 +81,8 @@ def cmd_extract(args) -> int:
     task = _task_from_json(args.task, args.task_config)
     if len(args.sample) != len(args.out):
         raise SystemExit("lmadapt extract: give one --out per --sample")
-    for meta, out in zip(run_extract(args.model_dir, task, list(zip(args.sample, args.out)), args.settings,
+    settings = check_stage_settings("extract", args.settings)
+    for meta, out in zip(run_extract(args.model_dir, task, list(zip(args.sample, args.out)), settings,
                                      demos_path=args.demos, seed=args.seed), args.out):
         print(f"{out}: {meta['n']} rows, layers {meta['layers']}, prefix {meta['prompt']['prefix_tokens']} "
               f"tokens, {meta['truncated']} truncated, {meta['seconds']:.1f}s")
@@ -91,7 +92,8 @@ def cmd_extract(args) -> int:
 def cmd_probe(args) -> int:
     from .probe import run_probe
 
-    result = run_probe(args.train, _pairs(args.eval), _pairs(args.eval_sample), args.out, args.settings, args.keys)
+    result = run_probe(args.train, _pairs(args.eval), _pairs(args.eval_sample), args.out,
+                       check_stage_settings("probe", args.settings), args.keys)
     print(f"{args.out}: {len(result['records'])} records")
     return 0
 
@@ -99,7 +101,7 @@ def cmd_probe(args) -> int:
 def cmd_bow(args) -> int:
     from .probe import run_bow
 
-    result = run_bow(args.train, _pairs(args.eval), args.out, args.settings, args.keys)
+    result = run_bow(args.train, _pairs(args.eval), args.out, check_stage_settings("bow", args.settings), args.keys)
     print(f"{args.out}: {len(result['records'])} records")
     return 0
 
@@ -108,7 +110,8 @@ def cmd_icl(args) -> int:
     from .icl import run_icl
 
     task = _task_from_json(args.task, args.task_config)
-    result = run_icl(args.model_dir, task, args.train, _pairs(args.eval), args.out, args.settings, args.keys)
+    result = run_icl(args.model_dir, task, args.train, _pairs(args.eval), args.out,
+                     check_stage_settings("icl", args.settings), args.keys)
     for r in result["records"]:
         score = f"accuracy {r['accuracy']:.3f}" + (" DEGENERATE" if r["degenerate"] else "") \
             if r["skipped"] is None else f"skipped: {r['skipped']['reason']}"
@@ -120,7 +123,8 @@ def cmd_teacher(args) -> int:
     from .icl import run_teacher
 
     task = _task_from_json(args.task, args.task_config)
-    meta = run_teacher(args.model_dir, task, args.train, args.demos, args.out, args.settings, args.seed)
+    meta = run_teacher(args.model_dir, task, args.train, args.demos, args.out,
+                       check_stage_settings("teacher", args.settings), args.seed)
     print(f"{args.out}: teacher with {meta['shots']} demonstrations, accuracy on the training inputs "
           f"{meta['teacher_accuracy']:.3f}")
     return 0
@@ -130,8 +134,9 @@ def cmd_finetune(args) -> int:
     from .finetune import run_finetune
 
     task = _task_from_json(args.task, args.task_config)
-    result = run_finetune(args.model_dir, task, args.train, _pairs(args.eval), args.out,
-                          dict(args.settings, **args.run_settings), args.keys, args.work_dir, args.deepspeed_config,
+    settings = check_stage_settings("finetune", dict(args.settings, **args.run_settings), args.keys.get("method"))
+    result = run_finetune(args.model_dir, task, args.train, _pairs(args.eval), args.out, settings, args.keys,
+                          args.work_dir, args.deepspeed_config,
                           teacher_path=args.teacher)
     for r in (result or {"records": []})["records"]:
         print(f"{r['method']} k={r['k']} seed={r['seed']} {r['split']}: accuracy {r['accuracy']:.3f}"
@@ -233,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", nargs="+", required=True, help="sample files, all with the same prefix")
     p.add_argument("--demos", help="the seed's demonstration pool the few-shot prefix is drawn from")
     p.add_argument("--seed", type=int, help="seed of the demonstration draw")
-    p.add_argument("--settings", type=_json_arg, required=True, help="the extract config section, as JSON")
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("extract"))
     p.add_argument("--out", nargs="+", required=True, help="one activation file per sample, in order")
     p.set_defaults(func=cmd_extract)
 
@@ -241,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_task_args(p)
     p.add_argument("--train", help="the seed's demonstration pool (not needed for 0 shots)")
     p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
-    p.add_argument("--settings", type=_json_arg, required=True, help="the icl config section, as JSON")
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("icl"))
     p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, k (shots), seed")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_icl)
@@ -251,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True)
     p.add_argument("--demos", help="the seed's demonstration pool (not needed for 0 shots)")
     p.add_argument("--seed", type=int, required=True, help="seed of the demonstration draw")
-    p.add_argument("--settings", type=_json_arg, required=True, help="shots, pattern, batch_size, dtype")
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("teacher"))
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_teacher)
 
@@ -260,8 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True)
     p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
     p.add_argument("--teacher", help="teacher label distributions (method distill)")
-    p.add_argument("--settings", type=_json_arg, required=True,
-                   help="the method's finetune settings, as JSON (what it computes)")
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("finetune"))
     p.add_argument("--run-settings", type=_json_arg, default={},
                    help="checkpoint_every, keep_checkpoint, as JSON (how it runs; never part of a checkpoint's hash)")
     p.add_argument("--deepspeed-config", required=True, help="config/deepspeed/<zero>.json")
@@ -312,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "probe":
             p.add_argument("--eval-sample", nargs="+", required=True, metavar="SPLIT=PATH",
                            help="the evaluation samples (for per-heuristic scores)")
-        p.add_argument("--settings", type=_json_arg, required=True)
+        p.add_argument("--settings", type=_json_arg, required=True, help=settings_help(name))
         p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys (task, model, k, seed, ...)")
         p.add_argument("--out", required=True)
         p.set_defaults(func=func)

@@ -83,6 +83,62 @@ def check_task_slice(name: str, task: dict) -> dict:
     return task
 
 
+# Each stage's --settings: its config section less the selections (which name cells), and the keys a job may
+# leave out. extract, icl and teacher also take the model dtype; teacher's settings come from finetune.distill.
+SELECTIONS = ("models", "tasks", "prompts", "shots", "k", "methods")
+STAGE_SETTINGS = {"extract": ("extract", {"shots", "max_length", "pattern"}), "icl": ("icl", {"max_length", "pattern"}),
+                  "probe": ("probe", set()), "bow": ("bow", set()), "teacher": ("finetune.distill", {"pattern"}),
+                  "finetune": ("finetune", {"lora", "distill", "lr", "pattern"})}
+
+
+def stage_settings_schema(stage: str) -> dict:
+    """The JSON schema of `lmadapt <stage> --settings` (finetune: with its --run-settings merged in)."""
+    schema = load_schema()
+    section, optional = STAGE_SETTINGS[stage]
+    if stage == "teacher":
+        distill = schema["properties"]["finetune"]["properties"]["distill"]["properties"]
+        properties = {"shots": distill["shots"], "batch_size": distill["batch_size"],
+                      "pattern": schema["properties"]["finetune"]["properties"]["pattern"]}
+    else:
+        properties = {key: value for key, value in schema["properties"][section]["properties"].items()
+                      if key not in SELECTIONS or (stage, key) == ("extract", "shots")}
+    if stage in ("extract", "icl", "teacher"):
+        properties["dtype"] = schema["$defs"]["model"]["properties"]["dtype"]
+    return {"type": "object", "properties": properties, "additionalProperties": False,
+            "required": sorted(set(properties) - optional), "$defs": schema["$defs"]}
+
+
+def check_stage_settings(stage: str, settings: dict, method: str | None = None) -> dict:
+    """A stage's --settings checked against its schema: a bad, unknown or missing setting is a ConfigError
+    naming it. Nothing is filled in: the settings are the job's exactly as the rule wrote them."""
+    section = STAGE_SETTINGS[stage][0]
+    problems = []
+    errors = jsonschema.Draft202012Validator(stage_settings_schema(stage)).iter_errors(settings)
+    for error in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
+        if error.validator == "required":
+            problems.append(f"{section}.{error.message.split(chr(39))[1]}: missing")
+        else:
+            text = _describe(error)
+            problems.append(section + text.removeprefix("(top level)") if text.startswith("(top level)")
+                            else f"{section}.{text}")
+    if problems:
+        raise ConfigError(f"--settings: {'; '.join(problems)}")
+    if stage == "finetune" and method is not None:
+        needed = ["lora"] if method.startswith("lora") else ["lr"]
+        missing = [key for key in needed + (["distill"] if method == "distill" else []) if key not in settings]
+        if missing:
+            raise ConfigError(f"--settings: method {method} needs finetune.{', '.join(missing)}")
+    return settings
+
+
+def settings_help(stage: str) -> str:
+    """The --settings fields of a stage, for --help."""
+    schema = stage_settings_schema(stage)
+    fields = ", ".join(key + ("" if key in schema["required"] else " (optional)") for key in schema["properties"])
+    return (f"JSON object: the {STAGE_SETTINGS[stage][0]} config section the job computes with; fields: {fields} "
+            f"(workflow/schemas/config.schema.yaml describes each)")
+
+
 def check_config(config: dict, origin: str = "config") -> dict:
     """Return a copy of `config` with defaults filled in, or raise ConfigError naming every bad key."""
     config = copy.deepcopy(dict(config))

@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from .forward import last_positions, pad_batch
-from .config import FINETUNE_RUN_SETTINGS, fingerprint
+from .config import FINETUNE_RUN_SETTINGS, ConfigError, fingerprint
 from .io import read_table, write_json, write_parquet
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
@@ -54,7 +54,7 @@ def precision(requested: str) -> str:
     if requested == "auto":
         return "fp16" if cuda else "fp32"
     if requested == "fp16" and not cuda:
-        raise ValueError("fp16 needs a GPU (DeepSpeed refuses it on CPU); use fp32 or bf16")
+        raise ConfigError("finetune.precision: fp16 needs a GPU (DeepSpeed refuses it on CPU); use fp32 or bf16")
     return requested
 
 
@@ -62,7 +62,7 @@ def accumulation_steps(settings: dict, world: int) -> int:
     """Micro-batches per optimizer step, so that every model trains with the same effective batch."""
     per_step = settings["batch_size"] * world
     if settings["effective_batch"] % per_step:
-        raise ValueError(f"finetune.effective_batch {settings['effective_batch']} is not a multiple of batch_size "
+        raise ConfigError(f"finetune.effective_batch {settings['effective_batch']} is not a multiple of batch_size "
                          f"{settings['batch_size']} x {world} process(es)")
     return settings["effective_batch"] // per_step
 
@@ -176,7 +176,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     rank, world = init_distributed()
     method, seed = keys["method"], keys["seed"]
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: one of {METHODS}")
+        raise ConfigError(f"unknown method {method!r}: one of {METHODS}")
     cost = Cost()
     torch.manual_seed(seed)
     labels = task["labels"]
@@ -193,7 +193,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     teacher, teacher_meta = None, None
     if method == "distill":
         if teacher_path is None:
-            raise ValueError("method distill needs the teacher's label distribution (--teacher)")
+            raise ConfigError("method distill needs the teacher's label distribution (--teacher)")
         teacher_rows, teacher_meta = read_table(teacher_path, "lmadapt")
         teacher_rows = teacher_rows.set_index("id").loc[train["id"]]
         teacher = torch.tensor(np.stack(teacher_rows["probs"].to_numpy()), dtype=torch.float32)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import check_config, is_local_model
+from .config import ConfigError, check_config, is_local_model
 
 # Hub datasets by name: rows per split in the rehearsal, words per text field (mean, spread) as in the real set.
 HUB_SHAPES = {
@@ -114,7 +114,7 @@ def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None 
     if models:
         unknown = sorted(set(models) - set(config.get("models", {})))
         if unknown:
-            raise ValueError(f"no model(s) {unknown} in the grid (it has {sorted(config.get('models', {}))})")
+            raise ConfigError(f"no model(s) {unknown} in the grid (it has {sorted(config.get('models', {}))})")
         config["models"] = {name: spec for name, spec in config["models"].items() if name in models}
         for stage in ("extract", "icl", "finetune"):
             if config.get(stage, {}).get("models"):

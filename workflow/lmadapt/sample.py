@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
+from .config import ConfigError
 from .data import DataError, Split, read_split
 from .io import file_sha256, write_parquet
 
@@ -127,7 +128,7 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
             rows = test
         elif split in ("train", "demos"):
             if seed is None or (split == "train" and k is None):
-                raise ValueError(f"a {split} sample needs a seed" + (" and k" if split == "train" else ""))
+                raise ConfigError(f"a {split} sample needs a seed" + (" and k" if split == "train" else ""))
             carved = None if "test" in task["data"] else test
             pool = training_pool(train.rows, carved, fields)
             if split == "train":
@@ -140,7 +141,7 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
                 meta.update(seed=seed, per_class=task["demonstrations"])
             sources = [source_meta(train)]
         else:
-            raise ValueError(f"unknown split {split!r}: train, demos, test or ood:<name>")
+            raise ConfigError(f"unknown split {split!r}: train, demos, test or ood:<name>")
         meta["sources"] = sources
     table = to_table(rows, meta)
     write_parquet(table, out)
