@@ -221,8 +221,8 @@ def main() -> None:
         *economics_rows(ungrouped, grouped), "",
         "Model loads and GPU time of the paper grid (preflight's plan from benchmarks/preflight.py: the real OPT "
         "sizes, 16-bit weights; GPU-hours count every GPU of a job). Grouping keeps one load per model job: a job "
-        "is one `lmadapt` process. Loading is a small share of the GPU time, so one process per cell (its own log, "
-        "retry and rerun precision) costs little.", "",
+        "is one `lmadapt` process, with its own log, retry and rerun precision. ICL jobs whose every cell the "
+        "preflight expects to skip are not costed.", "",
         *load_rows(rate, size), "",
         gpu_note(), "",
         f"Load rate here: `lmadapt.models.load_model` on SmolLM2-135M's prepared folder ({size:.2f} GB of "
