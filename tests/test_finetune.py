@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import BIN, FIXTURES, PATTERNS, REPO, clean_env, rte_task
-from lmadapt.config import FINETUNE_RUN_SETTINGS, check_config
+from lmadapt.config import FINETUNE_RUN_SETTINGS, check_config, finetune_settings
 from lmadapt.finetune import build_model, class_logits, distill_loss, epoch_batches, run_finetune
 from lmadapt.forward import pad_batch
 from lmadapt.icl import run_teacher
@@ -120,7 +120,7 @@ def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), extra=None, **ov
     full = settings(**overrides)  # split as the rule splits it: what the job computes, how it runs
     cmd += ["--model-dir", str(tiny_opt), "--task", "rte", "--task-config", json.dumps(task),
             "--train", str(folder / "train.parquet"), "--eval", f"test={folder / 'test.parquet'}",
-            "--settings", json.dumps({k: v for k, v in full.items() if k not in FINETUNE_RUN_SETTINGS}),
+            "--settings", json.dumps(finetune_settings({"finetune": full}, method)),
             "--run-settings", json.dumps({k: full[k] for k in FINETUNE_RUN_SETTINGS}),
             "--deepspeed-config",
             str(REPO / f"config/deepspeed/{overrides.get('zero', 'zero2')}.json"),
