@@ -48,8 +48,8 @@ def test_means_std_counts_partial_grid_skipped_and_degenerate(tmp_path):
     assert "| majority class |  |  | 50.0 |" in table
     csv = pd.read_csv(tmp_path / "tables/icl.csv")
     assert list(csv.columns[:3]) == ["model", "prompt", "labeled examples"]
-    assert (tmp_path / "figures/accuracy_vs_k.png").stat().st_size > 1000
-    assert (tmp_path / "figures/accuracy_vs_k.pdf").exists()
+    assert (tmp_path / "figures/accuracy_vs_examples.png").stat().st_size > 1000
+    assert (tmp_path / "figures/accuracy_vs_examples.pdf").exists()
 
 
 def test_latex_is_escaped(tmp_path):

@@ -34,7 +34,7 @@ def test_default_study_numbers_make_sense(study):
     assert test["code_version"].notna().all() and test["model_revision"].notna().sum() > 0
     for name in ("probes", "icl", "finetune"):
         assert (study / f"results/tables/{name}.md").exists() and (study / f"results/tables/{name}.tex").exists()
-    for name in ("accuracy_vs_k", "probe_accuracy_vs_layer"):
+    for name in ("accuracy_vs_examples", "probe_accuracy_vs_layer", "cost_vs_accuracy"):
         assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .figures import write_figures
 from .io import UnreadableFile, atomic_path, read_json, write_text
 
 ROW_KEYS = ["task", "model", "method", "pooling", "layer", "prompt", "k", "examples", "seed", "split", "group"]
@@ -177,73 +178,6 @@ def write_tables(frame: pd.DataFrame, specs: dict, metric: str, out_dir: Path) -
     return written
 
 
-def write_figures(frame: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = frame[frame["group"].isna() & frame[metric].notna()]
-    written = []
-
-    def save(fig, name):
-        for ext in ("png", "pdf"):
-            with atomic_path(out_dir / f"{name}.{ext}") as tmp:
-                fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150)
-            written.append(out_dir / f"{name}.{ext}")
-        plt.close(fig)
-
-    test = data[data["split"] == "test"]
-    tasks = sorted(test["task"].unique())
-    if tasks:  # accuracy vs k per method, with the spread over seeds
-        fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
-        for ax, task in zip(axes[0], tasks):
-            sub = test[test["task"] == task]
-            sub = sub[~sub["method"].str.startswith("probe") | (sub["layer"] == sub.groupby("model")["layer"]
-                                                                 .transform("max"))]
-            for (method, prompt), g in sub.groupby(["method", "prompt"], dropna=False):
-                stats = g.groupby("examples")[metric].agg(["mean", "std"]).reset_index()
-                label = method if method in ("icl",) or not isinstance(prompt, str) or prompt == "none" \
-                    else f"{method} ({prompt})"
-                ax.errorbar(stats["examples"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                            label=label)
-            majority = sub["majority_baseline"].dropna()
-            if len(majority):
-                ax.axhline(majority.iloc[0], color="grey", linestyle=":", label="majority class")
-            ax.set(title=task, xlabel="labeled examples used (training rows + demonstrations)", ylabel=metric)
-            ax.set_xscale("symlog", linthresh=1)
-            ax.legend(fontsize=6)
-        save(fig, "accuracy_vs_k")
-
-    ood = data[data["split"].str.startswith("ood_")]
-    if len(ood):  # in domain vs out of domain, one point per run
-        keys = ["task", "model", "method", "pooling", "layer", "prompt", "k", "seed"]
-        paired = test.merge(ood, on=keys, suffixes=("_test", "_ood"))
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        for method, g in paired.groupby("method"):
-            ax.scatter(g[f"{metric}_test"], g[f"{metric}_ood"], label=method, s=14, alpha=0.7)
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-        ax.set(xlabel=f"in-domain {metric}", ylabel=f"out-of-domain {metric}", title="in domain vs out of domain")
-        ax.legend(fontsize=7)
-        save(fig, "in_vs_out_of_domain")
-
-    probes = test[test["method"].str.startswith("probe")]
-    if len(probes):  # probe accuracy vs layer, with and without the few-shot prompt
-        panels = sorted(probes.groupby(["task", "model"]).groups)
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-        for ax, (task, model) in zip(axes[0], panels):
-            sub = probes[(probes["task"] == task) & (probes["model"] == model)]
-            for (method, pooling, prompt), g in sub.groupby(["method", "pooling", "prompt"]):
-                stats = g.groupby("layer")[metric].agg(["mean", "std"]).reset_index()
-                ax.errorbar(stats["layer"], stats["mean"], yerr=stats["std"].fillna(0), marker=".", capsize=2,
-                            linestyle="-" if prompt == "fewshot" else "--",
-                            label=f"{method.removeprefix('probe_')}/{pooling}/{prompt}")
-            ax.set(title=f"{task} · {model}", xlabel="layer", ylabel=metric)
-            ax.legend(fontsize=6)
-        save(fig, "probe_accuracy_vs_layer")
-    return written
-
-
 def run_aggregate(metrics: list[str], expected: list[str], tables_dir: str, figures_dir: str, settings: dict) -> dict:
     """Both folders are written whole and then put in place: a killed job leaves the previous ones (or none)."""
     present = [p for p in metrics if Path(p).exists()]
@@ -257,7 +191,7 @@ def run_aggregate(metrics: list[str], expected: list[str], tables_dir: str, figu
         write_text("".join(f"{p}\n" for p in expected), tables_tmp / "expected.txt")
         write_text("".join(f"{p}\n" for p in missing), tables_tmp / "missing.txt")
         tables = write_tables(frame, settings["tables"], settings["metric"], tables_tmp)
-        figures = write_figures(frame, settings["metric"], figures_tmp)
+        figures = write_figures(frame, settings["metric"], figures_tmp, present)
     tables = [Path(tables_dir) / p.name for p in tables]
     figures = [Path(figures_dir) / p.name for p in figures]
     return {"rows": len(frame), "files": len(present), "missing": missing, "tables": tables, "figures": figures}
