@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, check_stage_settings, check_task_slice, load_config, settings_help
+from .config import ConfigError, check_stage_settings, check_task_slice, load_config, load_schema, settings_help
 from .data import DataError
 from .io import UnreadableFile
 from .models import ModelError
@@ -203,6 +203,7 @@ def _model_task_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmadapt", description=__doc__.splitlines()[0])
+    schema = load_schema()  # for the --settings help of each stage
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate-config", help="check a config file against the schema")
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", nargs="+", required=True, help="sample files, all with the same prefix")
     p.add_argument("--demos", help="the seed's demonstration pool the few-shot prefix is drawn from")
     p.add_argument("--seed", type=int, help="seed of the demonstration draw")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("extract"))
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("extract", schema))
     p.add_argument("--out", nargs="+", required=True, help="one activation file per sample, in order")
     p.set_defaults(func=cmd_extract)
 
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_task_args(p)
     p.add_argument("--train", help="the seed's demonstration pool (not needed for 0 shots)")
     p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("icl"))
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("icl", schema))
     p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, k (shots), seed")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_icl)
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True)
     p.add_argument("--demos", help="the seed's demonstration pool (not needed for 0 shots)")
     p.add_argument("--seed", type=int, required=True, help="seed of the demonstration draw")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("teacher"))
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("teacher", schema))
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_teacher)
 
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True)
     p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
     p.add_argument("--teacher", help="teacher label distributions (method distill)")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("finetune"))
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("finetune", schema))
     p.add_argument("--run-settings", type=_json_arg, default={},
                    help="checkpoint_every, keep_checkpoint, as JSON (how it runs; never part of a checkpoint's hash)")
     p.add_argument("--deepspeed-config", required=True, help="config/deepspeed/<zero>.json")
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "probe":
             p.add_argument("--eval-sample", nargs="+", required=True, metavar="SPLIT=PATH",
                            help="the evaluation samples (for per-heuristic scores)")
-        p.add_argument("--settings", type=_json_arg, required=True, help=settings_help(name))
+        p.add_argument("--settings", type=_json_arg, required=True, help=settings_help(name, schema))
         p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys (task, model, k, seed, ...)")
         p.add_argument("--out", required=True)
         p.set_defaults(func=func)

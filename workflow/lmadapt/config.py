@@ -85,15 +85,16 @@ def check_task_slice(name: str, task: dict) -> dict:
 
 # Each stage's --settings: its config section less the selections (which name cells), and the keys a job may
 # leave out. extract, icl and teacher also take the model dtype; teacher's settings come from finetune.distill.
-SELECTIONS = ("models", "tasks", "prompts", "shots", "k", "methods")
+SELECTIONS = ("models", "tasks", "prompts", "shots", "k", "methods")  # also what the rules leave out
 STAGE_SETTINGS = {"extract": ("extract", {"shots", "max_length", "pattern"}), "icl": ("icl", {"max_length", "pattern"}),
                   "probe": ("probe", set()), "bow": ("bow", set()), "teacher": ("finetune.distill", {"pattern"}),
                   "finetune": ("finetune", {"lora", "distill", "lr", "pattern"})}
 
 
-def stage_settings_schema(stage: str) -> dict:
-    """The JSON schema of `lmadapt <stage> --settings` (finetune: with its --run-settings merged in)."""
-    schema = load_schema()
+def stage_settings_schema(stage: str, schema: dict | None = None) -> dict:
+    """The JSON schema of `lmadapt <stage> --settings` (finetune: with its --run-settings merged in), a slice of
+    the config schema (read here unless given)."""
+    schema = schema or load_schema()
     section, optional = STAGE_SETTINGS[stage]
     if stage == "teacher":
         distill = schema["properties"]["finetune"]["properties"]["distill"]["properties"]
@@ -131,9 +132,9 @@ def check_stage_settings(stage: str, settings: dict, method: str | None = None) 
     return settings
 
 
-def settings_help(stage: str) -> str:
-    """The --settings fields of a stage, for --help."""
-    schema = stage_settings_schema(stage)
+def settings_help(stage: str, schema: dict) -> str:
+    """The --settings fields of a stage, for --help (schema: the config schema)."""
+    schema = stage_settings_schema(stage, schema)
     fields = ", ".join(key + ("" if key in schema["required"] else " (optional)") for key in schema["properties"])
     return (f"JSON object: the {STAGE_SETTINGS[stage][0]} config section the job computes with; fields: {fields} "
             f"(workflow/schemas/config.schema.yaml describes each)")

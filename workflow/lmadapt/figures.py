@@ -57,15 +57,19 @@ def seed_stats(frame: pd.DataFrame, by: list[str], x: str, metric: str) -> pd.Da
 
 
 def log2_axis(ax, values) -> dict[float, float]:
-    """A log2 x axis with the values that occur as ticks; 0 drawn half a step left of the smallest positive
-    value and labelled 0. Returns value -> position."""
+    """A log2 x axis with the values that occur as ticks (but none printed over another); 0 drawn half a step
+    left of the smallest positive value and labelled 0. Returns value -> position."""
     values = sorted(set(float(v) for v in values))
     positive = [v for v in values if v > 0]
     low = min(positive) / 2 if positive else 1.0
     where = {v: (v if v > 0 else low) for v in values}
     ax.set_xscale("log", base=2)
-    ax.set_xticks([where[v] for v in values])
-    ax.set_xticklabels([f"{v:g}" for v in values])
+    shown = []  # a value closer than a fifth of a doubling to the last shown one would print over it
+    for v in values:
+        if not shown or np.log2(where[v] / where[shown[-1]]) >= 0.2:
+            shown.append(v)
+    ax.set_xticks([where[v] for v in shown])
+    ax.set_xticklabels([f"{v:g}" for v in shown])
     ax.minorticks_off()
     ax.set_xlim(min(where.values()) / 1.4, max(where.values()) * 1.4)
     return where
@@ -85,6 +89,16 @@ def outside_legend(fig, axes) -> None:
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                    fontsize=7)
+
+
+def finish_panel(ax, panel: pd.DataFrame, title: str, ylabel: str) -> None:
+    """The majority-class line, the title and the labels of a panel of lines."""
+    majority = panel["majority_baseline"].dropna()
+    if len(majority):
+        ax.axhline(majority.iloc[0], color="grey", linestyle=":", linewidth=1, label="majority class")
+    ax.set_title(title, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=7)
+    ax.tick_params(labelsize=6)
 
 
 def panel_grid(plt, rows: int, cols: int, **kwargs):
@@ -115,12 +129,7 @@ def accuracy_vs_examples(plt, test: pd.DataFrame, metric: str):
                 ax.errorbar([where[v] for v in lines["examples"]], lines["mean"], yerr=lines["std"].fillna(0),
                             color=method_color(method), marker=markers[model], markersize=3, capsize=2,
                             linewidth=1, linestyle=style, label=label)
-            majority = panel["majority_baseline"].dropna()
-            if len(majority):
-                ax.axhline(majority.iloc[0], color="grey", linestyle=":", linewidth=1, label="majority class")
-            ax.set_title(f"{task} · {model}", fontsize=8)
-            ax.set_ylabel(metric if c == 0 else "", fontsize=7)
-            ax.tick_params(labelsize=6)
+            finish_panel(ax, panel, f"{task} · {model}", metric if c == 0 else "")
     fig.supxlabel("labeled examples used (training rows + demonstrations)", fontsize=7)
     outside_legend(fig, axes)
     return fig
@@ -146,12 +155,7 @@ def probe_accuracy_vs_layer(plt, test: pd.DataFrame, metric: str):
                             marker=markers[model], markersize=3, capsize=2, linewidth=1,
                             linestyle=LINESTYLES[variants.index((pooling, prompt)) % len(LINESTYLES)],
                             label=f"{method} ({pooling}/{prompt}), {n_label(lines['count'])}")
-            majority = panel["majority_baseline"].dropna()
-            if len(majority):
-                ax.axhline(majority.iloc[0], color="grey", linestyle=":", linewidth=1, label="majority class")
-            ax.set_title(f"{task} · {model} · k={k}", fontsize=8)
-            ax.set_ylabel(metric if c == 0 else "", fontsize=7)
-            ax.tick_params(labelsize=6)
+            finish_panel(ax, panel, f"{task} · {model} · k={k}", metric if c == 0 else "")
     fig.supxlabel("layer", fontsize=7)
     outside_legend(fig, axes)
     return fig

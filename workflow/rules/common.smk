@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lm
 from lmadapt.config import (
     FINETUNE_RUN_SETTINGS,
     SCHEMA_PATH,
+    SELECTIONS,
     ConfigError,
     check_config,
     dataset_identity,
@@ -79,8 +80,7 @@ def task_slice(task, *keys, **values):
 def stage_settings(stage, *exclude, **extra):
     """A stage's config section without the selections (which models, tasks, shots, k: they name cells, they
     change no cell) and without `exclude`."""
-    selections = ("models", "tasks", "prompts", "shots", "k", "methods")
-    return as_arg({key: value for key, value in config[stage].items() if key not in selections + exclude} | extra)
+    return as_arg({key: value for key, value in config[stage].items() if key not in SELECTIONS + exclude} | extra)
 
 
 # ---------------------------------------------------------------- resources: never part of a result
