@@ -113,15 +113,13 @@ def check_stage_settings(stage: str, settings: dict, method: str | None = None) 
     """A stage's --settings checked against its schema: a bad, unknown or missing setting is a ConfigError
     naming it. Nothing is filled in: the settings are the job's exactly as the rule wrote them."""
     section = STAGE_SETTINGS[stage][0]
-    problems = []
-    errors = jsonschema.Draft202012Validator(stage_settings_schema(stage)).iter_errors(settings)
+    schema = stage_settings_schema(stage)
+    problems = [f"{section}.{key}: missing" for key in schema["required"] if key not in settings]
+    errors = jsonschema.Draft202012Validator(dict(schema, required=[])).iter_errors(settings)
     for error in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
-        if error.validator == "required":
-            problems.append(f"{section}.{error.message.split(chr(39))[1]}: missing")
-        else:
-            text = _describe(error)
-            problems.append(section + text.removeprefix("(top level)") if text.startswith("(top level)")
-                            else f"{section}.{text}")
+        text = _describe(error)
+        problems.append(section + text.removeprefix("(top level)") if text.startswith("(top level)")
+                        else f"{section}.{text}")
     if problems:
         raise ConfigError(f"--settings: {'; '.join(problems)}")
     if stage == "finetune" and method is not None:
