@@ -115,13 +115,13 @@ def accuracy_vs_examples(plt, test: pd.DataFrame, metric: str):
     tasks = in_order(data["task"])
     models = [m for m in in_order(data["model"]) if m != MODEL_FREE] or [MODEL_FREE]
     markers = model_markers(models)
+    variants = {method: sorted(group["variant"].unique()) for method, group in data.groupby("method")}
     fig, axes = panel_grid(plt, len(tasks), len(models), sharey="row")
     for r, task in enumerate(tasks):
         for c, model in enumerate(models):
             ax = axes[r][c]
             panel = data[(data["task"] == task) & data["model"].isin([model, MODEL_FREE])]  # bow: in every panel
             where = log2_axis(ax, panel["examples"]) if len(panel) else {}
-            variants = {method: sorted(group["variant"].unique()) for method, group in data.groupby("method")}
             for (method, name), lines in seed_stats(panel, ["method", "variant"], "examples", metric).groupby(
                     ["method", "variant"], sort=True):
                 label = f"{method}{f' ({name})' if name else ''}, {n_label(lines['count'])}"
