@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: run test setup clean rehearsal
+.PHONY: run test lint setup clean rehearsal
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
@@ -14,6 +14,16 @@ rehearsal: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile rehearsal/config.yaml \
 		--directory rehearsal
 	$(BIN)/lmadapt check-skips --plan rehearsal/results/plan/preflight.json --tidy rehearsal/results/tables/all.parquet
+
+# The ecosystem's own checks: ruff on the Python, snakefmt on the rules, Snakemake's linter on the workflow.
+lint: setup $(VENV)/.lint-installed
+	$(BIN)/ruff check workflow tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --dry-run --quiet all > $(VENV)/lint.log 2>&1 || { cat $(VENV)/lint.log; exit 1; }
+
+$(VENV)/.lint-installed: envs/requirements-lint.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r envs/requirements-lint.txt
+	touch $@
 
 setup: $(VENV)/.installed
 

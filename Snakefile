@@ -21,9 +21,11 @@ include: "workflow/rules/aggregate.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets,
         "results/plan/preflight.json",
+        "results/plan/config.yaml",
+        "results/plan/runtimes.md",
         "results/tables",
         "results/figures",
-    default_target: True

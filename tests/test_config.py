@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import REPO, rte_task, write_config
 from lmadapt.config import ConfigError, check_config, load_config
@@ -111,3 +112,13 @@ def test_every_rule_passes_settings_its_stage_accepts():
         check_stage_settings("finetune", finetune_settings(config, method) | run, method)
     with pytest.raises(ConfigError, match="method lora_head needs finetune.lora"):
         check_stage_settings("finetune", finetune_settings(config, "head") | run, "lora_head")
+
+
+def test_conda_environment_pins_what_requirements_pin():
+    """envs/lmadapt.yaml (every rule's `conda:`) repeats envs/requirements.txt's pins: Snakemake copies the file
+    alone, so it cannot point at the requirements file."""
+    pins = [line.strip() for line in (REPO / "envs/requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    environment = yaml.safe_load((REPO / "envs/lmadapt.yaml").read_text())
+    pip = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict))
+    assert pip == pins

@@ -50,5 +50,5 @@ def test_second_run_schedules_nothing_and_a_probe_change_reruns_only_probes(stud
     changed = write_config(study / "changed.yaml", config)
     plan = run_snakemake(study, "-n", "--configfile", str(changed)).stdout
     stats = plan.split("Job stats:")[1].split("\n\n")[0]
-    assert {line.split()[0] for line in stats.splitlines()[3:] if line.strip()} == {"probe", "aggregate", "all",
-                                                                                     "total"}
+    assert {line.split()[0] for line in stats.splitlines()[3:] if line.strip()} == {
+        "probe", "aggregate", "runtimes", "resolved_config", "all", "total"}

@@ -1,8 +1,14 @@
-"""The workflow end to end on fixture data: outputs, no-op reruns, exact reruns after a content change."""
+"""The workflow end to end on fixture data: outputs, the report, no-op reruns, exact reruns after a content
+change."""
+import base64
 import json
+import re
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 
 from conftest import REPO, fixture_config, planned_jobs, run_snakemake, write_config
 
@@ -16,6 +22,16 @@ def plan_after(workdir, model_dir, config_path, change) -> dict[str, int]:
         return planned_jobs(run_snakemake(workdir, "--configfile", str(config_path), "-n"))
     finally:
         write_config(config_path, fixture_config(model_dir))
+
+
+def report_items(path) -> dict[str, str]:
+    """The files a Snakemake HTML report embeds (a JSON object per file, its content a base64 data URI) and
+    their text; images by name only."""
+    items = {}
+    for name, mime, data in re.findall(r'"(results/[^"]+)": \{"name".*?"data_uri": "data:([a-z/]+)[^,]*,([^"]*)"',
+                                       path.read_text()):
+        items[name] = base64.b64decode(data).decode() if mime.startswith("text/") else mime
+    return items
 
 
 def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
@@ -46,6 +62,23 @@ def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
     assert not set(json.loads(pq.read_schema(results / "teacher/tiny/rte/k2_seed1.parquet").metadata[b"lmadapt"])[
         "demonstration_ids"]) & set(teacher["id"])
 
+    # the report: tables, figures, the preflight plan, the config the results depend on, each rule's runtimes
+    run_snakemake(tmp_path, "--configfile", str(config), "--report", "report.html")
+    items = report_items(tmp_path / "report.html")
+    assert {"results/tables/icl.md", "results/figures/accuracy_vs_examples.png", "results/plan/preflight.md",
+            "results/plan/config.yaml", "results/plan/runtimes.md"} <= set(items)
+    assert "Estimated total" in items["results/plan/preflight.md"]
+    resolved = yaml.safe_load(items["results/plan/config.yaml"])
+    assert "threads" not in resolved and "mem_mb" not in resolved["models"]["tiny"]
+    assert resolved["probe"]["mlp"]["epochs"] == fixture_config(tiny_opt)["probe"]["mlp"]["epochs"]
+    assert resolved["aggregate"]["tables"]["finetune"]["methods"]  # defaults filled in
+    logs = Counter(Path(log.relative_to(results / "logs").parts[0]).stem for log in (results / "logs").rglob("*.log"))
+    runtimes = {row[0]: int(row[1]) for row in (line.strip("| ").split(" | ")
+                                                for line in items["results/plan/runtimes.md"].splitlines()
+                                                if line.startswith("| ") and not line.startswith("| rule"))}
+    assert runtimes == {rule: n for rule, n in logs.items() if rule not in ("runtimes", "resolved_config")}
+    assert runtimes["probe"] == len(list((results / "metrics/probe").rglob("*.json"))) and runtimes["aggregate"] == 1
+
     assert "Nothing to be done" in run_snakemake(tmp_path, "--configfile", str(config), "-n").stdout
 
     def resources(c):  # Slurm requests and how jobs run: never what they compute
@@ -56,28 +89,27 @@ def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
 
     def probe(c):  # one probe hyperparameter: only the probes and the tables
         c["probe"]["mlp"]["epochs"] = 21
-    assert plan_after(tmp_path, tiny_opt, config, probe) == {"probe": 8, "aggregate": 1, "all": 1}
+    report = {"resolved_config": 1, "aggregate": 1, "runtimes": 1, "all": 1}  # cheap local jobs of the report
+    assert plan_after(tmp_path, tiny_opt, config, probe) == {"probe": 8} | report
 
     def lora(c):  # a LoRA setting: only the LoRA jobs (and the plan, which estimates LoRA's size)
         c["finetune"]["lora"] = {"r": 4}
-    assert plan_after(tmp_path, tiny_opt, config, lora) == {"finetune": 2, "preflight": 1, "aggregate": 1, "all": 1}
+    assert plan_after(tmp_path, tiny_opt, config, lora) == {"finetune": 2, "preflight": 1} | report
 
     def new_k(c):  # a k added to a task and to fine-tuning: only the new cells
         c["tasks"]["rte"]["k"] = [2, 3, 4]
         c["finetune"]["k"] = [2, 4]
     assert plan_after(tmp_path, tiny_opt, config, new_k) == {
-        "sample": 2, "extract": 2 + 2, "probe": 4, "bow": 2, "teacher": 2, "finetune": 4, "preflight": 1,
-        "aggregate": 1, "all": 1}
+        "sample": 2, "extract": 2 + 2, "probe": 4, "bow": 2, "teacher": 2, "finetune": 4, "preflight": 1} | report
 
     def new_method(c):
         c["finetune"]["methods"] = ["lora_pattern", "distill", "head"]
-    assert plan_after(tmp_path, tiny_opt, config, new_method) == {
-        "finetune": 2, "preflight": 1, "aggregate": 1, "all": 1}
+    assert plan_after(tmp_path, tiny_opt, config, new_method) == {"finetune": 2, "preflight": 1} | report
 
     def tweets_test(c):  # content change in one task's settings: its jobs, none of rte's
         c["tasks"]["tweets"]["n_test"] = 4
     assert plan_after(tmp_path, tiny_opt, config, tweets_test) == {
-        "sample": 2 + 2 + 1, "bow": 2, "icl": 3, "preflight": 1, "aggregate": 1, "all": 1}
+        "sample": 2 + 2 + 1, "bow": 2, "icl": 3, "preflight": 1} | report
 
     samples = tmp_path / "results/samples"
     assert sorted(p.name for p in (samples / "rte").iterdir()) == [

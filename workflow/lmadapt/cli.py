@@ -159,6 +159,26 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def cmd_runtimes(args) -> int:
+    from .runtimes import write_runtimes
+
+    summary = write_runtimes(args.benchmarks, args.out)
+    print(f"{args.out}: {int(summary['jobs'].sum())} jobs of {len(summary)} rules")
+    return 0
+
+
+def cmd_resolved_config(args) -> int:
+    import yaml
+
+    from .io import write_text
+
+    header = ("# The configuration the results depend on: the config files merged, every default filled in (how\n"
+              "# jobs run, i.e. threads, mem_mb and checkpoint cadence, left out).\n")
+    write_text(header + yaml.safe_dump(args.config_json, sort_keys=False, allow_unicode=True), args.out)
+    print(f"{args.out}: {len(args.config_json)} sections")
+    return 0
+
+
 def cmd_preflight(args) -> int:
     from .preflight import run_preflight
 
@@ -308,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", default="results/tables")
     p.add_argument("--figures", default="results/figures")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("runtimes", help="each rule's runtime and memory from the jobs' benchmark files")
+    p.add_argument("--benchmarks", default="results/benchmarks", help="the folder of Snakemake benchmark files")
+    p.add_argument("--out", required=True, help="the Markdown summary")
+    p.set_defaults(func=cmd_runtimes)
+
+    p = sub.add_parser("resolved-config", help="write the config the results depend on (defaults filled in) as YAML")
+    p.add_argument("--config-json", type=_json_arg, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_resolved_config)
 
     for name, func, helptext in (("probe", cmd_probe, "probes on activations of every layer and pooling"),
                                  ("bow", cmd_bow, "bag-of-words baseline on the samples' text")):

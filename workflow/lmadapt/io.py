@@ -49,6 +49,12 @@ def write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """The lines of a Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
 class UnreadableFile(ValueError):
     """An intermediate file that is truncated, corrupted or not written by lmadapt; the message names it."""
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .config import ConfigError, demonstration_needs, finetune_settings, grid, layer_problems
 from .extract import PREFIX_SHARE, prefix_demonstrations
-from .io import read_table, write_json, write_text
+from .io import markdown_table, read_table, write_json, write_text
 from .models import checkpoint_class, load_tokens
 from .prompt import classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
 from .sample import META_KEY
@@ -351,11 +351,6 @@ def _cached(function):
 # ---------------------------------------------------------------- the page a person reads
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-
-
 def to_markdown(result: dict) -> str:
     cluster = result["cluster"]
     lines = ["# Preflight", "",
@@ -365,28 +360,29 @@ def to_markdown(result: dict) -> str:
                 if result["models_not_fetched"] else "") + ".", ""]
     if result["errors"]:
         lines += ["## Errors: these cells cannot run", ""] + [f"- {e}" for e in result["errors"]] + [""]
-    lines += ["## Cells", ""] + _table(["stage", "cells"], [[s, n] for s, n in result["cells"].items()]) + [""]
+    lines += ["## Cells", ""] + markdown_table(["stage", "cells"], [[s, n] for s, n in result["cells"].items()]) + [""]
     if result["demonstrations"]:
         lines += ["## Demonstrations (from each seed's pool, disjoint from every training sample)", ""]
-        lines += _table(["config key", "task", "shots", "per class", "pool per class"],
-                        [[d["key"], d["task"], d["shots"], d["per_class"], d["pool_per_class"]]
-                         for d in result["demonstrations"]]) + [""]
+        lines += markdown_table(["config key", "task", "shots", "per class", "pool per class"],
+                                [[d["key"], d["task"], d["shots"], d["per_class"], d["pool_per_class"]]
+                                 for d in result["demonstrations"]]) + [""]
     skipped = result["expected_skipped"]
     lines += [f"## Expected skipped cells ({len(skipped)})", "",
               "ICL cells whose prompt (prefix + longest evaluation example + label word) does not fit the context; "
               "they are recorded as skipped with these counts, never truncated.", ""]
     if skipped:
-        lines += _table(["model", "task", "pattern", "shots", "seed", "prefix tokens", "after prefix", "context"],
-                        [[c["model"], c["task"], c["pattern"], c["shots"], c["seed"], c["prefix_tokens"],
-                          c["tokens_after_prefix"], c["context"]] for c in skipped]) + [""]
+        header = ["model", "task", "pattern", "shots", "seed", "prefix tokens", "after prefix", "context"]
+        lines += markdown_table(header, [[c["model"], c["task"], c["pattern"], c["shots"], c["seed"],
+                                          c["prefix_tokens"], c["tokens_after_prefix"], c["context"]]
+                                         for c in skipped]) + [""]
     notes = [c for c in result["notes"] if not c["what"].startswith("skipped")]
     if notes:
+        cell_keys = ("pattern", "method", "prompt", "sample", "shots", "k", "seed")
         lines += [f"## Reduced or truncated ({len(notes)})", ""]
-        lines += _table(["stage", "model", "task", "cell", "what"],
-                        [[c["stage"], c["model"], c["task"], ", ".join(f"{k}={c[k]}" for k in
-                                                                       ("pattern", "method", "prompt", "sample",
-                                                                        "shots", "k", "seed") if c.get(k) is not None),
-                          c["what"]] for c in notes]) + [""]
+        lines += markdown_table(["stage", "model", "task", "cell", "what"],
+                                [[c["stage"], c["model"], c["task"],
+                                  ", ".join(f"{k}={c[k]}" for k in cell_keys if c.get(k) is not None), c["what"]]
+                                 for c in notes]) + [""]
     by = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "memory": 0.0, "flops": 0.0, "fits": True, "gpus": 0})
     for job in result["jobs"]:
         row = by[job["model"], job["stage"]]
@@ -401,9 +397,9 @@ def to_markdown(result: dict) -> str:
               f"{cluster['mfu']:.0%} utilisation; weights load at {cluster['load_gb_per_s']} GB/s "
               f"(config key `preflight`). Memory is the estimated peak on one GPU (16-bit weights; fine-tuning: "
               f"AdamW states under ZeRO, activations of the longest input).", ""]
-    lines += _table(["model", "stage", "jobs", "GPUs per job", "peak GB per GPU", "fits", "PFLOP", "GPU-hours"],
-                    [[m, s, r["jobs"], r["gpus"], f"{r['memory']:.1f}", "yes" if r["fits"] else "**no**",
-                      f"{r['flops'] / 1e15:.2f}", f"{r['gpu_hours']:.2f}"] for (m, s), r in sorted(by.items())])
+    lines += markdown_table(["model", "stage", "jobs", "GPUs per job", "peak GB per GPU", "fits", "PFLOP", "GPU-hours"],
+                            [[m, s, r["jobs"], r["gpus"], f"{r['memory']:.1f}", "yes" if r["fits"] else "**no**",
+                              f"{r['flops'] / 1e15:.2f}", f"{r['gpu_hours']:.2f}"] for (m, s), r in sorted(by.items())])
     lines += ["", f"**Estimated total: {result['gpu_hours']:.1f} GPU-hours** for {len(result['jobs'])} model jobs.",
               ""]
     return "\n".join(lines)

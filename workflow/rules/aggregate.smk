@@ -1,6 +1,6 @@
-# Aggregation: every metrics file of the grid -> results/tables (tidy table, paper tables) and results/figures.
-# The list of expected files goes through a file (a grid's paths overflow one shell argument, 128 KiB); the job
-# copies it into results/tables/expected.txt.
+# Aggregation: every metrics file of the grid -> results/tables (tidy table, paper tables) and results/figures;
+# then what the report adds to them: the resolved config and each rule's runtime and memory (from the
+# `benchmark:` file every job writes). The list of expected files goes through a file (common.smk: listed).
 
 
 rule aggregate:
@@ -19,18 +19,46 @@ rule aggregate:
             caption="../report/figures.rst",
             category="Figures",
         ),
-    params:
-        settings=as_arg(config["aggregate"]),
     log:
         "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate/aggregate.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=as_arg(config["aggregate"]),
     run:
-        with tempfile.NamedTemporaryFile("w", suffix=".txt") as expected:
-            expected.write("".join(f"{path}\n" for path in input))
-            expected.flush()
+        with listed(input) as expected:
             shell(
-                "lmadapt aggregate --expected {expected.name} --settings {params.settings}"
+                "lmadapt aggregate --expected {expected} --settings {params.settings}"
                 " --tables {output.tables} --figures {output.figures} > {log} 2>&1"
             )
+
+
+rule runtimes:
+    input:
+        "results/tables",  # written after every metrics file, so every job's benchmark is in
+    output:
+        report("results/plan/runtimes.md", caption="../report/runtimes.rst", category="Plan"),
+    log:
+        "results/logs/runtimes.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    shell:
+        "lmadapt runtimes --benchmarks results/benchmarks --out {output} > {log} 2>&1"
+
+
+rule resolved_config:
+    output:
+        report("results/plan/config.yaml", caption="../report/config.rst", category="Plan"),
+    log:
+        "results/logs/resolved_config.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        config=results_config,
+    shell:
+        "lmadapt resolved-config --config-json {params.config} --out {output} > {log} 2>&1"

@@ -3,6 +3,7 @@ import json
 import shlex
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -56,6 +57,16 @@ THREADS = config["threads"]
 # Model jobs use exactly their threads (several jobs share a laptop; Slurm gives each its cpus_per_task) and
 # never reach a hub: models and datasets come from resources/, filled by the fetch rules on the login node.
 JOB_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+# Every rule's software: `--sdm conda` builds this environment once and runs each job in it (its post-deploy
+# script installs the lmadapt package); without `--sdm conda` jobs use the environment Snakemake runs in.
+CONDA_ENV = "../../envs/lmadapt.yaml"  # relative to workflow/rules/
+DEEPSPEED_CONFIG = Path(workflow.basedir) / f"config/deepspeed/{config['finetune']['zero']}.json"
+
+
+def offline(command):
+    """A model job's command: offline, with exactly its threads. (The rule's shell text is unchanged by this
+    helper: Snakemake reruns every job whose command text changes.)"""
+    return f"{JOB_ENV} {command}"
 
 
 # ---------------------------------------------------------------- params: what a job computes, and nothing else
@@ -77,6 +88,21 @@ def task_slice(task, *keys, **values):
     return as_arg({key: config["tasks"][task][key] for key in keys} | values)
 
 
+def task_prompting(wildcards):
+    """What a model job needs of its task: fields, labels and prompt patterns."""
+    return task_slice(wildcards.task, "fields", "labels", "prompt")
+
+
+def input_option(name, flag):
+    """`FLAG PATH` for an optional input (a param derived from the input, so it never reruns a job)."""
+
+    def option(wildcards, input):
+        path = getattr(input, name)
+        return f"{flag} {path}" if path else ""
+
+    return option
+
+
 def stage_settings(stage, *exclude, **extra):
     """A stage's config section without the selections (which models, tasks, shots, k: they name cells, they
     change no cell) and without `exclude`."""
@@ -84,6 +110,15 @@ def stage_settings(stage, *exclude, **extra):
 
 
 # ---------------------------------------------------------------- resources: never part of a result
+
+
+def per_attempt(amount):
+    """A resource that grows with the attempt (mem_mb, runtime): a job killed for it gets more on its retry."""
+
+    def scaled(wildcards, attempt):
+        return amount * attempt
+
+    return scaled
 
 
 def model_resources(scale=1, gpus="one"):
@@ -111,6 +146,10 @@ def source_entry(task, role):
     return spec["data"][role]
 
 
+def dataset_source(wildcards):
+    return as_arg(dataset_identity(source_entry(wildcards.task, wildcards.role)))
+
+
 def source_file(task, role):
     """Hub datasets are fetched once into resources/; local and package files are read where they are."""
     source = source_entry(task, role)
@@ -134,8 +173,13 @@ def sample_task(wildcards):
     task, sample = wildcards.task, wildcards.sample
     if sample.startswith("ood_"):
         name = sample.removeprefix("ood_")
-        return as_arg({"fields": config["tasks"][task]["fields"], "labels": config["tasks"][task]["labels"],
-                       "ood": {name: config["tasks"][task]["ood"][name]}})
+        return as_arg(
+            {
+                "fields": config["tasks"][task]["fields"],
+                "labels": config["tasks"][task]["labels"],
+                "ood": {name: config["tasks"][task]["ood"][name]},
+            }
+        )
     keys = ("fields", "labels", "data", "n_test")
     if sample == "test":
         return task_slice(task, *keys)
@@ -185,9 +229,14 @@ def eval_samples(task):
     return [f"results/samples/{task}/{split}.parquet" for split in eval_splits(task)]
 
 
-def eval_arg(folder, task):
-    """SPLIT=PATH arguments of a task's evaluation files in a folder."""
-    return " ".join(f"{split}={folder}/{split}.parquet" for split in eval_splits(task))
+def task_eval_samples(wildcards):
+    return eval_samples(wildcards.task)
+
+
+def eval_sample_arg(wildcards):
+    """SPLIT=PATH arguments of a task's evaluation samples."""
+    task = wildcards.task
+    return " ".join(f"{split}={path}" for split, path in zip(eval_splits(task), eval_samples(task)))
 
 
 # ---------------------------------------------------------------- models
@@ -196,6 +245,15 @@ def eval_arg(folder, task):
 def model_dir(model):
     """Every stage loads models from the folder the fetch_model rule prepares (compute jobs stay offline)."""
     return f"resources/models/{model}"
+
+
+def model_folder(wildcards):
+    return model_dir(wildcards.model)
+
+
+def fetched_model(wildcards):
+    """A model's identity (hub id and revision, or file and its hash): the one param of its fetch."""
+    return as_arg(model_identity(config["models"][wildcards.model]))
 
 
 def used_models():
@@ -243,12 +301,19 @@ def probe_evals(wildcards, input):
 def cell_of(wildcards):
     """The cell's keys, as the metrics records carry them."""
     named = dict(wildcards.items())
+    if "shots" in named:  # an ICL cell's labeled examples are its demonstrations
+        named["k"] = named.pop("shots")
     keys = {key: named[key] for key in ("task", "model", "prompt", "method") if key in named}
     return keys | {key: int(named[key]) for key in ("k", "seed") if key in named}
 
 
 def cell_keys(wildcards):
     return as_arg(cell_of(wildcards))
+
+
+def bow_cell_keys(wildcards):
+    """Bag-of-words rows carry model and prompt `none`, so that they sit in the same tables as the models'."""
+    return as_arg(cell_of(wildcards) | {"model": "none", "prompt": "none"})
 
 
 def probe_targets():
@@ -262,6 +327,10 @@ def bow_targets():
 
 
 # ---------------------------------------------------------------- in-context learning
+
+
+def icl_demos(wildcards):
+    return demonstration_pool_file(wildcards.task, wildcards.seed, wildcards.shots)
 
 
 def icl_targets():
@@ -279,6 +348,15 @@ TEACHER_SETTINGS = {
 }
 
 
+def teacher_demos(wildcards):
+    return demonstration_pool_file(wildcards.task, wildcards.seed, TEACHER_SETTINGS["shots"])
+
+
+def method_settings(wildcards):
+    """A fine-tuning job's settings: its method's only, so that a LoRA setting reruns LoRA jobs alone."""
+    return as_arg(finetune_settings(config, wildcards.method))
+
+
 def teacher_file(wildcards):
     if wildcards.method != "distill":
         return []
@@ -291,6 +369,11 @@ def finetune_launcher(wildcards):
     return f"torchrun --standalone --nproc_per_node {gpus} -m lmadapt" if gpus > 1 else "lmadapt"
 
 
+def launcher_tasks(wildcards):
+    """Slurm tasks of a fine-tuning job: 0 on several GPUs (torchrun starts the processes, not the plugin)."""
+    return 0 if config["models"][wildcards.model]["gpus"] > 1 else 1
+
+
 def finetune_targets():
     return [
         "results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json".format(**cell)
@@ -301,14 +384,41 @@ def finetune_targets():
 # ---------------------------------------------------------------- the whole grid
 
 
+def computed_config():
+    """The config without how jobs run (threads, mem_mb, checkpoint cadence): what the results depend on."""
+    computed = {key: value for key, value in config.items() if key != "threads"}
+    computed["finetune"] = {k: v for k, v in config["finetune"].items() if k not in FINETUNE_RUN_SETTINGS}
+    computed["models"] = {
+        name: {k: v for k, v in spec.items() if k != "mem_mb"} for name, spec in config["models"].items()
+    }
+    return computed
+
+
 def preflight_config(wildcards):
     """What the preflight reads: the grid and its prompts, fine-tuning and GPU settings; not the probe, bag-of-
     words or table settings, and no Slurm request (mem_mb, threads), so changing those does not rerun it."""
-    plan = {key: value for key, value in config.items() if key not in ("threads", "probe", "aggregate", "bow")}
+    plan = {key: value for key, value in computed_config().items() if key not in ("probe", "aggregate", "bow")}
     plan["bow"] = {"tasks": config["bow"]["tasks"]}
-    plan["finetune"] = {k: v for k, v in config["finetune"].items() if k not in FINETUNE_RUN_SETTINGS}
-    plan["models"] = {name: {k: v for k, v in spec.items() if k != "mem_mb"} for name, spec in config["models"].items()}
     return as_arg(plan)
+
+
+def results_config(wildcards):
+    """The config for the report: everything a result depends on, defaults filled in (a function: the prompt
+    templates' braces are not wildcards)."""
+    return as_arg(computed_config())
+
+
+def used_model_dirs():
+    return [model_dir(model) for model in used_models()]
+
+
+@contextmanager
+def listed(paths):
+    """A file listing paths, one a line: a grid's paths overflow one shell argument (128 KiB)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("".join(f"{path}\n" for path in paths))
+        listing.flush()
+        yield listing.name
 
 
 def metrics_targets():

@@ -6,11 +6,15 @@
 rule fetch_data:
     output:
         protected("resources/data/{task}/{role}.parquet"),
-    params:
-        source=lambda w: as_arg(dataset_identity(source_entry(w.task, w.role))),
     log:
         "results/logs/fetch_data/{task}/{role}.log",
+    benchmark:
+        "results/benchmarks/fetch_data/{task}/{role}.tsv"
     localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        source=dataset_source,
     shell:
         "lmadapt fetch-data --source {params.source} --out {output} > {log} 2>&1"
 
@@ -20,17 +24,21 @@ rule sample:
         unpack(sample_inputs),
     output:
         "results/samples/{task}/{sample}.parquet",
+    log:
+        "results/logs/sample/{task}/{sample}.log",
+    benchmark:
+        "results/benchmarks/sample/{task}/{sample}.tsv"
+    priority: 50  # cheap, and the preflight waits for every sample: draw them before the model jobs
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=per_attempt(4000),
+        runtime=10,
     params:
         task=sample_task,
         split=sample_split,
         inputs=sample_roles,
         test_seed=config["test_seed"],
-    log:
-        "results/logs/sample/{task}/{sample}.log",
-    priority: 50  # cheap, and the preflight waits for every sample: draw them before the model jobs
-    resources:
-        mem_mb=lambda w, attempt: 4000 * attempt,
-        runtime=10,
     shell:
         "lmadapt sample --task {wildcards.task} --task-config {params.task} --input {params.inputs}"
         " {params.split} --test-seed {params.test_seed} --out {output} > {log} 2>&1"

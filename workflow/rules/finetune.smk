@@ -7,56 +7,68 @@
 
 rule teacher:
     input:
-        model=lambda w: model_dir(w.model),
+        model=model_folder,
         train="results/samples/{task}/train_k{k}_seed{seed}.parquet",
-        demos=lambda w: demonstration_pool_file(w.task, w.seed, TEACHER_SETTINGS["shots"]),
+        demos=teacher_demos,
     output:
         "results/teacher/{model}/{task}/k{k}_seed{seed}.parquet",
-    params:
-        task=lambda w: task_slice(w.task, "fields", "labels", "prompt"),
-        settings=as_arg(TEACHER_SETTINGS),
-        demos=lambda w, input: f"--demos {input.demos}" if input.demos else "",
     log:
         "results/logs/teacher/{model}/{task}/k{k}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/teacher/{model}/{task}/k{k}_seed{seed}.tsv"
+    conda:
+        CONDA_ENV
     threads: THREADS
     resources:
         **model_resources(),
         runtime=60,
+    params:
+        task=task_prompting,
+        settings=as_arg(TEACHER_SETTINGS),
+        demos=input_option("demos", "--demos"),
     shell:
-        JOB_ENV + " lmadapt teacher --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
-        " --train {input.train} {params.demos} --seed {wildcards.seed} --settings {params.settings} --out {output}"
-        " > {log} 2>&1"
+        offline(
+            "lmadapt teacher --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
+            " --train {input.train} {params.demos} --seed {wildcards.seed} --settings {params.settings} --out {output}"
+            " > {log} 2>&1"
+        )
 
 
 rule finetune:
     input:
-        model=lambda w: model_dir(w.model),
+        model=model_folder,
         train="results/samples/{task}/train_k{k}_seed{seed}.parquet",
-        evals=lambda w: eval_samples(w.task),
+        evals=task_eval_samples,
         teacher=teacher_file,
-        deepspeed=Path(workflow.basedir) / f"config/deepspeed/{config['finetune']['zero']}.json",
+        deepspeed=DEEPSPEED_CONFIG,
     output:
         "results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json",
-    wildcard_constraints:
-        method="head|pattern|lora_head|lora_pattern|distill",
-    params:
-        task=lambda w: task_slice(w.task, "fields", "labels", "prompt"),
-        settings=lambda w: as_arg(finetune_settings(config, w.method)),
-        run=run_setting({key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}),
-        cell=cell_keys,
-        evals=lambda w: eval_arg(f"results/samples/{w.task}", w.task),
-        teacher=lambda w, input: f"--teacher {input.teacher}" if input.teacher else "",
-        launcher=finetune_launcher,
-        work_dir="results/finetune/{model}/{task}/{method}/k{k}_seed{seed}",
     log:
         "results/logs/finetune/{model}/{task}/{method}/k{k}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune/{model}/{task}/{method}/k{k}_seed{seed}.tsv"
+    wildcard_constraints:
+        method="head|pattern|lora_head|lora_pattern|distill",
+    conda:
+        CONDA_ENV
     threads: THREADS
     resources:
         **model_resources(scale=2, gpus="all"),
-        runtime=lambda w, attempt: 240 * attempt,
-        tasks=lambda w: 0 if config["models"][w.model]["gpus"] > 1 else 1,
+        runtime=per_attempt(240),
+        tasks=launcher_tasks,
+    params:
+        task=task_prompting,
+        settings=method_settings,
+        run=run_setting({key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}),
+        cell=cell_keys,
+        evals=eval_sample_arg,
+        teacher=input_option("teacher", "--teacher"),
+        launcher=finetune_launcher,
+        work_dir="results/finetune/{model}/{task}/{method}/k{k}_seed{seed}",
     shell:
-        JOB_ENV + " {params.launcher} finetune --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
-        " --train {input.train} --eval {params.evals} {params.teacher} --settings {params.settings}"
-        " --run-settings {params.run} --deepspeed-config {input.deepspeed} --keys {params.cell}"
-        " --work-dir {params.work_dir} --out {output} >> {log} 2>&1"
+        offline(
+            "{params.launcher} finetune --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
+            " --train {input.train} --eval {params.evals} {params.teacher} --settings {params.settings}"
+            " --run-settings {params.run} --deepspeed-config {input.deepspeed} --keys {params.cell}"
+            " --work-dir {params.work_dir} --out {output} >> {log} 2>&1"
+        )

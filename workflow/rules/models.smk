@@ -8,10 +8,14 @@
 rule fetch_model:
     output:
         protected(directory("resources/models/{model}")),
-    params:
-        model=lambda w: as_arg(model_identity(config["models"][w.model])),
     log:
         "results/logs/fetch_model/{model}.log",
+    benchmark:
+        "results/benchmarks/fetch_model/{model}.tsv"
     localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        model=fetched_model,
     shell:
         "lmadapt fetch-model --name {wildcards.model} --model {params.model} --out {output} > {log} 2>&1"

@@ -5,17 +5,21 @@
 
 rule preflight:
     input:
-        models=[model_dir(model) for model in used_models()],
+        models=used_model_dirs(),
         samples=sample_targets(),
     output:
         json="results/plan/preflight.json",
         md=report("results/plan/preflight.md", caption="../report/preflight.rst", category="Plan"),
-    params:
-        config=preflight_config,
     log:
         "results/logs/preflight.log",
-    localrule: True
+    benchmark:
+        "results/benchmarks/preflight/preflight.tsv"
     priority: 100
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        config=preflight_config,
     shell:
         "lmadapt preflight --config-json {params.config} --samples results/samples --models resources/models"
         " --out-json {output.json} --out-md {output.md} > {log} 2>&1"
