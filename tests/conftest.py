@@ -20,6 +20,13 @@ def tiny_opt(tmp_path_factory):
     return build_tiny_opt(tmp_path_factory.mktemp("tiny_opt"))
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    from lmadapt.testing import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
 def rte_task(**overrides):
     """The RTE task in its official GLUE layout, with HANS out of domain, over the fixture files."""
     task = {

@@ -16,6 +16,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .methods import METHODS, STAGE_KINDS, folder_kind, kind_problems
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 
@@ -24,8 +26,12 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
+    """The config schema, with the fine-tuning methods (enum, and T3's default) from the method registry."""
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        schema = yaml.safe_load(f)
+    schema["properties"]["finetune"]["properties"]["methods"]["items"] = {"enum": list(METHODS)}
+    schema["properties"]["aggregate"]["properties"]["tables"]["default"]["finetune"]["methods"] = list(METHODS)
+    return schema
 
 
 def _with_defaults(validator_class):
@@ -123,8 +129,10 @@ def check_stage_settings(stage: str, settings: dict, method: str | None = None) 
     if problems:
         raise ConfigError(f"--settings: {'; '.join(problems)}")
     if stage == "finetune" and method is not None:
-        needed = ["lora"] if method.startswith("lora") else ["lr"]
-        missing = [key for key in needed + (["distill"] if method == "distill" else []) if key not in settings]
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
+        needed = ["lora"] if METHODS[method].lora else ["lr"]
+        missing = [key for key in needed + (["distill"] if METHODS[method].teacher else []) if key not in settings]
         if missing:
             raise ConfigError(f"--settings: method {method} needs finetune.{', '.join(missing)}")
     return settings
@@ -194,7 +202,7 @@ def demonstration_needs(config: dict) -> list[tuple[str, str, int]]:
     if "fewshot" in config["extract"]["prompts"]:
         needs += [("extract.shots", t, config["extract"]["shots"]) for t in stage_names(config, "extract", "tasks")]
     needs += [("icl.shots", t, s) for t in stage_names(config, "icl", "tasks") for s in config["icl"]["shots"] if s]
-    if "distill" in config["finetune"]["methods"] and config["finetune"]["distill"]["shots"]:
+    if any(METHODS[m].teacher for m in config["finetune"]["methods"]) and config["finetune"]["distill"]["shots"]:
         needs += [("finetune.distill.shots", t, config["finetune"]["distill"]["shots"])
                   for t in stage_names(config, "finetune", "tasks")]
     return needs
@@ -299,11 +307,11 @@ def finetune_settings(config: dict, method: str) -> dict:
     the LoRA methods and `distill` for distillation, so a LoRA setting reruns only LoRA jobs."""
     settings = {key: value for key, value in config["finetune"].items()
                 if key not in FINETUNE_SELECTION + FINETUNE_RUN_SETTINGS + ("lora", "distill", "lr")}
-    if method.startswith("lora"):
+    if METHODS[method].lora:
         settings["lora"] = config["finetune"]["lora"]
     else:
         settings["lr"] = config["finetune"]["lr"]
-    if method == "distill":
+    if METHODS[method].teacher:
         settings["distill"] = {key: config["finetune"]["distill"][key]
                                for key in ("temperature", "kl_weight", "ce_weight")}
     return settings
@@ -393,17 +401,22 @@ def resolve_layers(spec, n_layers: int, model: str = "the model") -> list[int]:
     return sorted(out)
 
 
+def model_folders(name: str, spec: dict, models_dir: str | Path) -> list[Path]:
+    """Where a model's config.json can be read before any job: its prepared folder, or the local folder it will
+    be prepared from."""
+    folders = [Path(models_dir) / name]
+    if is_local_model(spec) and not spec.get("gguf_file") and not spec.get("package"):
+        folders.append(local_model_path(spec))
+    return folders
+
+
 def layer_problems(config: dict, models_dir: str | Path = "resources/models") -> list[str]:
-    """extract.layers checked against each extracted model whose config.json can be read now: its prepared
-    folder, or the local folder it will be prepared from."""
+    """extract.layers checked against each extracted model whose config.json can be read now."""
     if not config["models"] or not config["extract"]["prompts"]:
         return []
     problems = []
     for name in stage_names(config, "extract", "models"):
-        spec = config["models"][name]
-        folders = [Path(models_dir) / name]
-        if is_local_model(spec) and not spec.get("gguf_file") and not spec.get("package"):
-            folders.append(local_model_path(spec))
+        folders = model_folders(name, config["models"][name], models_dir)
         n_layers = next((n for n in map(model_layers, folders) if n is not None), None)
         if n_layers is not None:
             try:
@@ -411,6 +424,18 @@ def layer_problems(config: dict, models_dir: str | Path = "resources/models") ->
             except ConfigError as e:
                 problems.append(str(e))
     return problems
+
+
+def model_kind_problems(config: dict, models_dir: str | Path = "resources/models") -> list[str]:
+    """Cells a model cannot run by its kind (decoder, encoder-decoder, encoder: lmadapt/methods.py), for every
+    model whose config.json can be read now; each names the config key that asks for it."""
+    kinds = {}
+    for name, spec in config["models"].items():
+        kind = next((k for k in map(folder_kind, model_folders(name, spec, models_dir)) if k), None)
+        if kind:
+            kinds[name] = kind
+    selected = {stage: bool(config.get(stage, {}).get("models")) for stage in STAGE_KINDS}
+    return kind_problems(grid(config), kinds, selected)
 
 
 def grid(config: dict) -> dict[str, list[dict]]:

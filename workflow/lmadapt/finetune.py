@@ -23,13 +23,11 @@ import torch
 from .forward import last_positions, pad_batch
 from .config import FINETUNE_RUN_SETTINGS, ConfigError, fingerprint
 from .io import read_table, write_json, write_parquet
+from .methods import METHODS, folder_kind, kind_problems
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
 from .prompt import PromptError, classifier_inputs, task_pattern
 from .sample import META_KEY
-
-METHODS = ("head", "pattern", "lora_head", "lora_pattern", "distill")
-
 
 def init_distributed() -> tuple[int, int]:
     """Join the process group that torchrun / the deepspeed launcher describe (RANK, WORLD_SIZE, MASTER_*), or,
@@ -68,7 +66,7 @@ def accumulation_steps(settings: dict, world: int) -> int:
 
 
 def learning_rate(settings: dict, method: str) -> float:
-    return settings["lora"]["lr"] if method.startswith("lora") else settings["lr"]
+    return settings["lora"]["lr"] if METHODS[method].lora else settings["lr"]
 
 
 def deepspeed_config(base_path: str, settings: dict, method: str, accum: int, total_steps: int, dtype: str) -> dict:
@@ -109,7 +107,7 @@ def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labe
 def class_logits(model, method: str, input_ids, mask, verbalizer_ids: list[int]) -> torch.Tensor:
     """[B, C]: the classification head's logits, or the LM head's logits of the verbalizers' first tokens at
     the last real position (computed on that position only)."""
-    if method in ("head", "lora_head"):
+    if METHODS[method].head == "classifier":
         return model(input_ids=input_ids, attention_mask=mask).logits
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = core.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
@@ -147,22 +145,26 @@ def discard_foreign_checkpoints(checkpoints: Path, job_hash: str, rank: int) -> 
     torch.distributed.barrier()
 
 
+# finetune.dropout, under each family's names (OPT; BERT/RoBERTa; T5); a model takes the ones its config has.
+DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate")
+
+
 def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
-    lm = load_model(model_dir, dtype="float32", head="classification" if method.endswith("head") else "causal",
-                    num_labels=n_labels, overrides={"dropout": settings["dropout"],
-                                                    "attention_dropout": settings["dropout"]},
+    spec = METHODS[method]
+    lm = load_model(model_dir, dtype="float32", head="classification" if spec.head == "classifier" else "causal",
+                    num_labels=n_labels, overrides=dict.fromkeys(DROPOUT_KEYS, settings["dropout"]),
                     device=torch.device("cpu"))
     model = lm.model
     if settings["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if method.startswith("lora"):
+    if spec.lora:
         from peft import LoraConfig, get_peft_model
 
         lora = settings["lora"]
         model = get_peft_model(model, LoraConfig(
             r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
-            task_type="SEQ_CLS" if method == "lora_head" else "CAUSAL_LM"))
+            task_type="SEQ_CLS" if spec.head == "classifier" else "CAUSAL_LM"))
     model.train()
     return lm, model
 
@@ -176,22 +178,25 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     rank, world = init_distributed()
     method, seed = keys["method"], keys["seed"]
     if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}: one of {METHODS}")
+        raise ConfigError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
     cost = Cost()
     torch.manual_seed(seed)
     labels = task["labels"]
+    kind_problem = kind_problems({"finetune": [keys]}, {keys["model"]: folder_kind(model_dir)}, {})
+    if kind_problem:
+        raise ConfigError(kind_problem[0])
     lm, model = build_model(model_dir, method, len(labels), settings)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     pattern = task_pattern(task, settings.get("pattern"))
     train, train_meta = read_table(train_path, META_KEY)
     examples, truncated_train = classifier_inputs(lm, pattern, train, settings["max_length"])
     verbalizer_ids = [lm.encode(pattern.verbalizer[label])[0] for label in labels]  # each verbalizer's first token
-    if method != "head" and method != "lora_head" and len(set(verbalizer_ids)) < len(verbalizer_ids):
+    if METHODS[method].head == "verbalizer" and len(set(verbalizer_ids)) < len(verbalizer_ids):
         raise PromptError(f"pattern {pattern.name!r}: verbalizers {pattern.verbalizer} share their first token; "
                           f"pattern-based fine-tuning scores first tokens, so they must differ")
     targets = torch.tensor(train["label"].to_numpy())
     teacher, teacher_meta = None, None
-    if method == "distill":
+    if METHODS[method].teacher:
         if teacher_path is None:
             raise ConfigError("method distill needs the teacher's label distribution (--teacher)")
         teacher_rows, teacher_meta = read_table(teacher_path, "lmadapt")
@@ -235,7 +240,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
             ids, mask = pad_batch([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
             logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
             gold = targets[batch].to(device)
-            if method == "distill":
+            if teacher is not None:
                 d = settings["distill"]
                 loss, _, _ = distill_loss(logits, teacher[batch].to(device), gold, d["temperature"],
                                           d["kl_weight"], d["ce_weight"])
@@ -303,7 +308,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
 
 def _save(engine, lm, method: str, work_dir: Path, settings: dict) -> str | None:
     """LoRA adapters are always kept (small); full weights only with save_model."""
-    if method.startswith("lora"):
+    if METHODS[method].lora:
         import deepspeed
 
         target = work_dir / "adapter"

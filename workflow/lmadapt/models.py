@@ -16,6 +16,7 @@ import torch
 
 from .config import MODEL_INFO, is_local_model, local_model_path, model_identity, model_source
 from .io import atomic_path
+from .methods import DECODER, model_kind
 
 
 
@@ -28,6 +29,7 @@ class PromptTokens:
     """A model's tokenizer and context: all a prompt needs (preflight counts tokens with it, no weights loaded)."""
     tokenizer: object
     max_length: int  # the model's context in tokens
+    kind: str = DECODER  # decoder, encoder-decoder or encoder (lmadapt/methods.py)
 
     def context(self, limit: int | None = None) -> int:
         """The token budget of a prompt: the configured limit, never more than the model's context."""
@@ -82,10 +84,12 @@ class LoadedModel(PromptTokens):
 
 
 def context_length(config, tokenizer) -> int:
-    """The model's context in tokens, from its config (T5 has none: its tokenizer's limit)."""
+    """The model's context in tokens, from its config (T5 has none: its tokenizer's limit; RoBERTa's positions
+    start after its padding index)."""
+    offset = config.pad_token_id + 1 if getattr(config, "model_type", None) in ("roberta", "xlm-roberta") else 0
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if getattr(config, key, None):
-            return int(getattr(config, key))
+            return int(getattr(config, key)) - offset
     return int(getattr(tokenizer, "model_max_length", 2048))
 
 
@@ -95,7 +99,8 @@ def load_tokens(folder: str | Path) -> PromptTokens:
 
     folder = _checked_folder(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    return PromptTokens(tokenizer, context_length(AutoConfig.from_pretrained(folder), tokenizer))
+    config = AutoConfig.from_pretrained(folder)
+    return PromptTokens(tokenizer, context_length(config, tokenizer), model_kind(config.to_dict()))
 
 
 def pick_device() -> torch.device:
@@ -242,8 +247,9 @@ def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", nu
     model = loader.from_pretrained(folder, dtype=torch_dtype, **kwargs).to(device)
     model.eval()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return LoadedModel(tokenizer=tokenizer, max_length=context_length(model.config, tokenizer), model=model,
-                       device=device, dtype=torch_dtype, info=info)
+    return LoadedModel(tokenizer=tokenizer, max_length=context_length(model.config, tokenizer),
+                       kind=model_kind(model.config.to_dict()), model=model, device=device,
+                       dtype=torch_dtype, info=info)
 
 
 def _checked_folder(folder: str | Path) -> Path:

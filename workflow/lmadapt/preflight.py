@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ConfigError, demonstration_needs, finetune_settings, grid, layer_problems
+from .config import ConfigError, demonstration_needs, finetune_settings, grid, layer_problems, model_kind_problems
 from .extract import PREFIX_SHARE, prefix_demonstrations
 from .io import markdown_table, read_table, write_json, write_text
+from .methods import METHODS
 from .models import checkpoint_class, load_tokens
 from .prompt import classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
 from .sample import META_KEY
@@ -70,7 +71,7 @@ def training_memory(shape: dict, method: str, settings: dict, zero_stage: int, o
     """Bytes on one GPU: mixed-precision AdamW keeps 16 bytes a trained parameter (16-bit weight and gradient,
     fp32 master weight and two moments), partitioned by ZeRO over the GPUs; LoRA trains only its adapters."""
     n, g = shape["parameters"], max(gpus, 1)
-    if method.startswith("lora"):
+    if METHODS[method].lora:
         states = BYTES_16BIT * n + 16 * shape["lora_parameters"]
     elif offload:
         states = BYTES_16BIT * n / g
@@ -127,7 +128,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     start = time.time()
     samples, models = Path(samples_dir), Path(models_dir)
     plan = Plan(config)
-    plan.errors += layer_problems(config, models)
+    plan.errors += layer_problems(config, models) + model_kind_problems(config, models)
     cells = grid(config)
     read = _cached(lambda path: read_table(path, META_KEY)[0])
     fetched = {m: models / m for m in config["models"] if (models / m / "config.json").is_file()}
@@ -237,7 +238,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     # ------------------------------------------------ teacher + finetune
     ft = config["finetune"]
     teachers = sorted({(c["model"], c["task"], c["k"], c["seed"]) for c in cells["finetune"]
-                       if c["method"] == "distill"})
+                       if METHODS[c["method"]].teacher})
     for model, task, k, seed in teachers:
         if model not in fetched:
             continue
@@ -299,7 +300,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
                                    ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
         shape = shapes[model]
         gpus = config["models"][model]["gpus"]
-        per_token = (4 if method.startswith("lora") else 6) + (2 if ft["gradient_checkpointing"] else 0)
+        per_token = (4 if METHODS[method].lora else 6) + (2 if ft["gradient_checkpointing"] else 0)
         flops = shape["parameters"] * (per_token * train["tokens"] * ft["epochs"] +
                                        2 * sum(e["tokens"] for e in evaluated.values()))
         memory = training_memory(shape, method, finetune_settings(config, method), zero_stage, offload, gpus,

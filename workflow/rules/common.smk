@@ -17,6 +17,7 @@ from lmadapt.config import (
     check_config,
     dataset_identity,
     layer_problems,
+    model_kind_problems,
     prepared_problems,
     read_yaml,
     demonstration_needs,
@@ -26,6 +27,7 @@ from lmadapt.config import (
     model_identity,
 )
 from lmadapt.data import empty_sources, resolve_path
+from lmadapt.methods import METHODS, method_pattern
 
 # lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
 # Snakemake's own validation then records the schema for the report. Each config file is read again, strictly:
@@ -35,8 +37,9 @@ for path in workflow.configfiles:
 config.update(check_config(config, origin="config (config/config.yaml and --configfile/--config)"))
 validate(config, str(SCHEMA_PATH))
 # What the files at hand already tell, before any job: a changed identity of a prepared model or dataset (the
-# fetch would replace it), layers a model does not have, a data file without rows.
-PROBLEMS = prepared_problems(config) + layer_problems(config) + empty_sources(config)
+# fetch would replace it), layers a model does not have, a stage or method a model's kind cannot run (decoder,
+# encoder-decoder, encoder: lmadapt/methods.py), a data file without rows.
+PROBLEMS = prepared_problems(config) + layer_problems(config) + model_kind_problems(config) + empty_sources(config)
 if PROBLEMS:
     raise ConfigError("invalid configuration:\n  " + "\n  ".join(PROBLEMS))
 
@@ -358,7 +361,7 @@ def method_settings(wildcards):
 
 
 def teacher_file(wildcards):
-    if wildcards.method != "distill":
+    if not METHODS[wildcards.method].teacher:
         return []
     return f"results/teacher/{wildcards.model}/{wildcards.task}/k{wildcards.k}_seed{wildcards.seed}.parquet"
 

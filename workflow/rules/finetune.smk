@@ -48,7 +48,7 @@ rule finetune:
     benchmark:
         "results/benchmarks/finetune/{model}/{task}/{method}/k{k}_seed{seed}.tsv"
     wildcard_constraints:
-        method="head|pattern|lora_head|lora_pattern|distill",
+        method=method_pattern(),
     conda:
         CONDA_ENV
     threads: THREADS

@@ -1,0 +1,88 @@
+"""The method registry (lmadapt/methods.py) is what every place that lists methods reads, and a model's kind,
+read from its checkpoint's config, refuses the stages and methods it cannot run before any job."""
+import pytest
+from transformers import BertConfig, GPT2Config, OPTConfig, T5Config
+
+from conftest import PATTERNS, fixture_config, planned_jobs, rte_task, run_snakemake, write_config
+from lmadapt.config import ConfigError, check_config, finetune_settings, load_schema, model_kind_problems
+from lmadapt.figures import KNOWN_METHODS, method_color
+from lmadapt.finetune import build_model
+from lmadapt.methods import DECODER, ENCODER, ENCODER_DECODER, METHODS, model_kind
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def test_every_place_that_lists_methods_reads_the_registry(tmp_path, tiny_opt):
+    methods = list(METHODS)
+    schema = load_schema()
+    assert schema["properties"]["finetune"]["properties"]["methods"]["items"] == {"enum": methods}
+    config = check_config({"tasks": {"rte": rte_task()}, "finetune": {"methods": methods}})
+    assert config["aggregate"]["tables"]["finetune"]["methods"] == methods  # T3 shows every method by default
+    with pytest.raises(ConfigError, match=r"finetune\.methods\[0\]"):
+        check_config({"tasks": {"rte": rte_task()}, "finetune": {"methods": ["prompt_tuning"]}})
+    assert set(methods) <= set(KNOWN_METHODS) and len({method_color(m) for m in methods}) == len(methods)
+    # the rule's {method} wildcard takes every registered method: the grid of all of them plans
+    everything = fixture_config(tiny_opt)
+    everything["finetune"]["methods"] = methods
+    plan = planned_jobs(run_snakemake(tmp_path, "--configfile", str(write_config(tmp_path / "c.yaml", everything)),
+                                      "-n"))
+    assert plan["finetune"] == len(methods) * 2  # one k, two seeds
+    assert plan["teacher"] == 2 * any(spec.teacher for spec in METHODS.values())
+    for name, spec in METHODS.items():  # each method's settings and model follow its entry
+        settings = finetune_settings(config, name)
+        assert ("lora" in settings, "lr" in settings, "distill" in settings) == (spec.lora, not spec.lora,
+                                                                                spec.teacher)
+        _, model = build_model(str(tiny_opt), name, 2, dict(settings, dropout=0.0, gradient_checkpointing=False))
+        core = model.get_base_model() if spec.lora else model
+        assert hasattr(model, "peft_config") == spec.lora
+        assert (type(core).__name__ == "OPTForSequenceClassification") == (spec.head == "classifier"), name
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert all("lora_" in n or "score" in n for n in trainable) == spec.lora, name
+
+
+def test_model_kind_comes_from_the_checkpoint_config():
+    assert model_kind(OPTConfig(**TINY, ffn_dim=64, architectures=["OPTForCausalLM"]).to_dict()) == DECODER
+    assert model_kind(GPT2Config(n_embd=32, n_layer=2, n_head=2).to_dict()) == DECODER
+    assert model_kind(T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=2).to_dict()) == ENCODER_DECODER
+    assert model_kind(BertConfig(**TINY).to_dict()) == ENCODER
+    assert model_kind(BertConfig(**TINY, architectures=["BertForSequenceClassification"]).to_dict()) == ENCODER
+
+
+def local_models(tmp_path):
+    """A decoder, an encoder and an encoder-decoder as local folders (their config.json is all a kind check
+    reads)."""
+    folders = {"opt": OPTConfig(**TINY, ffn_dim=64), "bert": BertConfig(**TINY),
+               "t5": T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=2)}
+    for name, model_config in folders.items():
+        model_config.save_pretrained(tmp_path / name)
+    return {name: {"id": str(tmp_path / name), "gpus": 0} for name in folders}
+
+
+def test_a_stage_or_method_a_model_cannot_run_is_refused_naming_the_key(tmp_path):
+    models = local_models(tmp_path)
+
+    def config(**sections):
+        base = {"tasks": {"rte": rte_task(prompt={"patterns": PATTERNS})}, "models": models,
+                "extract": {"models": ["opt"], "prompts": ["none"]}, "icl": {"shots": [0]},
+                "finetune": {"models": ["opt"], "methods": ["head"]}}
+        return check_config({key: dict(base.get(key, {}), **sections.get(key, {})) for key in base})
+
+    assert model_kind_problems(config(finetune={"models": ["t5", "opt"], "methods": ["head", "pattern"]}),
+                               tmp_path / "none") == [
+        "models: icl runs on decoder and encoder-decoder models; bert is an encoder model",
+        "finetune.methods: method head runs on decoder models; t5 is an encoder-decoder model",
+        "finetune.methods: method pattern runs on decoder models; t5 is an encoder-decoder model"]
+    # Flan-T5 in-context learning runs
+    assert model_kind_problems(config(icl={"models": ["t5", "opt"]}), tmp_path / "none") == []
+    assert model_kind_problems(config(extract={"models": ["bert"]}, icl={"models": ["t5"]}), tmp_path / "none") == [
+        "extract.models: extract runs on decoder models; bert is an encoder model"]
+    # the workflow stops as it loads, before any job, with the same line
+    workflow_config = fixture_config(tmp_path / "opt")
+    workflow_config["models"] = models
+    for stage, names in (("extract", ["opt"]), ("icl", ["bert"]), ("finetune", ["opt"])):
+        workflow_config[stage]["models"] = names
+    path = write_config(tmp_path / "config.yaml", workflow_config)
+    proc = run_snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    assert proc.returncode != 0 and not (tmp_path / "results").exists()
+    assert "icl.models: icl runs on decoder and encoder-decoder models; bert is an encoder model" in (
+        proc.stdout + proc.stderr), proc.stdout[-2000:]

@@ -1,0 +1,88 @@
+"""The registry of fine-tuning methods and model kinds: which method trains what, and which stage runs on which
+kind of model. Torch-free: the rules (wildcard constraint), the config schema (enum and table defaults), the
+config checks and `finetune` all read it. A new method is one entry here, its code in finetune.py and a test.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DECODER, ENCODER_DECODER, ENCODER = "decoder", "encoder-decoder", "encoder"
+MODEL_KINDS = (DECODER, ENCODER_DECODER, ENCODER)
+
+# Decoder families by config.json `model_type` (a checkpoint whose architecture names a causal LM head is one too).
+DECODER_TYPES = ("opt", "gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "phi", "gemma", "bloom", "falcon")
+
+
+@dataclass(frozen=True)
+class Method:
+    head: str  # "classifier": a new sequence-classification head; "verbalizer": the LM head's verbalizer tokens
+    lora: bool  # LoRA adapters (peft) train instead of every weight
+    teacher: bool  # learns a prompted teacher's label distribution (context distillation)
+    kinds: tuple[str, ...]  # the model kinds it runs on
+    summary: str
+
+
+METHODS = {
+    "head": Method("classifier", lora=False, teacher=False, kinds=(DECODER, ENCODER),
+                   summary="every weight and a new classification head"),
+    "pattern": Method("verbalizer", lora=False, teacher=False, kinds=(DECODER,),
+                      summary="every weight; the LM head scores each label's verbalizer (PET-style)"),
+    "lora_head": Method("classifier", lora=True, teacher=False, kinds=(DECODER,),
+                        summary="LoRA adapters and a new classification head"),
+    "lora_pattern": Method("verbalizer", lora=True, teacher=False, kinds=(DECODER,),
+                           summary="LoRA adapters; the LM head scores the verbalizers"),
+    "distill": Method("verbalizer", lora=False, teacher=True, kinds=(DECODER,),
+                      summary="context distillation: the prompted teacher's label distribution, without the prompt"),
+}
+
+# The model kinds each model stage runs on (finetune and its teacher: per method, above).
+STAGE_KINDS = {"extract": (DECODER,), "icl": (DECODER, ENCODER_DECODER)}
+
+
+def method_pattern() -> str:
+    """The `{method}` wildcard's constraint: exactly the registered methods."""
+    return "|".join(METHODS)
+
+
+def model_kind(model_config: dict) -> str:
+    """A checkpoint's kind from its config.json: encoder-decoder (T5), decoder (OPT, GPT-2) or encoder (BERT)."""
+    if model_config.get("is_encoder_decoder"):
+        return ENCODER_DECODER
+    architectures = model_config.get("architectures") or []
+    if model_config.get("model_type") in DECODER_TYPES or any(
+            name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
+        return DECODER
+    return ENCODER
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """The kind of the model in a folder, from its config.json (None where there is none yet)."""
+    path = Path(folder) / "config.json"
+    return model_kind(json.loads(path.read_text())) if path.is_file() else None
+
+
+def kind_problems(cells: dict[str, list[dict]], kinds: dict[str, str], selected: dict[str, bool]) -> list[str]:
+    """Cells a model cannot run, one line per (stage or method, model), naming the config key that asks for it.
+    cells: the grid by stage; kinds: model name -> kind, for the models whose config.json is at hand;
+    selected: per stage, whether it names its models (`<stage>.models`) or takes all (`models`)."""
+    problems = {}
+    for cell_stage, stage_cells in cells.items():
+        stage = "extract" if cell_stage == "probe" else cell_stage  # a probe cell is its model's extract jobs
+        for cell in stage_cells:
+            kind = kinds.get(cell.get("model"))
+            if kind is None:
+                continue
+            if stage == "finetune":
+                runs_on, what, key = METHODS[cell["method"]].kinds, f"method {cell['method']}", "finetune.methods"
+            elif stage in STAGE_KINDS:
+                runs_on, what = STAGE_KINDS[stage], stage
+                key = f"{stage}.models" if selected[stage] else "models"
+            else:
+                continue
+            if kind not in runs_on:
+                article = "an" if kind.startswith("e") else "a"
+                problems[key, what, cell["model"]] = (f"{key}: {what} runs on {' and '.join(runs_on)} models; "
+                                                      f"{cell['model']} is {article} {kind} model")
+    return list(problems.values())
