@@ -21,6 +21,13 @@ def tiny_opt(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    from lmadapt.testing import build_tiny_t5
+
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny_t5"))
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     from lmadapt.testing import build_tiny_bert
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from conftest import EXTRACT_PATTERN as PATTERN, EXTRACT_SETTINGS as SETTINGS, FIXTURES, rte_task
 from lmadapt.config import ConfigError, check_config, resolve_layers
@@ -58,6 +58,39 @@ def test_activations_equal_plain_forward(tiny_opt, rte, tmp_path, fewshot):
             want = reference_vectors(tiny_opt, prompts, texts, layer, how)
             got = np.stack(stored.loc[sample["id"], f"{how}_{layer}"].to_numpy())
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_t5"])
+@pytest.mark.parametrize("fewshot", [False, True], ids=["none", "fewshot"])
+def test_encoder_activations_equal_plain_forward(model, rte, tmp_path, fewshot, request):
+    """An encoder (BERT-like) and an encoder-decoder's encoder (T5): each whole prompt string tokenized with the
+    tokenizer's special tokens and encoded at once, pooled over the example's tokens."""
+    model_dir = request.getfixturevalue(model)
+    task, folder = rte
+    out = tmp_path / "acts.parquet"
+    [meta] = run_extract(str(model_dir), task, [(str(folder / "test.parquet"), str(out))], SETTINGS,
+                         demos_path=str(folder / "train.parquet") if fewshot else None, seed=7)
+    stored = pd.read_parquet(out).set_index("id")
+    sample = pd.read_parquet(folder / "test.parquet")
+    pattern = task_pattern(task)
+    demos = pd.read_parquet(folder / "train.parquet").set_index("id").loc[meta["prompt"]["demonstration_ids"]]
+    assert len(demos) == (3 if fewshot else 0)
+    texts = [pattern.fill(row) for _, row in sample.iterrows()]
+    prompts = [prefix_text(pattern, demos.reset_index()) + (pattern.separator if fewshot else "") + text
+               for text in texts]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    plain = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+    encoder = plain.get_encoder() if plain.config.is_encoder_decoder else plain
+    assert meta["layers"] == list(range(plain.config.num_hidden_layers + 1))
+    for prompt, text, example in zip(prompts, texts, sample["id"]):
+        encoded = tokenizer(prompt, return_offsets_mapping=True)
+        own = [i for i, (start, end) in enumerate(encoded.offset_mapping) if end > len(prompt) - len(text)]
+        with torch.no_grad():
+            states = encoder(input_ids=torch.tensor([encoded.input_ids]), output_hidden_states=True).hidden_states
+        for layer in meta["layers"]:
+            for how in ("last", "mean"):
+                want = states[layer][0, own][-1] if how == "last" else states[layer][0, own].mean(0)
+                np.testing.assert_allclose(stored.loc[example, f"{how}_{layer}"], want.numpy(), atol=1e-4, rtol=0)
 
 
 def test_forward_stops_at_deepest_layer_and_metadata(tiny_opt, rte, tmp_path):

@@ -118,13 +118,6 @@ def test_one_label_for_everything_is_flagged(constant_model, rte, tmp_path):
         assert set(hans["by_group"]["heuristic"]) == {"lexical_overlap", "subsequence", "constituent"}
 
 
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory):
-    from lmadapt.testing import build_tiny_t5
-
-    return build_tiny_t5(tmp_path_factory.mktemp("tiny_t5"))
-
-
 def test_encoder_decoder_scores_label_words_as_decoder_continuations(tiny_t5, rte, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 

@@ -1,5 +1,6 @@
 """The method registry (lmadapt/methods.py) is what every place that lists methods reads, and a model's kind,
 read from its checkpoint's config, refuses the stages and methods it cannot run before any job."""
+import pandas as pd
 import pytest
 from transformers import BertConfig, GPT2Config, OPTConfig, T5Config
 
@@ -70,12 +71,15 @@ def test_a_stage_or_method_a_model_cannot_run_is_refused_naming_the_key(tmp_path
     assert model_kind_problems(config(finetune={"models": ["t5", "opt"], "methods": ["head", "pattern"]}),
                                tmp_path / "none") == [
         "models: icl runs on decoder and encoder-decoder models; bert is an encoder model",
-        "finetune.methods: method head runs on decoder models; t5 is an encoder-decoder model",
+        "finetune.methods: method head runs on decoder and encoder models; t5 is an encoder-decoder model",
         "finetune.methods: method pattern runs on decoder models; t5 is an encoder-decoder model"]
-    # Flan-T5 in-context learning runs
-    assert model_kind_problems(config(icl={"models": ["t5", "opt"]}), tmp_path / "none") == []
-    assert model_kind_problems(config(extract={"models": ["bert"]}, icl={"models": ["t5"]}), tmp_path / "none") == [
-        "extract.models: extract runs on decoder models; bert is an encoder model"]
+    # Flan-T5 in-context learning, every kind's activations, an encoder's classification head: all run
+    assert model_kind_problems(config(icl={"models": ["t5", "opt"]}, extract={"models": ["bert", "t5", "opt"]},
+                                      finetune={"models": ["bert", "opt"]}), tmp_path / "none") == []
+    assert model_kind_problems(config(icl={"models": ["bert"]}, finetune={"models": ["bert"], "methods": ["pattern"]}),
+                               tmp_path / "none") == [
+        "icl.models: icl runs on decoder and encoder-decoder models; bert is an encoder model",
+        "finetune.methods: method pattern runs on decoder models; bert is an encoder model"]
     # the workflow stops as it loads, before any job, with the same line
     workflow_config = fixture_config(tmp_path / "opt")
     workflow_config["models"] = models
@@ -86,3 +90,22 @@ def test_a_stage_or_method_a_model_cannot_run_is_refused_naming_the_key(tmp_path
     assert proc.returncode != 0 and not (tmp_path / "results").exists()
     assert "icl.models: icl runs on decoder and encoder-decoder models; bert is an encoder model" in (
         proc.stdout + proc.stderr), proc.stdout[-2000:]
+
+
+def test_an_encoder_runs_through_extract_probe_and_head_fine_tuning(tmp_path, tiny_opt, tiny_bert):
+    """The workflow with an encoder beside a decoder: the encoder's activations, probes and classification head,
+    the decoder's in-context learning, one table."""
+    config = fixture_config(tiny_opt)
+    config["seeds"] = [1]
+    config["tasks"]["rte"]["k"] = [2]
+    config["models"]["bert"] = {"id": str(tiny_bert), "gpus": 0, "mem_mb": 1000}
+    config["extract"]["models"] = ["bert"]
+    config["icl"].update(models=["tiny"], shots=[0], tasks=["rte"])
+    config["bow"] = {"tasks": ["rte"]}
+    config["finetune"].update(models=["bert"], methods=["head"])
+    run_snakemake(tmp_path, "--configfile", str(write_config(tmp_path / "config.yaml", config)))
+    tidy = pd.read_parquet(tmp_path / "results/tables/all.parquet")
+    test = tidy[(tidy["split"] == "test") & tidy["group"].isna()]
+    assert set(zip(test["model"], test["method"])) >= {("bert", "probe_logreg"), ("bert", "probe_mlp"),
+                                                       ("bert", "head"), ("tiny", "icl")}
+    assert test["accuracy"].notna().all()

@@ -1,7 +1,8 @@
 """The `extract` stage: a model's hidden states for every example of a sample, to Parquet.
 
-One forward pass per batch yields every requested layer and stops at the deepest one. With a few-shot prompt,
-the demonstration prefix is encoded once and its KV cache reused for every batch; pooling covers only the
+One forward pass per batch yields every requested layer; a decoder's stops at the deepest one, and its few-shot
+prefix is encoded once and its KV cache reused for every batch. An encoder (or an encoder-decoder's encoder)
+encodes prefix and example together, closed by its tokenizer's trailing special tokens. Pooling covers only the
 example's own tokens. Rows are streamed to the writer in row groups, so memory does not grow with the sample.
 """
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from .config import model_layers, resolve_layers
-from .forward import PrefixForward, batches_by_length, pool
+from .forward import EncoderForward, PrefixForward, batches_by_length, pool
 from .io import atomic_path, read_table
+from .methods import DECODER
 from .models import load_model
 from .prompt import encode_prompt, fit_demonstrations, prefix_text, task_pattern
 from .sample import META_KEY
@@ -37,6 +39,13 @@ def prefix_demonstrations(tokens, pattern, pool: pd.DataFrame, n_labels: int, sh
     return demos, counts
 
 
+def prompt_budget(tokens, max_length: int | None) -> tuple[int, list[int]]:
+    """(the tokens a prompt may take, the trailing special ids after it): an encoder's input ends with its
+    tokenizer's trailing special tokens (BERT's [SEP], T5's </s>), which the budget leaves room for."""
+    trailing = tokens.special_ids()[1] if tokens.kind != DECODER else []
+    return tokens.context(max_length) - len(trailing), trailing
+
+
 def column_name(pooling: str, layer: int) -> str:
     return f"{pooling}_{layer}"
 
@@ -47,9 +56,9 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
     settings: layers, pooling (list), pattern, shots, batch_size, max_length, store_dtype, dtype."""
     n_layers = model_layers(model_dir)  # checked before the weights load
     layers = resolve_layers(settings["layers"], n_layers, f"model {model_dir}") if n_layers is not None else None
-    lm = load_model(model_dir, dtype=settings["dtype"])
+    lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
     pattern = task_pattern(task, settings.get("pattern"))
-    max_length = lm.context(settings.get("max_length"))
+    max_length, trailing = prompt_budget(lm, settings.get("max_length"))
     demos = None
     if demos_path:
         demos, _ = prefix_demonstrations(lm, pattern, read_table(demos_path, META_KEY)[0], len(task["labels"]),
@@ -62,7 +71,8 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
         rows, sample_meta = read_table(sample_path, META_KEY)
         prompt = encode_prompt(lm, pattern, rows, rows.iloc[:0] if demos is None else demos, max_length=max_length)
         if forward is None:  # the prefix is the same for every sample of this job: encode it once
-            forward = PrefixForward(lm, prompt.prefix, depth=max(layers))
+            forward = (PrefixForward(lm, prompt.prefix, depth=max(layers)) if lm.kind == DECODER
+                       else EncoderForward(lm, prompt.prefix, trailing))
         meta = _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length,
                                   sample_path, sample_meta, out)
         meta["seconds"] = time.time() - start

@@ -2,7 +2,8 @@
 
 Used by `extract` (hidden states, stopping at the deepest requested layer) and by `icl` and `teacher`
 (label log-probabilities). Examples are right-padded after the prefix and get explicit positions, so padded
-batches give the same numbers as one unpadded example at a time.
+batches give the same numbers as one unpadded example at a time. Encoders attend both ways, so they cannot
+reuse a prefix: `EncoderForward` encodes prefix and example together.
 """
 from __future__ import annotations
 
@@ -137,6 +138,29 @@ class PrefixForward:
         cols = torch.tensor([i for p in positions for i in p], device=hidden.device)
         logprobs = self.model.get_output_embeddings()(hidden[rows, cols]).float().log_softmax(-1)
         return list(logprobs.split([len(p) for p in positions]))
+
+
+class EncoderForward:
+    """Hidden states of an encoder (BERT, RoBERTa) or of an encoder-decoder's encoder (T5), with the same
+    interface as `PrefixForward.hidden_states`: each input is the prefix (leading special tokens and any
+    demonstrations), the example and the tokenizer's trailing special tokens, encoded together (every layer
+    attends both ways, so there is no prefix cache); the states returned are the example's positions."""
+
+    def __init__(self, lm, prefix: list[int], trailing: list[int]):
+        self.lm, self.prefix, self.trailing = lm, list(prefix), list(trailing)
+        self.encoder = lm.model.get_encoder() if lm.model.config.is_encoder_decoder else lm.model.base_model
+        self.n_layers = lm.model.config.num_hidden_layers
+
+    @torch.no_grad()
+    def hidden_states(self, batch: list[list[int]], indices: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        inputs = [self.prefix + example + self.trailing for example in batch]
+        ids, full_mask = pad_batch(inputs, self.lm.tokenizer.pad_token_id, self.lm.device)
+        states = self.encoder(input_ids=ids, attention_mask=full_mask, output_hidden_states=True).hidden_states
+        start, width = len(self.prefix), max(len(ids) for ids in batch)
+        mask = torch.zeros((len(batch), width), dtype=full_mask.dtype, device=full_mask.device)
+        for row, example in enumerate(batch):
+            mask[row, : len(example)] = 1
+        return {j: states[j][:, start: start + width] for j in indices}, mask
 
 
 def last_positions(mask: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ METHODS = {
 }
 
 # The model kinds each model stage runs on (finetune and its teacher: per method, above).
-STAGE_KINDS = {"extract": (DECODER,), "icl": (DECODER, ENCODER_DECODER)}
+STAGE_KINDS = {"extract": (DECODER, ENCODER_DECODER, ENCODER), "icl": (DECODER, ENCODER_DECODER)}
 
 
 def method_pattern() -> str:

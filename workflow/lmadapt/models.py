@@ -16,7 +16,7 @@ import torch
 
 from .config import MODEL_INFO, is_local_model, local_model_path, model_identity, model_source
 from .io import atomic_path
-from .methods import DECODER, model_kind
+from .methods import DECODER, ENCODER, ENCODER_DECODER, model_kind
 
 
 
@@ -221,24 +221,25 @@ def folder_revision(folder: Path) -> str:
 
 def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", num_labels: int | None = None,
                device: torch.device | None = None, overrides: dict | None = None) -> LoadedModel:
-    """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', 'classification' (new head), or 'auto'
-    (seq2seq for encoder-decoder models such as Flan-T5, else causal).
+    """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', 'classification' (new head), 'base' (no
+    head), or 'auto' (seq2seq for encoder-decoder models such as Flan-T5, base for encoders, else causal).
     overrides: config values to change where the model has them (e.g. dropout, attention_dropout)."""
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
     folder = _checked_folder(folder)
     device = device or pick_device()
     torch_dtype = pick_dtype(dtype, device)
     if head == "auto":
-        head = "seq2seq" if AutoConfig.from_pretrained(folder).is_encoder_decoder else "causal"
+        head = {ENCODER_DECODER: "seq2seq", ENCODER: "base"}.get(
+            model_kind(AutoConfig.from_pretrained(folder).to_dict()), "causal")
     info_path = folder / MODEL_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {
         "name": folder.name, "source": f"local:{folder}", "revision": folder_revision(folder)}
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
-    loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+    loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "base": AutoModel,
               "classification": AutoModelForSequenceClassification}[head]
     kwargs = {"num_labels": num_labels, "pad_token_id": tokenizer.pad_token_id} if head == "classification" else {}
     if overrides:
