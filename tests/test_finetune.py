@@ -102,6 +102,35 @@ def test_an_encoder_fine_tunes_its_classification_head(tiny_bert, rte, tmp_path,
         finetune(tiny_bert, rte, tmp_path / "lora", "lora_head", zero=zero)
 
 
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("method", ["seq2seq", "lora_seq2seq"])
+def test_an_encoder_decoder_learns_the_verbalizer_as_its_decoder_target(tiny_t5, rte, tmp_path, method, zero):
+    """Flan-T5-style fine-tuning: the decoder's loss on the gold verbalizer falls, and the job's predictions are
+    the ICL scorer's (the likeliest verbalizer as the decoder's continuation) on the trained weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    from lmadapt.icl import seq2seq_label_logprobs
+
+    task, folder = rte
+    lora = {"r": 8, "alpha": 16, "lr": 1e-2, "target_modules": ["q", "v"]}  # T5 names its projections q, v
+    record = finetune(tiny_t5, rte, tmp_path, method, zero=zero, save_model=True, lora=lora)
+    losses = record["details"]["loss_per_step"]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.5
+    if METHODS[method].lora:
+        trained = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny_t5), tmp_path / "work/adapter")
+    else:
+        trained = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "work/model")
+    tokens = load_tokens(tiny_t5)
+    rows = pd.read_parquet(folder / "test.parquet")
+    ids, _ = classifier_inputs(tokens, task_pattern(task), rows, 512)
+    assert {i[-1] for i in ids} == {tokens.tokenizer.eos_token_id}  # T5's input ends with </s>
+    verbalizers = encode_prompt(tokens, task_pattern(task), rows.iloc[:0], rows.iloc[:0]).verbalizers
+    scores = seq2seq_label_logprobs(trained.eval(), tokens.tokenizer.pad_token_id, ids, verbalizers, batch_size=4)
+    assert scores.argmax(1).tolist() == pd.read_parquet(tmp_path / "work/predictions_test.parquet")[
+        "prediction"].tolist()
+
+
 def test_epoch_batches_group_lengths_and_split_ranks_evenly():
     lengths = np.random.default_rng(0).integers(5, 200, size=403)
     order_length = len(lengths) // 2 * 2

@@ -129,7 +129,8 @@ def test_encoder_decoder_scores_label_words_as_decoder_continuations(tiny_t5, rt
     rows = pd.read_parquet(folder / "test.parquet")
     demos = choose_demonstrations(pd.read_parquet(folder / "train.parquet"), 2, 2, 42)
     prompt = encode_prompt(lm, task_pattern(task, "long_words"), rows, demos)  # multi-token label words
-    scores = seq2seq_label_logprobs(lm, prompt.prefix, prompt.examples, prompt.verbalizers, batch_size=3)
+    inputs = [prompt.prefix + example + lm.trailing_ids() for example in prompt.examples]
+    scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, inputs, prompt.verbalizers, batch_size=3)
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5, dtype=torch.float32)
     for i, example in enumerate(prompt.examples):  # plain transformers, one unpadded example and label at a time
         for c, verbalizer in enumerate(prompt.verbalizers):

@@ -13,7 +13,7 @@ from lmadapt.methods import DECODER, ENCODER, ENCODER_DECODER, METHODS, model_ki
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
-def test_every_place_that_lists_methods_reads_the_registry(tmp_path, tiny_opt):
+def test_every_place_that_lists_methods_reads_the_registry(tmp_path, tiny_opt, tiny_t5):
     methods = list(METHODS)
     schema = load_schema()
     assert schema["properties"]["finetune"]["properties"]["methods"]["items"] == {"enum": methods}
@@ -21,22 +21,29 @@ def test_every_place_that_lists_methods_reads_the_registry(tmp_path, tiny_opt):
     assert config["aggregate"]["tables"]["finetune"]["methods"] == methods  # T3 shows every method by default
     with pytest.raises(ConfigError, match=r"finetune\.methods\[0\]"):
         check_config({"tasks": {"rte": rte_task()}, "finetune": {"methods": ["prompt_tuning"]}})
-    assert set(methods) <= set(KNOWN_METHODS) and len({method_color(m) for m in methods}) == len(methods)
-    # the rule's {method} wildcard takes every registered method: the grid of all of them plans
+    colours = {method_color(m) for m in KNOWN_METHODS}
+    assert set(methods) <= set(KNOWN_METHODS) and len(colours) == len(KNOWN_METHODS)
+    # the rule's {method} wildcard takes every registered method: the grid of all a decoder runs plans
+    on_decoders = [name for name, spec in METHODS.items() if DECODER in spec.kinds]
     everything = fixture_config(tiny_opt)
-    everything["finetune"]["methods"] = methods
+    everything["finetune"]["methods"] = on_decoders
     plan = planned_jobs(run_snakemake(tmp_path, "--configfile", str(write_config(tmp_path / "c.yaml", everything)),
                                       "-n"))
-    assert plan["finetune"] == len(methods) * 2  # one k, two seeds
+    assert plan["finetune"] == len(on_decoders) * 2  # one k, two seeds
     assert plan["teacher"] == 2 * any(spec.teacher for spec in METHODS.values())
+    classes = {"classifier": "ForSequenceClassification", "verbalizer": "ForCausalLM",
+               "seq2seq": "ForConditionalGeneration"}
     for name, spec in METHODS.items():  # each method's settings and model follow its entry
         settings = finetune_settings(config, name)
         assert ("lora" in settings, "lr" in settings, "distill" in settings) == (spec.lora, not spec.lora,
                                                                                 spec.teacher)
-        _, model = build_model(str(tiny_opt), name, 2, dict(settings, dropout=0.0, gradient_checkpointing=False))
+        folder = tiny_opt if DECODER in spec.kinds else tiny_t5
+        lora = dict(settings.get("lora", {}), target_modules=["q_proj", "v_proj"] if folder == tiny_opt else ["q", "v"])
+        _, model = build_model(str(folder), name, 2, dict(settings, dropout=0.0, gradient_checkpointing=False,
+                                                          lora=lora))
         core = model.get_base_model() if spec.lora else model
         assert hasattr(model, "peft_config") == spec.lora
-        assert (type(core).__name__ == "OPTForSequenceClassification") == (spec.head == "classifier"), name
+        assert type(core).__name__.endswith(classes[spec.head]), name
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert all("lora_" in n or "score" in n for n in trainable) == spec.lora, name
 

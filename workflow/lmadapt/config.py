@@ -302,13 +302,20 @@ FINETUNE_RUN_SETTINGS = ("checkpoint_every", "keep_checkpoint")
 FINETUNE_SELECTION = ("models", "tasks", "k", "methods")
 
 
-def finetune_settings(config: dict, method: str) -> dict:
+def lora_settings(config: dict, model: str | None = None) -> dict:
+    """finetune.lora, with the model's own `lora_target_modules` where it names them."""
+    own = config["models"][model].get("lora_target_modules") if model else None
+    return dict(config["finetune"]["lora"], target_modules=own) if own else config["finetune"]["lora"]
+
+
+def finetune_settings(config: dict, method: str, model: str | None = None) -> dict:
     """The fine-tuning settings one method's jobs use: the shared ones, plus `lora` (whose lr replaces `lr`) for
-    the LoRA methods and `distill` for distillation, so a LoRA setting reruns only LoRA jobs."""
+    the LoRA methods and `distill` for distillation, so a LoRA setting reruns only LoRA jobs. With `model`, its
+    own `lora_target_modules` replace finetune.lora.target_modules."""
     settings = {key: value for key, value in config["finetune"].items()
                 if key not in FINETUNE_SELECTION + FINETUNE_RUN_SETTINGS + ("lora", "distill", "lr")}
     if METHODS[method].lora:
-        settings["lora"] = config["finetune"]["lora"]
+        settings["lora"] = lora_settings(config, model)
     else:
         settings["lr"] = config["finetune"]["lr"]
     if METHODS[method].teacher:

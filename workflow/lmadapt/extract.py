@@ -42,7 +42,7 @@ def prefix_demonstrations(tokens, pattern, pool: pd.DataFrame, n_labels: int, sh
 def prompt_budget(tokens, max_length: int | None) -> tuple[int, list[int]]:
     """(the tokens a prompt may take, the trailing special ids after it): an encoder's input ends with its
     tokenizer's trailing special tokens (BERT's [SEP], T5's </s>), which the budget leaves room for."""
-    trailing = tokens.special_ids()[1] if tokens.kind != DECODER else []
+    trailing = tokens.trailing_ids()
     return tokens.context(max_length) - len(trailing), trailing
 
 

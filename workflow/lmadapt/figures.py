@@ -18,9 +18,10 @@ import pandas as pd
 from .io import atomic_path
 from .methods import METHODS
 
-# Okabe & Ito's colour-blind safe palette, then Tol's wine and a grey: one colour per known method, in this order.
+# Okabe & Ito's colour-blind safe palette, then Tol's wine, a grey, Tol's teal and indigo: one colour per known
+# method, in this order.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#882255",
-           "#999999"]
+           "#999999", "#44AA99", "#332288"]
 KNOWN_METHODS = ["icl", "probe_logreg", "probe_mlp", "bow_count", "bow_tfidf", *METHODS]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 LINESTYLES = ["-", "--", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (5, 2)), (0, (1, 2))]  # the variants of one method

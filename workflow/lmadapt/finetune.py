@@ -26,7 +26,8 @@ from .io import read_table, write_json, write_parquet
 from .methods import METHODS, folder_kind, kind_problems
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
-from .prompt import PromptError, classifier_inputs, task_pattern
+from .icl import seq2seq_label_logprobs
+from .prompt import PromptError, classifier_inputs, encode_prompt, task_pattern
 from .sample import META_KEY
 
 def init_distributed() -> tuple[int, int]:
@@ -115,6 +116,13 @@ def class_logits(model, method: str, input_ids, mask, verbalizer_ids: list[int])
     return core.get_output_embeddings()(last)[:, verbalizer_ids]
 
 
+def seq2seq_targets(verbalizers: list[list[int]], gold: torch.Tensor, device) -> torch.Tensor:
+    """[B, L] decoder targets: each example's gold verbalizer, right-padded with -100 (ignored by the loss)."""
+    width = max(map(len, verbalizers))
+    rows = [verbalizers[label] + [-100] * (width - len(verbalizers[label])) for label in gold.tolist()]
+    return torch.tensor(rows, device=device)
+
+
 def epoch_batches(lengths: np.ndarray, order_length: int, seed: int, epoch: int, rank: int, world: int,
                   batch_size: int, window: int = 50) -> list[np.ndarray]:
     """This process's micro-batches of one epoch: a seeded shuffle (the first order_length examples, every
@@ -149,9 +157,15 @@ def discard_foreign_checkpoints(checkpoints: Path, job_hash: str, rank: int) -> 
 DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate")
 
 
+# The model class and the peft task of each kind of head (lmadapt/methods.py).
+HEAD_LOADERS = {"classifier": ("classification", "SEQ_CLS"), "verbalizer": ("causal", "CAUSAL_LM"),
+                "seq2seq": ("seq2seq", "SEQ_2_SEQ_LM")}
+
+
 def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
     spec = METHODS[method]
-    lm = load_model(model_dir, dtype="float32", head="classification" if spec.head == "classifier" else "causal",
+    head, peft_task = HEAD_LOADERS[spec.head]
+    lm = load_model(model_dir, dtype="float32", head=head,
                     num_labels=n_labels, overrides=dict.fromkeys(DROPOUT_KEYS, settings["dropout"]),
                     device=torch.device("cpu"))
     model = lm.model
@@ -164,7 +178,7 @@ def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
         lora = settings["lora"]
         model = get_peft_model(model, LoraConfig(
             r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
-            task_type="SEQ_CLS" if spec.head == "classifier" else "CAUSAL_LM"))
+            task_type=peft_task))
     model.train()
     return lm, model
 
@@ -191,6 +205,8 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     train, train_meta = read_table(train_path, META_KEY)
     examples, truncated_train = classifier_inputs(lm, pattern, train, settings["max_length"])
     verbalizer_ids = [lm.encode(pattern.verbalizer[label])[0] for label in labels]  # each verbalizer's first token
+    verbalizers = encode_prompt(lm, pattern, train.iloc[:0], train.iloc[:0]).verbalizers  # as icl scores them
+    seq2seq = METHODS[method].head == "seq2seq"
     if METHODS[method].head == "verbalizer" and len(set(verbalizer_ids)) < len(verbalizer_ids):
         raise PromptError(f"pattern {pattern.name!r}: verbalizers {pattern.verbalizer} share their first token; "
                           f"pattern-based fine-tuning scores first tokens, so they must differ")
@@ -238,13 +254,17 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                 micro += 1
                 continue
             ids, mask = pad_batch([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
-            logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
             gold = targets[batch].to(device)
-            if teacher is not None:
+            if seq2seq:  # the decoder's loss on the gold verbalizer
+                loss = engine.module(input_ids=ids, attention_mask=mask,
+                                     labels=seq2seq_targets(verbalizers, gold, device)).loss
+            elif teacher is not None:
+                logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
                 d = settings["distill"]
                 loss, _, _ = distill_loss(logits, teacher[batch].to(device), gold, d["temperature"],
                                           d["kl_weight"], d["ce_weight"])
             else:
+                logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
                 loss = torch.nn.functional.cross_entropy(logits, gold)
             engine.backward(loss)
             engine.step()
@@ -267,13 +287,17 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     teacher_shots = teacher_meta["shots"] if teacher_meta else 0
     for split, rows in evals.items():
         eval_ids, truncated_eval[split] = classifier_inputs(lm, pattern, rows, settings["max_length"])
-        predictions = []
-        with torch.no_grad():
-            for first in range(0, len(eval_ids), settings["eval_batch_size"]):
-                ids, mask = pad_batch(eval_ids[first: first + settings["eval_batch_size"]], lm.tokenizer.pad_token_id,
-                                 device)
-                predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
-        predicted = torch.cat(predictions).numpy()
+        if seq2seq:  # the verbalizer the decoder finds likeliest, as icl scores an encoder-decoder
+            predicted = seq2seq_label_logprobs(engine.module, lm.tokenizer.pad_token_id, eval_ids, verbalizers,
+                                               settings["eval_batch_size"], f"evaluate {split}").argmax(1)
+        else:
+            predictions = []
+            with torch.no_grad():
+                for first in range(0, len(eval_ids), settings["eval_batch_size"]):
+                    ids, mask = pad_batch(eval_ids[first: first + settings["eval_batch_size"]],
+                                          lm.tokenizer.pad_token_id, device)
+                    predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
+            predicted = torch.cat(predictions).numpy()
         records.append(classification_record(dict(keys, split=split, layer=None, prompt=pattern.name,
                                                   examples=len(train) + teacher_shots), labels,
                                              rows["label"].to_numpy(), predicted, group_columns(rows, rows["id"])))

@@ -48,24 +48,23 @@ def label_logprobs(forward: PrefixForward, examples: list[list[int]], verbalizer
 
 
 @torch.no_grad()
-def seq2seq_label_logprobs(lm, prefix: list[int], examples: list[list[int]], verbalizers: list[list[int]],
+def seq2seq_label_logprobs(model, pad_id: int, inputs: list[list[int]], verbalizers: list[list[int]],
                            batch_size: int, desc: str = "icl") -> np.ndarray:
-    """Encoder-decoder models (Flan-T5): the prompt goes to the encoder, each verbalizer is scored as the
-    decoder's continuation. The encoder attends both ways, so there is no prefix cache: each batch is encoded
-    once and its states reused for every label."""
-    model = lm.model
-    trailing = lm.special_ids()[1]
-    inputs = [prefix + example + trailing for example in examples]
+    """Encoder-decoder models (Flan-T5): each whole input (prompt and the tokenizer's closing </s>) goes to the
+    encoder, each verbalizer is scored as the decoder's continuation. The encoder attends both ways, so there is
+    no prefix cache: each batch is encoded once and its states reused for every label. `seq2seq` fine-tuning
+    predicts with this too."""
+    device = next(model.parameters()).device
     start = model.config.decoder_start_token_id
-    out = np.zeros((len(examples), len(verbalizers)))
+    out = np.zeros((len(inputs), len(verbalizers)))
     for batch in tqdm(batches_by_length([len(i) for i in inputs], batch_size), desc=desc, unit="batch"):
-        ids, mask = pad_batch([inputs[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
+        ids, mask = pad_batch([inputs[i] for i in batch], pad_id, device)
         encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
         for c, verbalizer in enumerate(verbalizers):
-            decoder_ids = torch.tensor([[start] + verbalizer[:-1]] * len(batch), device=lm.device)
+            decoder_ids = torch.tensor([[start] + verbalizer[:-1]] * len(batch), device=device)
             logprobs = model(encoder_outputs=encoded, attention_mask=mask,
                              decoder_input_ids=decoder_ids).logits.float().log_softmax(-1)
-            targets = torch.tensor(verbalizer, device=lm.device)
+            targets = torch.tensor(verbalizer, device=device)
             out[batch, c] = logprobs[:, torch.arange(len(verbalizer)), targets].sum(-1).cpu().numpy()
     return out
 
@@ -104,7 +103,11 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
         for split, rows in evals.items():
             args = (encoded[split].examples, encoded[split].verbalizers, settings["batch_size"],
                     f"icl {keys['task']} {name} {shots}-shot {split}")
-            scores = seq2seq_label_logprobs(lm, prefix, *args) if forward is None else label_logprobs(forward, *args)
+            if forward is None:
+                inputs = [prefix + example + lm.trailing_ids() for example in encoded[split].examples]
+                scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, inputs, *args[1:])
+            else:
+                scores = label_logprobs(forward, *args)
             record = classification_record(dict(cell, split=split, examples=len(demos)), labels,
                                            rows["label"].to_numpy(), scores.argmax(1), group_columns(rows, rows["id"]))
             record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),

@@ -17,7 +17,8 @@ DECODER_TYPES = ("opt", "gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2",
 
 @dataclass(frozen=True)
 class Method:
-    head: str  # "classifier": a new sequence-classification head; "verbalizer": the LM head's verbalizer tokens
+    head: str  # "classifier": a new classification head; "verbalizer": the LM head's verbalizer tokens;
+    # "seq2seq": an encoder-decoder's decoder generates the verbalizer
     lora: bool  # LoRA adapters (peft) train instead of every weight
     teacher: bool  # learns a prompted teacher's label distribution (context distillation)
     kinds: tuple[str, ...]  # the model kinds it runs on
@@ -35,6 +36,10 @@ METHODS = {
                            summary="LoRA adapters; the LM head scores the verbalizers"),
     "distill": Method("verbalizer", lora=False, teacher=True, kinds=(DECODER,),
                       summary="context distillation: the prompted teacher's label distribution, without the prompt"),
+    "seq2seq": Method("seq2seq", lora=False, teacher=False, kinds=(ENCODER_DECODER,),
+                      summary="every weight; the decoder learns the verbalizer as its target (Flan-T5)"),
+    "lora_seq2seq": Method("seq2seq", lora=True, teacher=False, kinds=(ENCODER_DECODER,),
+                           summary="LoRA adapters; the decoder learns the verbalizer as its target"),
 }
 
 # The model kinds each model stage runs on (finetune and its teacher: per method, above).

@@ -42,6 +42,11 @@ class PromptTokens:
         start = next(i for i in range(len(wrapped) - len(bare) + 1) if wrapped[i: i + len(bare)] == bare)
         return wrapped[:start], wrapped[start + len(bare):]
 
+    def trailing_ids(self) -> list[int]:
+        """The special ids that close an encoder's input (BERT's [SEP], RoBERTa's and T5's </s>); none for a
+        decoder, whose input goes on into the label word."""
+        return self.special_ids()[1] if self.kind != DECODER else []
+
     def leading_special_ids(self) -> list[int]:
         """The ids the tokenizer puts before any text (e.g. OPT's </s>), kept once at the start of a prompt."""
         return self.special_ids()[0]

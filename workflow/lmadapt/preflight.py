@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ConfigError, demonstration_needs, finetune_settings, grid, layer_problems, model_kind_problems
+from .config import (ConfigError, demonstration_needs, finetune_settings, grid, layer_problems, lora_settings,
+                     model_kind_problems)
 from .extract import PREFIX_SHARE, prefix_demonstrations, prompt_budget
 from .io import markdown_table, read_table, write_json, write_text
 from .methods import METHODS
@@ -132,7 +133,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     cells = grid(config)
     read = _cached(lambda path: read_table(path, META_KEY)[0])
     fetched = {m: models / m for m in config["models"] if (models / m / "config.json").is_file()}
-    shapes = {m: model_shape(folder, config["finetune"]["lora"]) for m, folder in fetched.items()}
+    shapes = {m: model_shape(folder, lora_settings(config, m)) for m, folder in fetched.items()}
     tokens_by_key: dict[str, object] = {}
     measured: dict[tuple, dict] = {}  # (tokenizer, what) -> counts, shared by models with one tokenizer
 
@@ -303,7 +304,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
         per_token = (4 if METHODS[method].lora else 6) + (2 if ft["gradient_checkpointing"] else 0)
         flops = shape["parameters"] * (per_token * train["tokens"] * ft["epochs"] +
                                        2 * sum(e["tokens"] for e in evaluated.values()))
-        memory = training_memory(shape, method, finetune_settings(config, method), zero_stage, offload, gpus,
+        memory = training_memory(shape, method, finetune_settings(config, method, model), zero_stage, offload, gpus,
                                  train["longest"])
         plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
         if memory / 1e9 > plan.cluster["gpu_memory_gb"]:

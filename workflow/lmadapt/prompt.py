@@ -15,8 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .methods import ENCODER
-
 
 class PromptError(ValueError):
     """A pattern that does not fit its task (unknown field, missing verbalizer)."""
@@ -126,10 +124,10 @@ def encode_prompt(lm, pattern: Pattern, rows: pd.DataFrame, demonstrations: pd.D
 
 def classifier_inputs(tokens, pattern: Pattern, rows: pd.DataFrame,
                       max_length: int | None) -> tuple[list[list[int]], int]:
-    """(ids, truncated) of a fine-tuned classifier's inputs: each example alone between the tokenizer's special
-    tokens (a decoder's leading ones; an encoder's <s> ... </s> or [CLS] ... [SEP]), within max_length (never
-    more than the model's context); longer ones keep their end and are counted."""
-    trailing = tokens.special_ids()[1] if tokens.kind == ENCODER else []
+    """(ids, truncated) of a fine-tuned model's inputs: each example alone between the tokenizer's special tokens
+    (a decoder's leading ones; an encoder's <s> ... </s> or [CLS] ... [SEP]; T5's ... </s>), within max_length
+    (never more than the model's context); longer ones keep their end and are counted."""
+    trailing = tokens.trailing_ids()
     encoded = encode_prompt(tokens, pattern, rows, rows.iloc[:0], max_length=tokens.context(max_length) - len(trailing))
     return [encoded.prefix + ids + trailing for ids in encoded.examples], encoded.truncated
 

@@ -356,8 +356,9 @@ def teacher_demos(wildcards):
 
 
 def method_settings(wildcards):
-    """A fine-tuning job's settings: its method's only, so that a LoRA setting reruns LoRA jobs alone."""
-    return as_arg(finetune_settings(config, wildcards.method))
+    """A fine-tuning job's settings: its method's only, so that a LoRA setting reruns LoRA jobs alone (and its
+    model's LoRA target modules, where the model names its own)."""
+    return as_arg(finetune_settings(config, wildcards.method, wildcards.model))
 
 
 def teacher_file(wildcards):
