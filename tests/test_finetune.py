@@ -98,8 +98,13 @@ def test_an_encoder_fine_tunes_its_classification_head(tiny_bert, rte, tmp_path,
     with torch.no_grad():
         plain = model(input_ids=batch, attention_mask=mask).logits.argmax(-1).tolist()
     assert plain == pd.read_parquet(tmp_path / "work/predictions_test.parquet")["prediction"].tolist()
-    with pytest.raises(ConfigError, match="method lora_head runs on decoder models; tiny is an encoder model"):
-        finetune(tiny_bert, rte, tmp_path / "lora", "lora_head", zero=zero)
+    # LoRA on the encoder's own projection names, a new head beside it
+    lora = {"r": 8, "alpha": 16, "lr": 1e-2, "target_modules": ["query", "value"]}
+    record = finetune(tiny_bert, rte, tmp_path / "lora", "lora_head", zero=zero, epochs=40, lora=lora)
+    assert np.mean(record["details"]["loss_per_step"][-4:]) < np.mean(record["details"]["loss_per_step"][:4]) - 0.05
+    assert record["details"]["trainable_parameters"] < 5_000
+    with pytest.raises(ConfigError, match="method pattern runs on decoder models; tiny is an encoder model"):
+        finetune(tiny_bert, rte, tmp_path / "pattern", "pattern", zero=zero)
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])

@@ -30,7 +30,7 @@ METHODS = {
                    summary="every weight and a new classification head"),
     "pattern": Method("verbalizer", lora=False, teacher=False, kinds=(DECODER,),
                       summary="every weight; the LM head scores each label's verbalizer (PET-style)"),
-    "lora_head": Method("classifier", lora=True, teacher=False, kinds=(DECODER,),
+    "lora_head": Method("classifier", lora=True, teacher=False, kinds=(DECODER, ENCODER),
                         summary="LoRA adapters and a new classification head"),
     "lora_pattern": Method("verbalizer", lora=True, teacher=False, kinds=(DECODER,),
                            summary="LoRA adapters; the LM head scores the verbalizers"),
