@@ -1,3 +1,4 @@
+import base64
 import os
 import re
 import shutil
@@ -75,6 +76,16 @@ def run_snakemake(workdir: Path, *args, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def report_items(path) -> dict[str, str]:
+    """The files a Snakemake HTML report embeds (a JSON object per file, its content a base64 data URI) and
+    their text; images by name only."""
+    items = {}
+    for name, mime, data in re.findall(r'"(results/[^"]+)": \{"name".*?"data_uri": "data:([a-z/]+)[^,]*,([^"]*)"',
+                                       path.read_text()):
+        items[name] = base64.b64decode(data).decode() if mime.startswith("text/") else mime
+    return items
 
 
 LATEX_PACKAGES = ("texlive-latex-base", "texlive-latex-recommended")  # pdflatex; booktabs

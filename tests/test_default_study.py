@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, compile_latex_tables, run_snakemake, write_config
+from conftest import REPO, compile_latex_tables, report_items, run_snakemake, write_config
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,17 @@ def test_default_study_numbers_make_sense(study):
         assert (study / f"results/tables/{name}.md").exists() and (study / f"results/tables/{name}.tex").exists()
     for name in ("accuracy_vs_examples", "probe_accuracy_vs_layer", "cost_vs_accuracy"):
         assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
+
+
+def test_default_study_report_holds_the_plan_and_the_runtimes(study):
+    run_snakemake(study, "--report", "report.html")
+    items = report_items(study / "report.html")
+    assert {"results/plan/preflight.md", "results/plan/runtimes.md", "results/plan/config.yaml",
+            "results/tables/finetune.md", "results/figures/accuracy_vs_examples.png"} <= set(items)
+    runtimes = items["results/plan/runtimes.md"]
+    for rule in ("fetch_model", "sample", "preflight", "extract", "probe", "bow", "icl", "teacher", "finetune",
+                 "aggregate"):
+        assert f"| {rule} | " in runtimes
 
 
 def test_default_study_tables_compile(study, pdflatex, tmp_path):

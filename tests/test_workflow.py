@@ -1,8 +1,6 @@
 """The workflow end to end on fixture data: outputs, the report, no-op reruns, exact reruns after a content
 change."""
-import base64
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from conftest import REPO, fixture_config, planned_jobs, run_snakemake, write_config
+from conftest import REPO, fixture_config, planned_jobs, report_items, run_snakemake, write_config
 
 
 def plan_after(workdir, model_dir, config_path, change) -> dict[str, int]:
@@ -22,16 +20,6 @@ def plan_after(workdir, model_dir, config_path, change) -> dict[str, int]:
         return planned_jobs(run_snakemake(workdir, "--configfile", str(config_path), "-n"))
     finally:
         write_config(config_path, fixture_config(model_dir))
-
-
-def report_items(path) -> dict[str, str]:
-    """The files a Snakemake HTML report embeds (a JSON object per file, its content a base64 data URI) and
-    their text; images by name only."""
-    items = {}
-    for name, mime, data in re.findall(r'"(results/[^"]+)": \{"name".*?"data_uri": "data:([a-z/]+)[^,]*,([^"]*)"',
-                                       path.read_text()):
-        items[name] = base64.b64decode(data).decode() if mime.startswith("text/") else mime
-    return items
 
 
 def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
