@@ -22,13 +22,14 @@ import torch
 
 from .forward import last_positions, pad_batch
 from .config import FINETUNE_RUN_SETTINGS, ConfigError, fingerprint
+from .icl import seq2seq_label_logprobs
 from .io import read_table, write_json, write_parquet
 from .methods import METHODS, folder_kind, kind_problems
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
-from .icl import seq2seq_label_logprobs
 from .prompt import PromptError, classifier_inputs, encode_prompt, task_pattern
 from .sample import META_KEY
+
 
 def init_distributed() -> tuple[int, int]:
     """Join the process group that torchrun / the deepspeed launcher describe (RANK, WORLD_SIZE, MASTER_*), or,
@@ -258,14 +259,14 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
             if seq2seq:  # the decoder's loss on the gold verbalizer
                 loss = engine.module(input_ids=ids, attention_mask=mask,
                                      labels=seq2seq_targets(verbalizers, gold, device)).loss
-            elif teacher is not None:
-                logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
-                d = settings["distill"]
-                loss, _, _ = distill_loss(logits, teacher[batch].to(device), gold, d["temperature"],
-                                          d["kl_weight"], d["ce_weight"])
             else:
                 logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
-                loss = torch.nn.functional.cross_entropy(logits, gold)
+                if teacher is not None:
+                    d = settings["distill"]
+                    loss, _, _ = distill_loss(logits, teacher[batch].to(device), gold, d["temperature"],
+                                              d["kl_weight"], d["ce_weight"])
+                else:
+                    loss = torch.nn.functional.cross_entropy(logits, gold)
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())

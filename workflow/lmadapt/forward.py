@@ -156,7 +156,7 @@ class EncoderForward:
         inputs = [self.prefix + example + self.trailing for example in batch]
         ids, full_mask = pad_batch(inputs, self.lm.tokenizer.pad_token_id, self.lm.device)
         states = self.encoder(input_ids=ids, attention_mask=full_mask, output_hidden_states=True).hidden_states
-        start, width = len(self.prefix), max(len(ids) for ids in batch)
+        start, width = len(self.prefix), max(map(len, batch))
         mask = torch.zeros((len(batch), width), dtype=full_mask.dtype, device=full_mask.device)
         for row, example in enumerate(batch):
             mask[row, : len(example)] = 1

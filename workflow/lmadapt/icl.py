@@ -101,13 +101,14 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
         forward = None if lm.model.config.is_encoder_decoder else PrefixForward(lm, prefix)
         encoded = {split: encode_prompt(lm, pattern, rows, demos) for split, rows in evals.items()}
         for split, rows in evals.items():
-            args = (encoded[split].examples, encoded[split].verbalizers, settings["batch_size"],
-                    f"icl {keys['task']} {name} {shots}-shot {split}")
+            examples, verbalizers = encoded[split].examples, encoded[split].verbalizers
+            desc = f"icl {keys['task']} {name} {shots}-shot {split}"
             if forward is None:
-                inputs = [prefix + example + lm.trailing_ids() for example in encoded[split].examples]
-                scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, inputs, *args[1:])
+                inputs = [prefix + example + lm.trailing_ids() for example in examples]
+                scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, inputs, verbalizers,
+                                                settings["batch_size"], desc)
             else:
-                scores = label_logprobs(forward, *args)
+                scores = label_logprobs(forward, examples, verbalizers, settings["batch_size"], desc)
             record = classification_record(dict(cell, split=split, examples=len(demos)), labels,
                                            rows["label"].to_numpy(), scores.argmax(1), group_columns(rows, rows["id"]))
             record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),

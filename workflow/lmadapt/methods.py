@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DECODER, ENCODER_DECODER, ENCODER = "decoder", "encoder-decoder", "encoder"
-MODEL_KINDS = (DECODER, ENCODER_DECODER, ENCODER)
 
 # Decoder families by config.json `model_type` (a checkpoint whose architecture names a causal LM head is one too).
 DECODER_TYPES = ("opt", "gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "phi", "gemma", "bloom", "falcon")
