@@ -39,13 +39,6 @@ def prefix_demonstrations(tokens, pattern, pool: pd.DataFrame, n_labels: int, sh
     return demos, counts
 
 
-def prompt_budget(tokens, max_length: int | None) -> tuple[int, list[int]]:
-    """(the tokens a prompt may take, the trailing special ids after it): an encoder's input ends with its
-    tokenizer's trailing special tokens (BERT's [SEP], T5's </s>), which the budget leaves room for."""
-    trailing = tokens.trailing_ids()
-    return tokens.context(max_length) - len(trailing), trailing
-
-
 def column_name(pooling: str, layer: int) -> str:
     return f"{pooling}_{layer}"
 
@@ -58,7 +51,7 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
     layers = resolve_layers(settings["layers"], n_layers, f"model {model_dir}") if n_layers is not None else None
     lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
     pattern = task_pattern(task, settings.get("pattern"))
-    max_length, trailing = prompt_budget(lm, settings.get("max_length"))
+    max_length = lm.prompt_budget(settings.get("max_length"))
     demos = None
     if demos_path:
         demos, _ = prefix_demonstrations(lm, pattern, read_table(demos_path, META_KEY)[0], len(task["labels"]),
@@ -72,7 +65,7 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
         prompt = encode_prompt(lm, pattern, rows, rows.iloc[:0] if demos is None else demos, max_length=max_length)
         if forward is None:  # the prefix is the same for every sample of this job: encode it once
             forward = (PrefixForward(lm, prompt.prefix, depth=max(layers)) if lm.kind == DECODER
-                       else EncoderForward(lm, prompt.prefix, trailing))
+                       else EncoderForward(lm, prompt.prefix, lm.trailing_ids()))
         meta = _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length,
                                   sample_path, sample_meta, out)
         meta["seconds"] = time.time() - start

@@ -27,7 +27,7 @@ from .io import read_table, write_json, write_parquet
 from .methods import METHODS, folder_kind, kind_problems
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
-from .prompt import PromptError, classifier_inputs, encode_prompt, task_pattern
+from .prompt import PromptError, classifier_inputs, task_pattern
 from .sample import META_KEY
 
 
@@ -205,8 +205,8 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     pattern = task_pattern(task, settings.get("pattern"))
     train, train_meta = read_table(train_path, META_KEY)
     examples, truncated_train = classifier_inputs(lm, pattern, train, settings["max_length"])
-    verbalizer_ids = [lm.encode(pattern.verbalizer[label])[0] for label in labels]  # each verbalizer's first token
-    verbalizers = encode_prompt(lm, pattern, train.iloc[:0], train.iloc[:0]).verbalizers  # as icl scores them
+    verbalizers = [lm.encode(pattern.verbalizer[label]) for label in labels]  # as encode_prompt (icl) has them
+    verbalizer_ids = [verbalizer[0] for verbalizer in verbalizers]  # each verbalizer's first token
     seq2seq = METHODS[method].head == "seq2seq"
     if METHODS[method].head == "verbalizer" and len(set(verbalizer_ids)) < len(verbalizer_ids):
         raise PromptError(f"pattern {pattern.name!r}: verbalizers {pattern.verbalizer} share their first token; "

@@ -47,6 +47,10 @@ class PromptTokens:
         decoder, whose input goes on into the label word."""
         return self.special_ids()[1] if self.kind != DECODER else []
 
+    def prompt_budget(self, limit: int | None = None) -> int:
+        """The tokens a prompt may take: the context (or the configured limit), less the trailing ids."""
+        return self.context(limit) - len(self.trailing_ids())
+
     def leading_special_ids(self) -> list[int]:
         """The ids the tokenizer puts before any text (e.g. OPT's </s>), kept once at the start of a prompt."""
         return self.special_ids()[0]

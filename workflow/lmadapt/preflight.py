@@ -24,7 +24,7 @@ import pandas as pd
 
 from .config import (ConfigError, demonstration_needs, finetune_settings, grid, layer_problems, lora_settings,
                      model_kind_problems)
-from .extract import PREFIX_SHARE, prefix_demonstrations, prompt_budget
+from .extract import PREFIX_SHARE, prefix_demonstrations
 from .io import markdown_table, read_table, write_json, write_text
 from .methods import METHODS
 from .models import checkpoint_class, load_tokens
@@ -169,7 +169,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
 
         def count(tokens, task=task, seed=seed, name=name, shots=shots, pattern=pattern, spec=spec):
             rows = read(sample_file(samples, task, name))
-            limit, _ = prompt_budget(tokens, extract["max_length"])
+            limit = tokens.prompt_budget(extract["max_length"])
             demos = rows.iloc[:0]
             if shots:
                 pool = read(sample_file(samples, task, f"demos_seed{seed}"))

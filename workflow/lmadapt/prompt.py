@@ -128,7 +128,7 @@ def classifier_inputs(tokens, pattern: Pattern, rows: pd.DataFrame,
     (a decoder's leading ones; an encoder's <s> ... </s> or [CLS] ... [SEP]; T5's ... </s>), within max_length
     (never more than the model's context); longer ones keep their end and are counted."""
     trailing = tokens.trailing_ids()
-    encoded = encode_prompt(tokens, pattern, rows, rows.iloc[:0], max_length=tokens.context(max_length) - len(trailing))
+    encoded = encode_prompt(tokens, pattern, rows, rows.iloc[:0], max_length=tokens.prompt_budget(max_length))
     return [encoded.prefix + ids + trailing for ids in encoded.examples], encoded.truncated
 
 
