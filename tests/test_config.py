@@ -114,6 +114,58 @@ def test_every_rule_passes_settings_its_stage_accepts():
         check_stage_settings("finetune", finetune_settings(config, "head") | run, "lora_head")
 
 
+def test_a_model_sets_its_own_stage_settings_over_the_sections():
+    """models.<name>.<stage> (the paper grid's studies 2-4 beside study 5): that model's cells and settings follow
+    its own; every other model's cells and job settings are those of the grid without it."""
+    from lmadapt.config import check_stage_settings, finetune_settings, grid, stage_config
+
+    paper = load_config(REPO / "config/paper.yaml")
+    cells = grid(paper)
+    of = lambda stage, model, key: {c[key] for c in cells[stage] if c["model"] == model}  # noqa: E731
+    assert of("finetune", "gpt2", "task") == {"imdb"} and of("finetune", "gpt2", "method") == {"head"}
+    assert of("icl", "flan_t5_base", "task") == {"tweet_sentiment"} and of("icl", "flan_t5_base", "shots") == {0, 1, 3}
+    assert of("finetune", "flan_t5_base", "method") == {"seq2seq", "lora_seq2seq"}
+    assert of("finetune", "roberta_base", "task") == {"ag_news"} and not of("icl", "roberta_base", "task")
+    assert finetune_settings(paper, "head", "gpt2")["lr"] == 5e-5
+    assert finetune_settings(paper, "lora_seq2seq", "flan_t5_base")["lora"] == {
+        "r": 32, "alpha": 32, "dropout": 0.05, "lr": 1e-3, "target_modules": ["q", "v"]}
+    # lora merges key by key: RoBERTa names its modules and keeps the section's rank and learning rate
+    assert finetune_settings(paper, "lora_head", "roberta_base")["lora"] == dict(paper["finetune"]["lora"],
+                                                                                target_modules=["query", "value"])
+    new = ("gpt2", "flan_t5_base", "roberta_base")
+    without = load_config(REPO / "config/paper.yaml")
+    without["models"] = {name: spec for name, spec in without["models"].items() if name not in new}
+    without["icl"]["models"].remove("flan_t5_base")
+    assert {stage: [c for c in stage_cells if c.get("model") not in new] for stage, stage_cells in cells.items()} \
+        == grid(without)
+    assert all(finetune_settings(paper, m, "opt_125m") == finetune_settings(without, m, "opt_125m")
+               for m in paper["finetune"]["methods"])
+    # every model's job settings pass the CLI's checks
+    run = {"checkpoint_every": 1, "keep_checkpoint": False}
+    for cell in cells["finetune"]:
+        check_stage_settings("finetune", finetune_settings(paper, cell["method"], cell["model"]) | run, cell["method"])
+    for model in paper["icl"]["models"]:
+        settings = {k: v for k, v in stage_config(paper, "icl", model).items() if k not in ("models", "tasks", "shots")}
+        check_stage_settings("icl", settings | {"dtype": "auto"})
+
+
+@pytest.mark.parametrize("own, message", [
+    ({"finetune": {"zero": "zero2"}}, r"models\.opt\.finetune: unknown key 'zero'"),
+    ({"finetune": {"lora": {"rank": 4}}}, r"models\.opt\.finetune\.lora: unknown key 'rank'"),
+    ({"icl": {"tasks": ["mnli"]}}, r"models\.opt\.icl\.tasks: 'mnli' is not declared under tasks"),
+    ({"icl": {"shots": [0, 40]}}, r"models\.opt\.icl\.shots: 40 demonstrations for task rte need 20 per class"),
+    ({"icl": {"patterns": ["other"]}}, r"models\.opt\.icl\.patterns: task rte has no pattern \['other'\]"),
+    ({"finetune": {"batch_size": 3}}, r"models\.opt\.finetune\.batch_size: effective batch 32 is not a multiple of"),
+])
+def test_a_bad_model_stage_setting_names_its_key(own, message):
+    task = rte_task(demonstrations=8, prompt={"patterns": {"p": {"template": "{premise} {hypothesis}",
+                                                                   "verbalizer": {"entailment": " yes",
+                                                                                  "not_entailment": " no"}}}})
+    with pytest.raises(ConfigError, match=message):
+        check_config({"tasks": {"rte": task}, "models": {"opt": {"id": "facebook/opt-125m", **own}},
+                      "icl": {"shots": [0, 2]}})
+
+
 def test_conda_environment_pins_what_requirements_pin():
     """envs/lmadapt.yaml (every rule's `conda:`) repeats envs/requirements.txt's pins: Snakemake copies the file
     alone, so it cannot point at the requirements file."""

@@ -49,7 +49,7 @@ def teacher(tiny_opt, rte):
     return out
 
 
-def finetune(tiny_opt, rte, tmp_path, method, teacher=None, **overrides):
+def finetune(tiny_opt, rte, tmp_path, method, teacher=None, all_records=False, **overrides):
     task, folder = rte
     zero = overrides.pop("zero", "zero2")
     result = run_finetune(str(tiny_opt), task, str(folder / "train.parquet"), {"test": str(folder / "test.parquet")},
@@ -57,7 +57,7 @@ def finetune(tiny_opt, rte, tmp_path, method, teacher=None, **overrides):
                           {"task": "rte", "model": "tiny", "method": method, "k": 8, "seed": 1},
                           str(tmp_path / "work"), str(REPO / f"config/deepspeed/{zero}.json"),
                           teacher_path=str(teacher) if teacher else None)
-    return result["records"][0]
+    return result["records"] if all_records else result["records"][0]
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
@@ -75,6 +75,25 @@ def test_every_method_learns(tiny_opt, rte, teacher, tmp_path, method, zero):
     if METHODS[method].lora:
         assert (tmp_path / "work/adapter/adapter_config.json").exists()
         assert record["details"]["trainable_parameters"] < 10_000
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_a_validation_share_keeps_the_best_epoch_and_reports_train_validation_and_test(tiny_opt, rte, tmp_path,
+                                                                                       zero):
+    """Study 2's protocol: half of each label's training rows validate after every epoch, and the weights
+    evaluated are the best epoch's, not the last's (the validation record scores what that epoch scored)."""
+    records = {r["split"]: r for r in finetune(tiny_opt, rte, tmp_path, "head", zero=zero, validation=0.5,
+                                               epochs=4, lr=3e-2, all_records=True)}
+    assert list(records) == ["train", "validation", "test"]
+    assert records["train"]["n"] == records["validation"]["n"] == 8  # 8 per class: 4 train, 4 validate
+    assert records["validation"]["per_class"]["entailment"]["support"] == 4
+    details = records["test"]["details"]
+    history, best = details["validation_accuracy_per_epoch"], details["best_epoch"]
+    assert len(history) == 4 and best == history.index(max(history)) + 1
+    assert history[-1] < max(history)  # this seed's last epoch is worse: the best one must have been restored
+    assert records["validation"]["accuracy"] == max(history)
+    assert all(r["examples"] == 16 for r in records.values())
+    assert details["optimizer_steps"] == 4 * 2  # 8 training rows / batch 4, 4 epochs
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
@@ -230,13 +249,14 @@ def killed_after_a_checkpoint(cmd, env, tmp_path):
 
 
 def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_opt, rte, tmp_path):
-    overrides = dict(epochs=60, checkpoint_every=5, batch_size=2, effective_batch=2, dropout=0.1)
+    """With a validation share: the epochs validated before the kill, and the best epoch's weights, carry over."""
+    overrides = dict(epochs=60, checkpoint_every=5, batch_size=2, effective_batch=2, dropout=0.1, validation=0.25)
     killed_after_a_checkpoint(*cli(tiny_opt, rte, tmp_path, **overrides), tmp_path)
     cmd, env = cli(tiny_opt, rte, tmp_path, **dict(overrides, checkpoint_every=7))  # how it runs: still resumes
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     resumed = json.loads((tmp_path / "metrics.json").read_text())["records"][0]
     assert resumed["details"]["resumed_from_micro_step"] > 0
-    assert resumed["details"]["optimizer_steps"] == resumed["details"]["planned_optimizer_steps"] == 60 * 8
+    assert resumed["details"]["optimizer_steps"] == resumed["details"]["planned_optimizer_steps"] == 60 * 6
     # the same run uninterrupted: equal losses at every step (dropout masks included), predictions and metrics
     whole = tmp_path / "whole"
     cmd, env = cli(tiny_opt, rte, whole, **overrides)

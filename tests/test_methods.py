@@ -87,6 +87,11 @@ def test_a_stage_or_method_a_model_cannot_run_is_refused_naming_the_key(tmp_path
                                tmp_path / "none") == [
         "icl.models: icl runs on decoder and encoder-decoder models; bert is an encoder model",
         "finetune.methods: method pattern runs on decoder models; bert is an encoder model"]
+    # a decoder sent to seq2seq by its own settings: the key named is the model's
+    models["opt"]["finetune"] = {"methods": ["head", "seq2seq"]}
+    assert model_kind_problems(config(icl={"models": ["opt"]}), tmp_path / "none") == [
+        "models.opt.finetune.methods: method seq2seq runs on encoder-decoder models; opt is a decoder model"]
+    del models["opt"]["finetune"]
     # the workflow stops as it loads, before any job, with the same line
     workflow_config = fixture_config(tmp_path / "opt")
     workflow_config["models"] = models

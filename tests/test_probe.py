@@ -89,3 +89,11 @@ def test_bow_baseline(tmp_path):
                      str(tmp_path / "bow.json"), settings, {"task": "t", "k": 20, "seed": 1})
     record = result["records"][0]
     assert record["method"] == "bow_tfidf" and record["accuracy"] == 1.0 and record["details"]["vocabulary"] > 8
+    # study 2's 80/20: a fifth of each label's rows validates; train, validation and test are all reported
+    result = run_bow(str(tmp_path / "train.parquet"), {"test": str(tmp_path / "test.parquet")},
+                     str(tmp_path / "bow.json"), dict(settings, validation=0.2), {"task": "t", "k": 20, "seed": 1})
+    records = {r["split"]: r for r in result["records"]}
+    assert list(records) == ["train", "validation", "test"]
+    assert records["train"]["n"] == 32 and records["validation"]["n"] == 8 and records["test"]["n"] == 20
+    assert records["validation"]["per_class"]["neg"]["support"] == 4 and records["train"]["details"]["n_train"] == 32
+    assert all(r["examples"] == 40 and r["accuracy"] == 1.0 for r in records.values())

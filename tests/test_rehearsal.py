@@ -1,8 +1,8 @@
-"""A slice of the paper-grid rehearsal (one seed, OPT-125m and the 4-GPU OPT-6.7b, k=2 and k=128, every stage,
-2 fine-tuning epochs),
-run as `make rehearsal` runs the whole of it: tiny OPTs in the hub's layout, hub-shaped data through the real
-fetch and sample rules. Every job succeeds; the plan has the same jobs as the real grid cut the same way; the
-cells the run skips are exactly those the preflight predicted. Takes ~10 minutes on 2 cores."""
+"""A slice of the paper-grid rehearsal (one seed; OPT-125m, the 4-GPU OPT-6.7b, and studies 2-4's GPT-2, Flan-T5
+and RoBERTa with their own stage settings; k=2 and k=128, every stage, 2 fine-tuning epochs), run as
+`make rehearsal` runs the whole of it: tiny models of each family in the hub's layout, hub-shaped data through the
+real fetch and sample rules. Every job succeeds; the plan has the same jobs as the real grid cut the same way; the
+cells the run skips are exactly those the preflight predicted. Takes ~14 minutes on 2 cores."""
 import json
 import subprocess
 
@@ -13,7 +13,8 @@ import yaml
 from conftest import BIN, REPO, clean_env, planned_jobs, run_snakemake, write_config
 from lmadapt.rehearsal import slice_grid
 
-SLICE = dict(seeds=1, models=["opt_125m", "opt_6_7b"], ks=[2, 128], epochs=2)  # 2 of the 40 epochs: time, not shape
+NEW_FAMILIES = ["gpt2", "flan_t5_base", "roberta_base"]
+SLICE = dict(seeds=1, models=["opt_125m", "opt_6_7b"] + NEW_FAMILIES, ks=[2, 128], epochs=2)  # 2 of the 40 epochs: time, not shape
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,9 @@ def test_rehearsal_plans_the_jobs_of_the_grid(rehearsal, tmp_path):
                                                              **SLICE))
     grid = planned_jobs(run_snakemake(tmp_path, "--configfile", str(paper), "-n"))
     rehearsed = planned_jobs(run_snakemake(rehearsal, "--configfile", str(rehearsal / "config.yaml"), "-n"))
-    assert rehearsed == grid and grid["finetune"] == 2 * 4 * 2 and grid["fetch_data"] == 9
+    # OPTs: 4 methods x 2 k each; GPT-2 head, Flan-T5 seq2seq and lora_seq2seq, RoBERTa head and lora_head
+    assert rehearsed == grid and grid["finetune"] == (2 * 4 + 1 + 2 + 2) * 2 and grid["fetch_data"] == 9
+    assert grid["fetch_model"] == 5
 
 
 def test_rehearsal_runs_with_zero_failed_jobs_and_skips_what_preflight_predicted(rehearsal):
@@ -45,9 +48,18 @@ def test_rehearsal_runs_with_zero_failed_jobs_and_skips_what_preflight_predicted
     # 128 RTE demonstrations never fit OPT's 2,048 tokens: skipped, as study 5 found and the preflight predicted
     rte_128 = tidy[(tidy["task"] == "rte") & (tidy["method"] == "icl") & (tidy["k"] == 128) & tidy["group"].isna()]
     assert len(rte_128) and rte_128["skipped"].notna().all()
-    assert set(tidy["model"]) >= {"opt_125m", "opt_6_7b"}
-    finetuned = tidy[tidy["method"].isin(["head", "pattern", "lora_pattern", "distill"]) & tidy["group"].isna()]
-    assert len(finetuned) == 2 * 4 * 2 * 2 and finetuned["accuracy"].notna().all()  # models x methods x k x splits
+    assert set(tidy["model"]) >= {"opt_125m", "opt_6_7b"} | set(NEW_FAMILIES)
+    finetuned = tidy[tidy["source"].str.contains("/metrics/finetune/") & tidy["group"].isna()]
+    assert finetuned["accuracy"].notna().all()
+    cells = finetuned.groupby(["model", "task"])["method"].agg(lambda m: tuple(sorted(set(m)))).to_dict()
+    assert cells == {("opt_125m", "rte"): ("distill", "head", "lora_pattern", "pattern"),
+                     ("opt_6_7b", "rte"): ("distill", "head", "lora_pattern", "pattern"),
+                     ("gpt2", "imdb"): ("head",), ("flan_t5_base", "tweet_sentiment"): ("lora_seq2seq", "seq2seq"),
+                     ("roberta_base", "ag_news"): ("head", "lora_head")}
+    assert len(finetuned) == (2 * 4 * 2) * 2 + (1 + 2 + 2) * 2  # RTE: test and HANS; the others: test
+    flan_icl = tidy[(tidy["model"] == "flan_t5_base") & (tidy["method"] == "icl")]
+    assert set(flan_icl["task"]) == {"tweet_sentiment"} and set(flan_icl["k"]) == {0, 1, 3}
+    assert flan_icl["accuracy"].notna().all()
     details = json.loads((results / "metrics/finetune/opt_6_7b/rte/head/k2_seed0.json").read_text())
     assert details["records"][0]["details"]["world_size"] == 4  # torchrun, one process per GPU (gloo here)
     assert "Nothing to be done" in run_snakemake(rehearsal, "--configfile", str(rehearsal / "config.yaml"),

@@ -108,6 +108,22 @@ def test_demonstration_pool_is_disjoint_from_every_training_sample_and_independe
     assert set(pd.read_parquet(tmp_path / "other.parquet")["id"]) != set(demos["id"])
 
 
+def test_full_training_set_is_the_pool_less_test_and_demonstrations(rt, tmp_path):
+    """k "all" (the bag-of-words on the full training set, study 2): every training row that is neither in the
+    carved test sample nor in the seed's demonstration pool; it holds every k's sample."""
+    task, inputs = rt
+    task = dict(task, demonstrations=8)
+    for name, split, k in (("all", "train", "all"), ("k64", "train", 64), ("demos", "demos", None),
+                           ("test", "test", None)):
+        run_sample("rt", task, inputs, split, tmp_path / f"{name}.parquet", k=k, seed=4)
+    ids = {name: set(pd.read_parquet(tmp_path / f"{name}.parquet")["id"]) for name in ("all", "k64", "demos", "test")}
+    source = pd.read_csv(inputs["train"])
+    rows = int(source["category"].isin(["rotten", "fresh"]).sum())
+    assert len(ids["all"]) == rows - 100 - 16  # less the 100 test rows and 8 demonstrations per class
+    assert ids["k64"] < ids["all"] and not ids["all"] & (ids["demos"] | ids["test"])
+    assert read_metadata(tmp_path / "all.parquet", "lmadapt")["k"] == "all"
+
+
 def test_training_sample_that_would_reach_the_pool_is_refused(tmp_path):
     task = task_config(rte_task(demonstrations=3))
     inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}

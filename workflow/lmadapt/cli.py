@@ -24,6 +24,12 @@ def _json_arg(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
 
 
+def _k_arg(text: str) -> int | str:
+    if text == "all" or text.isdigit():
+        return text if text == "all" else int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: examples per class (an integer) or all")
+
+
 def _pairs(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items or []:
@@ -242,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", metavar="ROLE=PATH", required=True,
                    help="source files: train=..., test=..., ood:NAME=...")
     p.add_argument("--split", required=True, help="train, demos, test or ood:NAME")
-    p.add_argument("--k", type=int, help="examples per class (train); the task's largest k (demos)")
+    p.add_argument("--k", type=_k_arg, help="examples per class, or all: the full training set (train)")
     p.add_argument("--seed", type=int, help="data seed (train, demos)")
     p.add_argument("--test-seed", type=int, default=0)
     p.add_argument("--out", required=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .methods import METHODS, STAGE_KINDS, folder_kind, kind_problems
+from .methods import METHODS, folder_kind, kind_problems, stage_key
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -31,7 +31,48 @@ def load_schema() -> dict:
         schema = yaml.safe_load(f)
     schema["properties"]["finetune"]["properties"]["methods"]["items"] = {"enum": list(METHODS)}
     schema["properties"]["aggregate"]["properties"]["tables"]["default"]["finetune"]["methods"] = list(METHODS)
+    for stage in MODEL_STAGES:
+        section = schema["properties"][stage]
+        schema["$defs"]["model"]["properties"][stage] = {
+            "description": f"This model's own {stage} settings, over the {stage} section's (a key left out keeps the "
+                           f"section's; lora and distill merge key by key).",
+            "type": "object", "additionalProperties": False,
+            "properties": {key: _without_defaults(value) for key, value in section["properties"].items()
+                           if key not in GRID_WIDE}}
     return schema
+
+
+# The stages a model can set its own settings for (models.<name>.<stage>): a study's grid beside another's, e.g.
+# GPT-2 fine-tuned on IMDB at lr 5e-5 next to OPT on RTE at 1e-5. What stays grid-wide: which models a stage runs
+# on, and how fine-tuning jobs run (the DeepSpeed config, checkpoint cadence).
+MODEL_STAGES = ("extract", "icl", "finetune")
+FINETUNE_RUN_SETTINGS = ("checkpoint_every", "keep_checkpoint")  # how a job runs, never what it computes
+GRID_WIDE = ("models", "zero") + FINETUNE_RUN_SETTINGS
+
+
+def _without_defaults(schema):
+    """A schema with no defaults: a model's override must leave unset what it does not set."""
+    if isinstance(schema, dict):
+        return {key: _without_defaults(value) for key, value in schema.items() if key != "default"}
+    return [_without_defaults(value) for value in schema] if isinstance(schema, list) else schema
+
+
+def stage_config(config: dict, stage: str, model: str | None = None) -> dict:
+    """A stage's settings for one model's jobs: the stage section with the model's own settings over it."""
+    merged = copy.deepcopy(config[stage])
+    own = config["models"][model].get(stage, {}) if model else {}
+    for key, value in own.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) else copy.deepcopy(value)
+    return merged
+
+
+def setting_key(config: dict, stage: str, model: str, *path: str) -> str:
+    """The config key a model's stage setting comes from: models.<name>.<stage>.<path> where the model sets it."""
+    own = config["models"][model].get(stage, {})
+    for key in path:
+        own = own.get(key, {}) if isinstance(own, dict) else {}
+    where = f"models.{model}.{stage}" if own != {} else stage
+    return ".".join((where,) + path)
 
 
 def _with_defaults(validator_class):
@@ -93,8 +134,9 @@ def check_task_slice(name: str, task: dict) -> dict:
 # leave out. extract, icl and teacher also take the model dtype; teacher's settings come from finetune.distill.
 SELECTIONS = ("models", "tasks", "prompts", "shots", "k", "methods")  # also what the rules leave out
 STAGE_SETTINGS = {"extract": ("extract", {"shots", "max_length", "pattern"}), "icl": ("icl", {"max_length", "pattern"}),
-                  "probe": ("probe", set()), "bow": ("bow", set()), "teacher": ("finetune.distill", {"pattern"}),
-                  "finetune": ("finetune", {"lora", "distill", "lr", "pattern"})}
+                  "probe": ("probe", set()), "bow": ("bow", {"validation"}),
+                  "teacher": ("finetune.distill", {"pattern"}),
+                  "finetune": ("finetune", {"lora", "distill", "lr", "pattern", "validation"})}
 
 
 def stage_settings_schema(stage: str, schema: dict | None = None) -> dict:
@@ -111,6 +153,8 @@ def stage_settings_schema(stage: str, schema: dict | None = None) -> dict:
                       if key not in SELECTIONS or (stage, key) == ("extract", "shots")}
     if stage in ("extract", "icl", "teacher"):
         properties["dtype"] = schema["$defs"]["model"]["properties"]["dtype"]
+    if stage == "bow":  # a full-training-set job gets full_train's validation share
+        properties["validation"] = properties.pop("full_train")["properties"]["validation"]
     return {"type": "object", "properties": properties, "additionalProperties": False,
             "required": sorted(set(properties) - optional), "$defs": schema["$defs"]}
 
@@ -163,22 +207,32 @@ def _check_cross_references(config: dict, origin: str) -> None:
                 if name not in task["labels"]:
                     problems.append(f"tasks.{task_name}.{where}.label_map.{raw}: {name!r} is not one of the "
                                     f"task's labels {task['labels']}")
-    for stage in ("extract", "bow", "icl", "finetune"):
-        for kind in ("models", "tasks"):
-            for name in config.get(stage, {}).get(kind, []):
-                if name not in config[kind]:
-                    problems.append(f"{stage}.{kind}: {name!r} is not declared under {kind} "
-                                    f"(declared: {sorted(config[kind])})")
+    selections = [(f"{stage}.{kind}", kind, config.get(stage, {}).get(kind, []))
+                  for stage in ("extract", "bow", "icl", "finetune") for kind in ("models", "tasks")]
+    selections += [(f"models.{model}.{stage}.tasks", "tasks", spec.get(stage, {}).get("tasks", []))
+                   for model, spec in config["models"].items() for stage in MODEL_STAGES]
+    selections.append(("bow.full_train.tasks", "tasks", config["bow"].get("full_train", {}).get("tasks", [])))
+    for key, kind, names in selections:
+        for name in names:
+            if name not in config[kind]:
+                problems.append(f"{key}: {name!r} is not declared under {kind} (declared: {sorted(config[kind])})")
+    if problems:  # the checks below look the selected names up
+        raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
     problems += _demonstration_problems(config) + _model_source_problems(config) + _batch_problems(config)
-    for task_name in stage_names(config, "extract", "tasks") if config["models"] else []:
+    extracted = {task for model in stage_models(config, "extract")
+                 for task in stage_names(config, "extract", "tasks", model)}
+    for task_name in sorted(extracted):
         if not config["tasks"][task_name]["prompt"]["patterns"]:
             problems.append(f"tasks.{task_name}.prompt.patterns: the extract stage needs at least one pattern")
-    for task_name in stage_names(config, "icl", "tasks") if config["models"] else []:
-        patterns = config["tasks"][task_name]["prompt"]["patterns"]
-        missing = [p for p in config["icl"]["patterns"] if p not in patterns]
-        if not patterns or missing:
-            problems.append(f"icl.patterns: task {task_name} has no pattern {missing or 'at all'} "
-                            f"(tasks.{task_name}.prompt.patterns has {sorted(patterns)})")
+    for model in stage_models(config, "icl"):
+        wanted = stage_config(config, "icl", model)["patterns"]
+        for task_name in stage_names(config, "icl", "tasks", model):
+            patterns = config["tasks"][task_name]["prompt"]["patterns"]
+            missing = [p for p in wanted if p not in patterns]
+            if not patterns or missing:
+                problems.append(f"{setting_key(config, 'icl', model, 'patterns')}: task {task_name} has no pattern "
+                                f"{missing or 'at all'} (tasks.{task_name}.prompt.patterns has {sorted(patterns)})")
+    problems = list(dict.fromkeys(problems))  # models sharing the section's settings share its problems
     if problems:
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -197,15 +251,21 @@ def source_file_role(key: str) -> str:
 def demonstration_needs(config: dict) -> list[tuple[str, str, int]]:
     """(config key, task, shots) of every few-shot prompt the grid builds (extract, icl, teacher)."""
     needs = []
-    if not config["models"]:
-        return needs
-    if "fewshot" in config["extract"]["prompts"]:
-        needs += [("extract.shots", t, config["extract"]["shots"]) for t in stage_names(config, "extract", "tasks")]
-    needs += [("icl.shots", t, s) for t in stage_names(config, "icl", "tasks") for s in config["icl"]["shots"] if s]
-    if any(METHODS[m].teacher for m in config["finetune"]["methods"]) and config["finetune"]["distill"]["shots"]:
-        needs += [("finetune.distill.shots", t, config["finetune"]["distill"]["shots"])
-                  for t in stage_names(config, "finetune", "tasks")]
-    return needs
+    for model in stage_models(config, "extract"):
+        extract = stage_config(config, "extract", model)
+        if "fewshot" in extract["prompts"]:
+            needs += [(setting_key(config, "extract", model, "shots"), t, extract["shots"])
+                      for t in stage_names(config, "extract", "tasks", model)]
+    for model in stage_models(config, "icl"):
+        shots = stage_config(config, "icl", model)["shots"]
+        needs += [(setting_key(config, "icl", model, "shots"), t, s)
+                  for t in stage_names(config, "icl", "tasks", model) for s in shots if s]
+    for model in stage_models(config, "finetune"):
+        finetune = stage_config(config, "finetune", model)
+        if any(METHODS[m].teacher for m in finetune["methods"]) and finetune["distill"]["shots"]:
+            needs += [(setting_key(config, "finetune", model, "distill", "shots"), t, finetune["distill"]["shots"])
+                      for t in stage_names(config, "finetune", "tasks", model)]
+    return list(dict.fromkeys(needs))
 
 
 def demonstration_pool(config: dict, task: str) -> int:
@@ -285,42 +345,35 @@ def _model_source_problems(config: dict) -> list[str]:
 
 def _batch_problems(config: dict) -> list[str]:
     """The effective batch is the same for every model, so it must split evenly over each model's GPUs."""
-    settings = config["finetune"]
-    if not config["models"] or not settings["methods"]:
-        return []
     problems = []
-    for name in stage_names(config, "finetune", "models"):
+    for name in stage_models(config, "finetune"):
+        settings = stage_config(config, "finetune", name)
         per_step = settings["batch_size"] * max(config["models"][name]["gpus"], 1)
-        if settings["effective_batch"] % per_step:
-            problems.append(f"finetune.effective_batch: {settings['effective_batch']} is not a multiple of "
-                            f"batch_size x gpus = {per_step} for model {name}")
+        if settings["methods"] and settings["effective_batch"] % per_step:
+            own = config["models"][name].get("finetune", {})
+            key = next((setting_key(config, "finetune", name, key) for key in ("effective_batch", "batch_size")
+                        if key in own), "finetune.effective_batch")
+            problems.append(f"{key}: effective batch {settings['effective_batch']} is not a multiple of batch_size x "
+                            f"gpus = {per_step} for model {name}")
     return problems
 
 
-# How a fine-tuning job runs, not what it computes: never part of a job's params, never in a checkpoint's hash.
-FINETUNE_RUN_SETTINGS = ("checkpoint_every", "keep_checkpoint")
 FINETUNE_SELECTION = ("models", "tasks", "k", "methods")
-
-
-def lora_settings(config: dict, model: str | None = None) -> dict:
-    """finetune.lora, with the model's own `lora_target_modules` where it names them."""
-    own = config["models"][model].get("lora_target_modules") if model else None
-    return dict(config["finetune"]["lora"], target_modules=own) if own else config["finetune"]["lora"]
 
 
 def finetune_settings(config: dict, method: str, model: str | None = None) -> dict:
     """The fine-tuning settings one method's jobs use: the shared ones, plus `lora` (whose lr replaces `lr`) for
-    the LoRA methods and `distill` for distillation, so a LoRA setting reruns only LoRA jobs. With `model`, its
-    own `lora_target_modules` replace finetune.lora.target_modules."""
-    settings = {key: value for key, value in config["finetune"].items()
+    the LoRA methods and `distill` for distillation, so a LoRA setting reruns only LoRA jobs. With `model`, the
+    model's own finetune settings over the section's."""
+    finetune = stage_config(config, "finetune", model)
+    settings = {key: value for key, value in finetune.items()
                 if key not in FINETUNE_SELECTION + FINETUNE_RUN_SETTINGS + ("lora", "distill", "lr")}
     if METHODS[method].lora:
-        settings["lora"] = lora_settings(config, model)
+        settings["lora"] = finetune["lora"]
     else:
-        settings["lr"] = config["finetune"]["lr"]
+        settings["lr"] = finetune["lr"]
     if METHODS[method].teacher:
-        settings["distill"] = {key: config["finetune"]["distill"][key]
-                               for key in ("temperature", "kl_weight", "ce_weight")}
+        settings["distill"] = {key: finetune["distill"][key] for key in ("temperature", "kl_weight", "ce_weight")}
     return settings
 
 
@@ -419,17 +472,15 @@ def model_folders(name: str, spec: dict, models_dir: str | Path) -> list[Path]:
 
 def layer_problems(config: dict, models_dir: str | Path = "resources/models") -> list[str]:
     """extract.layers checked against each extracted model whose config.json can be read now."""
-    if not config["models"] or not config["extract"]["prompts"]:
-        return []
     problems = []
-    for name in stage_names(config, "extract", "models"):
+    for name in stage_models(config, "extract"):
         folders = model_folders(name, config["models"][name], models_dir)
         n_layers = next((n for n in map(model_layers, folders) if n is not None), None)
         if n_layers is not None:
             try:
-                resolve_layers(config["extract"]["layers"], n_layers, f"model {name}")
+                resolve_layers(stage_config(config, "extract", name)["layers"], n_layers, f"model {name}")
             except ConfigError as e:
-                problems.append(str(e))
+                problems.append(str(e).replace("extract.layers", setting_key(config, "extract", name, "layers"), 1))
     return problems
 
 
@@ -441,41 +492,57 @@ def model_kind_problems(config: dict, models_dir: str | Path = "resources/models
         kind = next((k for k in map(folder_kind, model_folders(name, spec, models_dir)) if k), None)
         if kind:
             kinds[name] = kind
-    selected = {stage: bool(config.get(stage, {}).get("models")) for stage in STAGE_KINDS}
-    return kind_problems(grid(config), kinds, selected)
+
+    def key_of(stage, model):
+        if stage == "finetune":
+            return setting_key(config, "finetune", model, "methods")
+        return stage_key(stage, model) if config.get(stage, {}).get("models") else "models"
+
+    return kind_problems(grid(config), kinds, key_of)
 
 
 def grid(config: dict) -> dict[str, list[dict]]:
     """Every cell of the grid, by stage: the one list the workflow's targets and the preflight are built from."""
-    models = {stage: stage_names(config, stage, "models") if config["models"] else [] for stage in
-              ("extract", "icl", "finetune")}
 
     def cells(task):
         return [(k, seed) for k in config["tasks"][task]["k"] for seed in config["seeds"]]
 
     out = {"probe": [], "bow": [], "icl": [], "finetune": []}
-    for model in models["extract"]:
-        for task in stage_names(config, "extract", "tasks"):
+    for model in stage_models(config, "extract"):
+        extract = stage_config(config, "extract", model)
+        for task in stage_names(config, "extract", "tasks", model):
             out["probe"] += [dict(model=model, task=task, prompt=prompt, k=k, seed=seed)
-                             for prompt in config["extract"]["prompts"] for k, seed in cells(task)]
+                             for prompt in extract["prompts"] for k, seed in cells(task)]
+    full_train = config["bow"].get("full_train")
     out["bow"] = [dict(task=task, k=k, seed=seed) for task in stage_names(config, "bow", "tasks")
                   for k, seed in cells(task)]
-    for model in models["icl"]:
-        for task in stage_names(config, "icl", "tasks"):
-            for shots in config["icl"]["shots"]:
+    if full_train is not None:
+        out["bow"] += [dict(task=task, k="all", seed=seed) for task in full_train.get("tasks") or
+                       stage_names(config, "bow", "tasks") for seed in config["seeds"]]
+    for model in stage_models(config, "icl"):
+        for task in stage_names(config, "icl", "tasks", model):
+            for shots in stage_config(config, "icl", model)["shots"]:
                 out["icl"] += [dict(model=model, task=task, shots=shots, seed=seed)
                                for seed in (config["seeds"][:1] if shots == 0 else config["seeds"])]
-    for model in models["finetune"]:
-        for task in stage_names(config, "finetune", "tasks"):
+    for model in stage_models(config, "finetune"):
+        finetune = stage_config(config, "finetune", model)
+        for task in stage_names(config, "finetune", "tasks", model):
             out["finetune"] += [dict(model=model, task=task, method=method, k=k, seed=seed)
-                                for method in config["finetune"]["methods"] for k, seed in cells(task)
-                                if not config["finetune"]["k"] or k in config["finetune"]["k"]]
+                                for method in finetune["methods"] for k, seed in cells(task)
+                                if not finetune["k"] or k in finetune["k"]]
     return out
 
 
-def stage_names(config: dict, stage: str, kind: str) -> list[str]:
-    """The models or tasks a stage runs on: its selection, or all declared ones."""
-    return list(config.get(stage, {}).get(kind) or sorted(config[kind]))
+def stage_models(config: dict, stage: str) -> list[str]:
+    """The models a model stage (extract, icl, finetune) runs on."""
+    return stage_names(config, stage, "models") if config["models"] else []
+
+
+def stage_names(config: dict, stage: str, kind: str, model: str | None = None) -> list[str]:
+    """The models or tasks a stage runs on: its selection (for tasks, the model's own where it sets them), or
+    all declared ones."""
+    section = stage_config(config, stage, model) if model else config.get(stage, {})
+    return list(section.get(kind) or sorted(config[kind]))
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -28,7 +28,7 @@ from .methods import METHODS, folder_kind, kind_problems
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model
 from .prompt import PromptError, classifier_inputs, task_pattern
-from .sample import META_KEY
+from .sample import META_KEY, validation_split
 
 
 def init_distributed() -> tuple[int, int]:
@@ -197,13 +197,16 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     cost = Cost()
     torch.manual_seed(seed)
     labels = task["labels"]
-    kind_problem = kind_problems({"finetune": [keys]}, {keys["model"]: folder_kind(model_dir)}, {})
+    kind_problem = kind_problems({"finetune": [keys]}, {keys["model"]: folder_kind(model_dir)})
     if kind_problem:
         raise ConfigError(kind_problem[0])
     lm, model = build_model(model_dir, method, len(labels), settings)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     pattern = task_pattern(task, settings.get("pattern"))
-    train, train_meta = read_table(train_path, META_KEY)
+    sample, train_meta = read_table(train_path, META_KEY)
+    share = settings.get("validation", 0)  # study 2: 0.2 of the sample validates each epoch; the best one is kept
+    held = validation_split(sample["label"].to_numpy(), share, seed) if share else np.zeros(len(sample), bool)
+    train, validation = sample[~held], sample[held]
     examples, truncated_train = classifier_inputs(lm, pattern, train, settings["max_length"])
     verbalizers = [lm.encode(pattern.verbalizer[label]) for label in labels]  # as encode_prompt (icl) has them
     verbalizer_ids = [verbalizer[0] for verbalizer in verbalizers]  # each verbalizer's first token
@@ -239,13 +242,30 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
 
     checkpoints = Path(work_dir) / "checkpoints"
     start_micro, resumed_from, losses, tokens, padded = 0, None, [], 0, 0
+    history = []  # validation accuracy after each epoch
     if (checkpoints / "latest").exists():  # resume exactly: the same dropout masks and loss curve as one run
         _, client = engine.load_checkpoint(str(checkpoints))
         start_micro = resumed_from = client["micro_step"]
         losses, tokens, padded = client["losses"], client["tokens"], client["padded"]
+        history = client.get("validation", [])
         torch.set_rng_state(client["rng"])
         if client["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(client["cuda_rng"])
+
+    def predict(rows, desc):
+        """Predicted label ids of rows (and how many inputs were cut): each one's likeliest class."""
+        eval_ids, truncated = classifier_inputs(lm, pattern, rows, settings["max_length"])
+        if seq2seq:  # the verbalizer the decoder finds likeliest, as icl scores an encoder-decoder
+            return seq2seq_label_logprobs(engine.module, lm.tokenizer.pad_token_id, eval_ids, verbalizers,
+                                          settings["eval_batch_size"], desc).argmax(1), truncated
+        predictions = []
+        with torch.no_grad():
+            for first in range(0, len(eval_ids), settings["eval_batch_size"]):
+                ids, mask = pad_batch(eval_ids[first: first + settings["eval_batch_size"]],
+                                      lm.tokenizer.pad_token_id, device)
+                predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
+        return torch.cat(predictions).numpy(), truncated
+
     train_start = time.time()
     micro = 0
     lengths = np.array([len(example) for example in examples])
@@ -274,33 +294,31 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
             padded += mask.numel()
             micro += 1
             if micro % accum == 0 and (micro // accum) % settings["checkpoint_every"] == 0:
-                engine.save_checkpoint(str(checkpoints), client_state={
+                save_checkpoint(engine, checkpoints, job_hash, rank, client_state={
                     "micro_step": micro, "losses": losses, "tokens": tokens, "padded": padded,
-                    "rng": torch.get_rng_state(),
+                    "validation": history, "rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
-                if rank == 0:
-                    write_json({"job_hash": job_hash}, checkpoints / JOB_FILE)
+        if share and len(history) == epoch:  # not yet validated (a resumed run has the epochs before its step)
+            engine.eval()
+            predicted, _ = predict(validation, f"validate epoch {epoch + 1}")
+            engine.train()
+            history.append(float((predicted == validation["label"].to_numpy()).mean()))
+            if history[-1] > max(history[:-1], default=-1.0):
+                save_checkpoint(engine, checkpoints, job_hash, rank, tag="best", client_state={"epoch": epoch})
     train_seconds = time.time() - train_start
+    best_epoch = int(np.argmax(history)) if history else None  # the first of equally good epochs
+    if best_epoch is not None and best_epoch < len(history) - 1:
+        engine.load_checkpoint(str(checkpoints), tag="best")
 
     engine.eval()
-    evals = {split: rows for split, (rows, _) in evals.items()}
+    splits = ({"train": train, "validation": validation} if share else {})
+    splits |= {split: rows for split, (rows, _) in evals.items()}
     records, truncated_eval = [], {}
     teacher_shots = teacher_meta["shots"] if teacher_meta else 0
-    for split, rows in evals.items():
-        eval_ids, truncated_eval[split] = classifier_inputs(lm, pattern, rows, settings["max_length"])
-        if seq2seq:  # the verbalizer the decoder finds likeliest, as icl scores an encoder-decoder
-            predicted = seq2seq_label_logprobs(engine.module, lm.tokenizer.pad_token_id, eval_ids, verbalizers,
-                                               settings["eval_batch_size"], f"evaluate {split}").argmax(1)
-        else:
-            predictions = []
-            with torch.no_grad():
-                for first in range(0, len(eval_ids), settings["eval_batch_size"]):
-                    ids, mask = pad_batch(eval_ids[first: first + settings["eval_batch_size"]],
-                                          lm.tokenizer.pad_token_id, device)
-                    predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
-            predicted = torch.cat(predictions).numpy()
+    for split, rows in splits.items():
+        predicted, truncated_eval[split] = predict(rows, f"evaluate {split}")
         records.append(classification_record(dict(keys, split=split, layer=None, prompt=pattern.name,
-                                                  examples=len(train) + teacher_shots), labels,
+                                                  examples=len(sample) + teacher_shots), labels,
                                              rows["label"].to_numpy(), predicted, group_columns(rows, rows["id"])))
         if rank == 0:  # per-example predictions, for error analysis
             write_parquet(pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),
@@ -318,6 +336,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                "truncated_train_inputs": truncated_train, "truncated_eval_inputs": truncated_eval,
                "accumulation_steps": accum, "effective_batch": settings["effective_batch"],
                "lr": learning_rate(settings, method), "saved": saved,
+               "validation_accuracy_per_epoch": history, "best_epoch": None if best_epoch is None else best_epoch + 1,
                "teacher": teacher_meta}
     for record in records:
         record["details"] = details
@@ -329,6 +348,15 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
         write_json(result, out)
     torch.distributed.barrier()
     return result if rank == 0 else None
+
+
+def save_checkpoint(engine, checkpoints: Path, job_hash: str, rank: int, tag: str | None = None,
+                    client_state: dict | None = None) -> None:
+    """A resumable checkpoint (tag None: the one `latest` names) or the best epoch's weights (tag "best"), marked
+    with the job that wrote it."""
+    engine.save_checkpoint(str(checkpoints), tag=tag, client_state=client_state, save_latest=tag is None)
+    if rank == 0:
+        write_json({"job_hash": job_hash}, checkpoints / JOB_FILE)
 
 
 def _save(engine, lm, method: str, work_dir: Path, settings: dict) -> str | None:

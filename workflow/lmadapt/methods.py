@@ -67,10 +67,15 @@ def folder_kind(folder: str | Path) -> str | None:
     return model_kind(json.loads(path.read_text())) if path.is_file() else None
 
 
-def kind_problems(cells: dict[str, list[dict]], kinds: dict[str, str], selected: dict[str, bool]) -> list[str]:
+def stage_key(stage: str, model: str) -> str:
+    """The config key that sends a model to a stage (finetune: the key listing its methods)."""
+    return "finetune.methods" if stage == "finetune" else f"{stage}.models"
+
+
+def kind_problems(cells: dict[str, list[dict]], kinds: dict[str, str], key_of=stage_key) -> list[str]:
     """Cells a model cannot run, one line per (stage or method, model), naming the config key that asks for it.
     cells: the grid by stage; kinds: model name -> kind, for the models whose config.json is at hand;
-    selected: per stage, whether it names its models (`<stage>.models`) or takes all (`models`)."""
+    key_of(stage, model): the config key that asks for a model's cells of a stage."""
     problems = {}
     for cell_stage, stage_cells in cells.items():
         stage = "extract" if cell_stage == "probe" else cell_stage  # a probe cell is its model's extract jobs
@@ -79,13 +84,13 @@ def kind_problems(cells: dict[str, list[dict]], kinds: dict[str, str], selected:
             if kind is None:
                 continue
             if stage == "finetune":
-                runs_on, what, key = METHODS[cell["method"]].kinds, f"method {cell['method']}", "finetune.methods"
+                runs_on, what = METHODS[cell["method"]].kinds, f"method {cell['method']}"
             elif stage in STAGE_KINDS:
                 runs_on, what = STAGE_KINDS[stage], stage
-                key = f"{stage}.models" if selected[stage] else "models"
             else:
                 continue
             if kind not in runs_on:
+                key = key_of(stage, cell["model"])
                 article = "an" if kind.startswith("e") else "a"
                 problems[key, what, cell["model"]] = (f"{key}: {what} runs on {' and '.join(runs_on)} models; "
                                                       f"{cell['model']} is {article} {kind} model")

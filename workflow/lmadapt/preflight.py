@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import (ConfigError, demonstration_needs, finetune_settings, grid, layer_problems, lora_settings,
-                     model_kind_problems)
+from .config import (ConfigError, demonstration_needs, finetune_settings, grid, layer_problems,
+                     model_kind_problems, setting_key, stage_config)
 from .extract import PREFIX_SHARE, prefix_demonstrations
 from .io import markdown_table, read_table, write_json, write_text
 from .methods import METHODS
@@ -133,7 +133,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     cells = grid(config)
     read = _cached(lambda path: read_table(path, META_KEY)[0])
     fetched = {m: models / m for m in config["models"] if (models / m / "config.json").is_file()}
-    shapes = {m: model_shape(folder, lora_settings(config, m)) for m, folder in fetched.items()}
+    shapes = {m: model_shape(folder, stage_config(config, "finetune", m)["lora"]) for m, folder in fetched.items()}
     tokens_by_key: dict[str, object] = {}
     measured: dict[tuple, dict] = {}  # (tokenizer, what) -> counts, shared by models with one tokenizer
 
@@ -154,7 +154,6 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
         return {split: read(sample_file(samples, task, split)) for split in splits}
 
     # ------------------------------------------------ extract: one job per (model, task, prompt, sample)
-    extract = config["extract"]
     extract_jobs = set()
     for cell in cells["probe"]:
         seed = cell["seed"] if cell["prompt"] == "fewshot" else None
@@ -164,12 +163,14 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
         if model not in fetched:
             continue
         spec = config["tasks"][task]
+        extract = stage_config(config, "extract", model)
         pattern = task_pattern(spec, extract["pattern"])
         shots = extract["shots"] if seed is not None else 0
 
-        def count(tokens, task=task, seed=seed, name=name, shots=shots, pattern=pattern, spec=spec):
+        def count(tokens, task=task, seed=seed, name=name, shots=shots, pattern=pattern, spec=spec,
+                  max_length=extract["max_length"]):
             rows = read(sample_file(samples, task, name))
-            limit = tokens.prompt_budget(extract["max_length"])
+            limit = tokens.prompt_budget(max_length)
             demos = rows.iloc[:0]
             if shots:
                 pool = read(sample_file(samples, task, f"demos_seed{seed}"))
@@ -178,7 +179,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
             return {"prefix": len(prompt_ids.prefix), "truncated": prompt_ids.truncated, "n": len(rows),
                     "tokens": sum(map(len, prompt_ids.examples)), "shots_used": len(demos)}
 
-        counts = measure(model, ("extract", task, seed, name), count)
+        counts = measure(model, ("extract", task, seed, name, shots, pattern.name, extract["max_length"]), count)
         prompt = "none" if seed is None else f"fewshot_seed{seed}"
         where = dict(stage="extract", model=model, task=task, prompt=prompt, sample=name)
         if counts["shots_used"] < shots:
@@ -194,11 +195,11 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
                  inference_memory(shape, extract["batch_size"], length), shape, prompt=prompt, sample=name)
 
     # ------------------------------------------------ icl
-    icl = config["icl"]
     for cell in cells["icl"]:
         model, task, shots, seed = cell["model"], cell["task"], cell["shots"], cell["seed"]
         if model not in fetched:
             continue
+        icl = stage_config(config, "icl", model)
         spec = config["tasks"][task]
         for name in icl["patterns"] or list(spec["prompt"]["patterns"]):
             pattern = task_pattern(spec, name)
@@ -220,7 +221,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
                                                        icl["fit"])
                 return counts | evaluated | {"runs": prefix is not None}
 
-            counts = measure(model, ("icl", task, name, shots, seed), fit)
+            counts = measure(model, ("icl", task, name, shots, seed, icl["fit"], icl["max_length"]), fit)
             where = dict(stage="icl", model=model, task=task, pattern=name, shots=shots, seed=seed)
             if not counts["runs"]:
                 plan.cells.append(dict(where, what="skipped: prompt does not fit the context",
@@ -237,16 +238,16 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
                      inference_memory(shape, icl["batch_size"], length), shape, shots=shots, seed=seed, pattern=name)
 
     # ------------------------------------------------ teacher + finetune
-    ft = config["finetune"]
     teachers = sorted({(c["model"], c["task"], c["k"], c["seed"]) for c in cells["finetune"]
                        if METHODS[c["method"]].teacher})
     for model, task, k, seed in teachers:
         if model not in fetched:
             continue
         spec = config["tasks"][task]
+        ft = stage_config(config, "finetune", model)
         pattern = task_pattern(spec, ft["pattern"])
 
-        def teach(tokens):
+        def teach(tokens, pattern=pattern, ft=ft):
             from .icl import teacher_demonstrations
             from .prompt import PromptError
 
@@ -260,7 +261,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
             examples = encode_prompt(tokens, pattern, rows, rows.iloc[:0]).examples
             return dict(counts, tokens=sum(map(len, examples)))
 
-        counts = measure(model, ("teacher", task, k, seed), teach)
+        counts = measure(model, ("teacher", task, k, seed, pattern.name, ft["distill"]["shots"]), teach)
         where = dict(stage="teacher", model=model, task=task, k=k, seed=seed)
         if "error" in counts:
             plan.errors.append(f"tasks.{task}: teacher of model {model}, k={k}, seed {seed}: {counts['error']}")
@@ -274,7 +275,8 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
                  inference_memory(shape, ft["distill"]["batch_size"], counts["prefix_tokens"] +
                                   counts["tokens_after_prefix"]), shape, k=k, seed=seed)
 
-    zero = json.loads((Path(__file__).resolve().parents[2] / "config/deepspeed" / f"{ft['zero']}.json").read_text())
+    zero_name = config["finetune"]["zero"]
+    zero = json.loads((Path(__file__).resolve().parents[2] / "config/deepspeed" / f"{zero_name}.json").read_text())
     zero_stage = zero["zero_optimization"]["stage"]
     offload = "offload_param" in zero["zero_optimization"]
     for cell in cells["finetune"]:
@@ -282,36 +284,39 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
         if model not in fetched:
             continue
         spec = config["tasks"][task]
+        ft = stage_config(config, "finetune", model)
         pattern = task_pattern(spec, ft["pattern"])
 
-        def inputs(tokens, name):
-            ids, truncated = classifier_inputs(tokens, pattern, read(sample_file(samples, task, name)),
-                                               ft["max_length"])
+        def inputs(tokens, name, pattern=pattern, max_length=ft["max_length"]):
+            ids, truncated = classifier_inputs(tokens, pattern, read(sample_file(samples, task, name)), max_length)
             return {"tokens": sum(map(len, ids)), "longest": max(map(len, ids)), "truncated": truncated,
                     "n": len(ids)}
 
         name = f"train_k{k}_seed{seed}"
-        train = measure(model, ("finetune", task, name), lambda t: inputs(t, name))
-        evaluated = {split: measure(model, ("finetune", task, split), lambda t, s=split: inputs(t, s))
+        measured_as = (pattern.name, ft["max_length"])
+        train = measure(model, ("finetune", task, name) + measured_as, lambda t: inputs(t, name))
+        evaluated = {split: measure(model, ("finetune", task, split) + measured_as, lambda t, s=split: inputs(t, s))
                      for split in evals(task)}
         where = dict(stage="finetune", model=model, task=task, method=method, k=k, seed=seed)
         truncated = {"train": train["truncated"]} | {s: e["truncated"] for s, e in evaluated.items()}
         if any(truncated.values()) and method == ft["methods"][0]:
-            plan.cells.append(dict(where, method="every method", what="inputs truncated to finetune.max_length: " +
+            key = setting_key(config, "finetune", model, "max_length")
+            plan.cells.append(dict(where, method="every method", what=f"inputs truncated to {key}: " +
                                    ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
         shape = shapes[model]
         gpus = config["models"][model]["gpus"]
         per_token = (4 if METHODS[method].lora else 6) + (2 if ft["gradient_checkpointing"] else 0)
-        flops = shape["parameters"] * (per_token * train["tokens"] * ft["epochs"] +
+        held = ft.get("validation", 0)  # validated (forward only) after every epoch instead of trained on
+        flops = shape["parameters"] * ((per_token * (1 - held) + 2 * held) * train["tokens"] * ft["epochs"] +
                                        2 * sum(e["tokens"] for e in evaluated.values()))
         memory = training_memory(shape, method, finetune_settings(config, method, model), zero_stage, offload, gpus,
                                  train["longest"])
         plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
         if memory / 1e9 > plan.cluster["gpu_memory_gb"]:
             plan.errors.append(f"models.{model}.gpus: {method} fine-tuning needs about {memory / 1e9:.0f} GB per GPU "
-                               f"under {ft['zero']} on {max(gpus, 1)} GPU(s), more than "
+                               f"under {zero_name} on {max(gpus, 1)} GPU(s), more than "
                                f"preflight.gpu_memory_gb ({plan.cluster['gpu_memory_gb']}); add GPUs, use "
-                               f"zero3/zero3_offload, or lower finetune.batch_size")
+                               f"zero3/zero3_offload, or lower {setting_key(config, 'finetune', model, 'batch_size')}")
 
     result = {"seconds": round(time.time() - start, 2), "models_fetched": sorted(fetched),
               "models_not_fetched": sorted(set(config["models"]) - set(fetched)),

@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from .extract import column_name
 from .io import read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance
-from .sample import META_KEY
+from .sample import META_KEY, validation_split
 
 
 def fit_logreg(features, y, Cs: list[float], folds: int, seed: int, scale: bool):
@@ -142,22 +142,27 @@ def text_of(frame: pd.DataFrame, fields: list[str]) -> list[str]:
 
 
 def run_bow(train_path: str, eval_paths: dict[str, str], out: str, settings: dict, keys: dict) -> dict:
-    """Bag-of-words (or tf-idf) logistic regression on the raw text of the same samples."""
+    """Bag-of-words (or tf-idf) logistic regression on the raw text of the same samples. With a validation
+    share (study 2's 80/20), that share of each label's rows is held out and scored beside the training rows."""
     cost = Cost()
-    train, meta = read_table(train_path, META_KEY)
+    sample, meta = read_table(train_path, META_KEY)
     fields, labels = meta["fields"], meta["labels"]
+    share, seed = settings.get("validation", 0), keys.get("seed") or 0
+    held = validation_split(sample["label"].to_numpy(), share, seed) if share else np.zeros(len(sample), bool)
+    train = sample[~held]
     vectorizer_class = TfidfVectorizer if settings["vectorizer"] == "tfidf" else CountVectorizer
     vectorizer = vectorizer_class(ngram_range=(1, settings["ngram_max"]), lowercase=True)
     x_train = vectorizer.fit_transform(text_of(train, fields))
     y_train = train["label"].to_numpy()
-    model, c = fit_logreg(x_train, y_train, settings["Cs"], settings["cv_folds"], keys.get("seed") or 0,
-                          scale=False)
+    model, c = fit_logreg(x_train, y_train, settings["Cs"], settings["cv_folds"], seed, scale=False)
     records, fingerprints = [], [meta["fingerprint"]]
+    splits = {"train": train, "validation": sample[held]} if share else {}
     for split, path in eval_paths.items():
-        frame, frame_meta = read_table(path, META_KEY)
+        splits[split], frame_meta = read_table(path, META_KEY)
         fingerprints.append(frame_meta["fingerprint"])
+    for split, frame in splits.items():
         record = classification_record(dict(keys, method=f"bow_{settings['vectorizer']}", split=split,
-                                            examples=len(y_train)), labels,
+                                            examples=len(sample)), labels,
                                        frame["label"].to_numpy(), model.predict(vectorizer.transform(
                                            text_of(frame, fields))), group_columns(frame, frame["id"]))
         record["details"] = {"C": c, "vocabulary": len(vectorizer.vocabulary_), "n_train": len(y_train)}

@@ -1,20 +1,22 @@
 """A rehearsal of a cluster grid on this machine: the same config with every model replaced by a tiny random
 checkpoint in the hub's own layout and every hub dataset by local files in the hub export's layout.
 
-Models: a tiny OPT (`pytorch_model.bin` only, as the facebook/opt-* main branches hold it; OPT's config keys and
-`max_position_embeddings: 2048`), one per model of the grid, read through `fetch_model`'s local-folder path, which
-converts it to safetensors like a hub download. Data: for every `hub:` source, a Parquet file with the hub
-export's columns (the config's `columns` map read backwards), integer labels as the hub's ClassLabel encodes them,
-ids and extra columns where the grid keeps them (HANS: heuristic, subcase, template), and text lengths drawn
-around the real dataset's; the source stays a `hub:` source (the `parquet` builder of `datasets`, offline), so
-the rehearsal runs the same rules and the same number of jobs as the grid with the same seeds. Rows: HANS keeps
-its 30,000 (3 heuristics x 10 subcases x 1,000) unless `hans_rows` takes a stratified subset; the other sets keep
-enough rows for every k, the demonstration pool and the test sample. A dataset or model the table below does not
-know gets the generic shape, so a later grid entry joins the rehearsal without new code.
+Models: a tiny random model of each grid model's family (OPT, GPT-2, Flan-T5, RoBERTa: FAMILIES) with the hub's
+config keys, context and weight files (`pytorch_model.bin` only for facebook/opt-*), read through `fetch_model`'s
+local-folder path, which converts it to safetensors like a hub download; the model keeps its own stage settings.
+Data: for every `hub:` source, a Parquet file with the hub export's columns (the config's `columns` map read
+backwards), integer labels as the hub's ClassLabel encodes them, ids and extra columns where the grid keeps them
+(HANS: heuristic, subcase, template), and text lengths drawn around the real dataset's; the source stays a `hub:`
+source (the `parquet` builder of `datasets`, offline), so the rehearsal runs the same rules and the same number of
+jobs as the grid with the same seeds. Rows: HANS keeps its 30,000 (3 heuristics x 10 subcases x 1,000) unless
+`hans_rows` takes a stratified subset; the other sets keep enough rows for every k, the demonstration pool and the
+test sample. A dataset or model the table below does not know gets the generic shape, so a later grid entry joins
+the rehearsal without new code.
 """
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -79,26 +81,41 @@ def hub_table(source: dict, task: dict, rows: int, rng: np.random.Generator, voc
     return pd.DataFrame(frame)
 
 
-def build_model(folder: Path, texts_for_tokenizer: list[str], seed: int) -> Path:
-    """A tiny random OPT in the hub's layout: config.json with OPT's keys, pytorch_model.bin, tokenizer files."""
+# Stand-ins by model family (the hub id names it; an unknown id gets an OPT): the hub's config keys and context
+# (OPT 2,048 positions, GPT-2 1,024, Flan-T5's tokenizer 512, RoBERTa 514 after its padding index), its tokenizer's
+# framing, and its weight files: the facebook/opt-* main branches hold pytorch_model.bin, gpt2's model.safetensors
+# holds the base model's keys (both with the LM head tied), flan-t5-base and roberta-base hold the full model's.
+FAMILIES = ("roberta", "gpt2", "t5", "opt")
+
+
+def model_family(model_id: str) -> str:
+    return next((family for family in FAMILIES if family in model_id.lower()), "opt")
+
+
+def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], seed: int) -> Path:
+    """A tiny random model of the hub id's family in the hub's layout: config.json, weights, tokenizer files."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from .testing import build_tiny_bert, build_tiny_gpt2, build_tiny_opt, build_tiny_t5
+
+    family = model_family(model_id)
+    sizes = dict(texts=texts_for_tokenizer, seed=seed, vocab_size=1000)
+    if family == "t5":
+        return build_tiny_t5(folder, **sizes)
+    if family == "roberta":
+        return build_tiny_bert(folder, roberta=True, **sizes)
+    build = build_tiny_gpt2 if family == "gpt2" else partial(build_tiny_opt, layers=2, max_positions=2048)
+    build(folder, **sizes)
     import torch
-    from transformers import OPTConfig, OPTForCausalLM
 
-    from .testing import build_tokenizer
-
-    tokenizer = build_tokenizer(texts_for_tokenizer, vocab_size=1000)
-    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       ffn_dim=128, max_position_embeddings=2048, word_embed_proj_dim=32,
-                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    model = OPTForCausalLM(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    config.architectures = ["OPTForCausalLM"]
-    config.save_pretrained(folder)
-    # as on the hub: the base model's keys (decoder.*) in one pickle, the LM head tied to the embeddings
-    torch.save(model.model.state_dict(), folder / "pytorch_model.bin")
-    tokenizer.save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    base = {key: value.contiguous() for key, value in model.base_model.state_dict().items()}
+    (folder / "model.safetensors").unlink()
+    if family == "gpt2":
+        save_file(base, folder / "model.safetensors", metadata={"format": "pt"})
+    else:
+        torch.save(base, folder / "pytorch_model.bin")
     return folder
 
 
@@ -109,6 +126,9 @@ def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None 
     config = copy.deepcopy(config)
     if epochs:
         config.setdefault("finetune", {})["epochs"] = epochs
+        for spec in config.get("models", {}).values():
+            if "epochs" in spec.get("finetune", {}):
+                spec["finetune"]["epochs"] = epochs
     if seeds:
         config["seeds"] = config.get("seeds", [1])[:seeds]
     if models:
@@ -117,13 +137,17 @@ def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None 
             raise ConfigError(f"no model(s) {unknown} in the grid (it has {sorted(config.get('models', {}))})")
         config["models"] = {name: spec for name, spec in config["models"].items() if name in models}
         for stage in ("extract", "icl", "finetune"):
-            if config.get(stage, {}).get("models"):
-                config[stage]["models"] = [m for m in config[stage]["models"] if m in models]
+            selected = config.get(stage, {}).get("models")
+            if selected:
+                config[stage]["models"] = [m for m in selected if m in models]
+                if not config[stage]["models"]:  # an empty selection would mean every model
+                    raise ConfigError(f"the slice keeps none of {stage}.models {selected}; add one to --models")
     if ks:
         for task in config["tasks"].values():
             task["k"] = [k for k in task.get("k", [2, 32, 128]) if k in ks]
-        if config.get("finetune", {}).get("k"):
-            config["finetune"]["k"] = [k for k in config["finetune"]["k"] if k in ks]
+        for finetune in [config.get("finetune", {})] + [s.get("finetune", {}) for s in config["models"].values()]:
+            if finetune.get("k"):
+                finetune["k"] = [k for k in finetune["k"] if k in ks]
     return config
 
 
@@ -163,8 +187,9 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
             continue  # a local or packaged model runs as it is
         folder = out / "models" / name
         if not (folder / "config.json").exists():
-            build_model(folder, corpus, seed=i)
-        config["models"][name] = {"id": str(folder), "gpus": spec.get("gpus", 1), "mem_mb": spec.get("mem_mb", 8000)}
+            build_model(folder, checked["models"][name]["id"], corpus, seed=i)
+        source_keys = ("id", "revision", "package", "gguf_file")
+        config["models"][name] = {"id": str(folder)} | {k: v for k, v in spec.items() if k not in source_keys}
     path = out / "config.yaml"
     path.write_text("# Written by `lmadapt rehearsal` from " + str(paper_path) + ": the grid with tiny models and "
                     "hub-shaped local data.\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))

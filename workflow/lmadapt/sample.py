@@ -49,14 +49,18 @@ def class_order(pool: pd.DataFrame, label_id: int, seed: int) -> pd.DataFrame:
     return members.iloc[np.random.default_rng([seed, label_id]).permutation(len(members))]
 
 
-def draw_balanced(pool: pd.DataFrame, labels: list[str], k: int, seed: int, where: str, task_key: str,
+def draw_balanced(pool: pd.DataFrame, labels: list[str], k: int | str, seed: int, where: str, task_key: str,
                   demonstrations: int = 0) -> pd.DataFrame:
-    """k rows of every class, nested across k for one seed, then shuffled together. demonstrations: the pool
-    size per class kept apart at the tail of each class's order (the training rows must not reach it).
-    task_key: the task's config key (tasks.<name>), named in errors."""
+    """k rows of every class, nested across k for one seed, then shuffled together; k "all": every row of the
+    pool but the demonstrations (the full training set, not balanced). demonstrations: the pool size per class
+    kept apart at the tail of each class's order (the training rows must not reach it). task_key: the task's
+    config key (tasks.<name>), named in errors."""
     parts = []
     for label_id, name in enumerate(labels):
         members = class_order(pool, label_id, seed)
+        if k == "all":
+            parts.append(members.iloc[:len(members) - demonstrations])
+            continue
         if len(members) < k + demonstrations:
             apart = f" besides the {demonstrations} kept for demonstrations" if demonstrations else ""
             keys = f"{task_key}.k" + (f" or {task_key}.demonstrations" if demonstrations else "")
@@ -80,6 +84,17 @@ def draw_demonstrations(pool: pd.DataFrame, labels: list[str], per_class: int, s
         parts.append(members.iloc[::-1].iloc[:per_class])
     sample = pd.concat(parts)
     return sample.iloc[np.random.default_rng([seed, len(labels)]).permutation(len(sample))].reset_index(drop=True)
+
+
+def validation_split(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Which rows of a training sample are held out to validate on (study 2's 80/20: share 0.2): `share` of each
+    label's rows (at least one, never all), drawn with the cell's seed."""
+    rng = np.random.default_rng([seed, 80])
+    held = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        held[rng.choice(rows, size=min(len(rows) - 1, max(1, round(share * len(rows)))), replace=False)] = True
+    return held
 
 
 def content_fingerprint(rows: pd.DataFrame) -> str:

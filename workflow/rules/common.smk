@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and the functions every rule uses (none live in the rule files).
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from lmadapt.config import (
     finetune_settings,
     grid,
     model_identity,
+    stage_config,
 )
 from lmadapt.data import empty_sources, resolve_path
 from lmadapt.methods import METHODS, method_pattern
@@ -53,7 +55,7 @@ wildcard_constraints:
     k=r"\d+",
     seed=r"\d+",
     role=r"train|test|ood_[a-z][a-z0-9_]*",
-    sample=r"train_k\d+_seed\d+|demos_seed\d+|test|ood_[a-z][a-z0-9_]*",
+    sample=r"train_k(\d+|all)_seed\d+|demos_seed\d+|test|ood_[a-z][a-z0-9_]*",
 
 
 THREADS = config["threads"]
@@ -63,7 +65,8 @@ JOB_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS={threads} MKL_
 # Every rule's software: `--sdm conda` builds this environment once and runs each job in it (its post-deploy
 # script installs the lmadapt package); without `--sdm conda` jobs use the environment Snakemake runs in.
 CONDA_ENV = "../../envs/lmadapt.yaml"  # relative to workflow/rules/
-DEEPSPEED_CONFIG = Path(workflow.basedir) / f"config/deepspeed/{config['finetune']['zero']}.json"
+# Relative to the working directory, so that a checkout moved or cloned anew with its results reruns no job.
+DEEPSPEED_CONFIG = os.path.relpath(Path(workflow.basedir) / f"config/deepspeed/{config['finetune']['zero']}.json")
 
 
 def offline(command):
@@ -106,10 +109,11 @@ def input_option(name, flag):
     return option
 
 
-def stage_settings(stage, *exclude, **extra):
-    """A stage's config section without the selections (which models, tasks, shots, k: they name cells, they
-    change no cell) and without `exclude`."""
-    return as_arg({key: value for key, value in config[stage].items() if key not in SELECTIONS + exclude} | extra)
+def stage_settings(stage, model, **extra):
+    """A model stage's settings for one model's jobs (its own over the section's) without the selections (which
+    models, tasks, shots, k: they name cells, they change no cell)."""
+    section = stage_config(config, stage, model)
+    return as_arg({key: value for key, value in section.items() if key not in SELECTIONS} | extra)
 
 
 # ---------------------------------------------------------------- resources: never part of a result
@@ -280,8 +284,9 @@ def extract_demos(wildcards):
 def extract_settings(wildcards):
     """The extract section a job uses: the prefix's size only with a prefix."""
     if wildcards.prompt == "none":
-        return stage_settings("extract", dtype="auto")
-    return stage_settings("extract", dtype="auto", shots=config["extract"]["shots"])
+        return stage_settings("extract", wildcards.model, dtype="auto")
+    shots = stage_config(config, "extract", wildcards.model)["shots"]
+    return stage_settings("extract", wildcards.model, dtype="auto", shots=shots)
 
 
 def extract_demos_arg(wildcards, input):
@@ -307,11 +312,20 @@ def cell_of(wildcards):
     if "shots" in named:  # an ICL cell's labeled examples are its demonstrations
         named["k"] = named.pop("shots")
     keys = {key: named[key] for key in ("task", "model", "prompt", "method") if key in named}
-    return keys | {key: int(named[key]) for key in ("k", "seed") if key in named}
+    # k "all": the full training set (bag-of-words), recorded without a k
+    return keys | {key: None if named[key] == "all" else int(named[key]) for key in ("k", "seed") if key in named}
 
 
 def cell_keys(wildcards):
     return as_arg(cell_of(wildcards))
+
+
+def bow_settings(wildcards):
+    """The bag-of-words settings; a full-training-set job (k "all") adds its validation share."""
+    section = {key: value for key, value in config["bow"].items() if key not in SELECTIONS + ("full_train",)}
+    if wildcards.k == "all" and "validation" in config["bow"]["full_train"]:
+        section["validation"] = config["bow"]["full_train"]["validation"]
+    return as_arg(section)
 
 
 def bow_cell_keys(wildcards):
@@ -332,6 +346,10 @@ def bow_targets():
 # ---------------------------------------------------------------- in-context learning
 
 
+def icl_settings(wildcards):
+    return stage_settings("icl", wildcards.model, dtype="auto")
+
+
 def icl_demos(wildcards):
     return demonstration_pool_file(wildcards.task, wildcards.seed, wildcards.shots)
 
@@ -343,16 +361,19 @@ def icl_targets():
 # ---------------------------------------------------------------- fine-tuning
 
 
-TEACHER_SETTINGS = {
-    "shots": config["finetune"]["distill"]["shots"],
-    "pattern": config["finetune"]["pattern"],
-    "batch_size": config["finetune"]["distill"]["batch_size"],
-    "dtype": "auto",
-}
+def teacher_settings(model):
+    """The prompted teacher's settings: the model's distillation shots and batch, and the fine-tuning pattern."""
+    finetune = stage_config(config, "finetune", model)
+    distill = finetune["distill"]
+    return {"shots": distill["shots"], "pattern": finetune["pattern"], "batch_size": distill["batch_size"], "dtype": "auto"}
+
+
+def teacher_settings_arg(wildcards):
+    return as_arg(teacher_settings(wildcards.model))
 
 
 def teacher_demos(wildcards):
-    return demonstration_pool_file(wildcards.task, wildcards.seed, TEACHER_SETTINGS["shots"])
+    return demonstration_pool_file(wildcards.task, wildcards.seed, teacher_settings(wildcards.model)["shots"])
 
 
 def method_settings(wildcards):
@@ -402,7 +423,7 @@ def preflight_config(wildcards):
     """What the preflight reads: the grid and its prompts, fine-tuning and GPU settings; not the probe, bag-of-
     words or table settings, and no Slurm request (mem_mb, threads), so changing those does not rerun it."""
     plan = {key: value for key, value in computed_config().items() if key not in ("probe", "aggregate", "bow")}
-    plan["bow"] = {"tasks": config["bow"]["tasks"]}
+    plan["bow"] = {key: config["bow"][key] for key in ("tasks", "full_train") if key in config["bow"]}
     return as_arg(plan)
 
 

@@ -24,7 +24,7 @@ rule teacher:
         runtime=60,
     params:
         task=task_prompting,
-        settings=as_arg(TEACHER_SETTINGS),
+        settings=teacher_settings_arg,
         demos=input_option("demos", "--demos"),
     shell:
         offline(

@@ -24,7 +24,7 @@ rule icl:
         runtime=240,
     params:
         task=task_prompting,
-        settings=stage_settings("icl", dtype="auto"),
+        settings=icl_settings,
         cell=cell_keys,
         demos=input_option("demos", "--train"),
         evals=eval_sample_arg,

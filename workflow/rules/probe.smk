@@ -73,13 +73,15 @@ rule bow:
         "results/logs/bow/{task}/k{k}_seed{seed}.log",
     benchmark:
         "results/benchmarks/bow/{task}/k{k}_seed{seed}.tsv"
+    wildcard_constraints:
+        k=r"\d+|all",
     conda:
         CONDA_ENV
     resources:
         mem_mb=per_attempt(2000),
         runtime=30,
     params:
-        settings=stage_settings("bow"),
+        settings=bow_settings,
         cell=bow_cell_keys,
         evals=eval_sample_arg,
     shell:
