@@ -1,8 +1,8 @@
 """Benchmark: the preflight on the full paper grid, and the grid's estimated GPU-hours.
 
 The rehearsal of config/paper.yaml with all 10 seeds and all 30,000 HANS rows is fetched and sampled (hub-shaped
-data, the grid's exact cells); then each prepared model folder gets the real OPT size's config.json (the shapes
-published with facebook/opt-*), so that the cost estimate is the real grid's while prompt lengths come from the
+data, the grid's exact cells); then each prepared model folder gets its hub model's sizes in its config.json
+(REAL_SIZES), so that the cost estimate is the real grid's while prompt lengths come from the
 rehearsal's tokenizer (about 1.6 tokens a word, a little above OPT's BPE on English). Times `lmadapt preflight`
 (best of 3, after fetch and sample, as on a login node). Target: < 30 s. Writes docs/benchmarks.md.
 
@@ -24,10 +24,23 @@ from common import write_section  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WORK = REPO / "resources" / "benchmarks" / "preflight"
-# facebook/opt-* config.json: hidden size, layers, heads, FFN size, embedding projection
-OPT_SHAPES = {"opt_125m": (768, 12, 12, 3072, 768), "opt_350m": (1024, 24, 16, 4096, 512),
-              "opt_1_3b": (2048, 24, 32, 8192, 2048), "opt_2_7b": (2560, 32, 32, 10240, 2560),
-              "opt_6_7b": (4096, 32, 32, 16384, 4096)}
+
+
+def opt(hidden, layers, heads, ffn, projection):
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
+                word_embed_proj_dim=projection, vocab_size=50272)
+
+
+# The sizes in each hub model's config.json (facebook/opt-*, openai-community/gpt2, google/flan-t5-base,
+# FacebookAI/roberta-base), written over the rehearsal's tiny stand-ins of the same family.
+REAL_SIZES = {"opt_125m": opt(768, 12, 12, 3072, 768), "opt_350m": opt(1024, 24, 16, 4096, 512),
+              "opt_1_3b": opt(2048, 24, 32, 8192, 2048), "opt_2_7b": opt(2560, 32, 32, 10240, 2560),
+              "opt_6_7b": opt(4096, 32, 32, 16384, 4096),
+              "gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257),
+              "flan_t5_base": dict(d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_decoder_layers=12,
+                                   num_heads=12, vocab_size=32128),
+              "roberta_base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                   intermediate_size=3072, vocab_size=50265)}
 
 
 def main() -> None:
@@ -40,12 +53,9 @@ def main() -> None:
                              env=env, capture_output=True, text=True)
     if samples.returncode:
         raise RuntimeError(samples.stdout[-3000:] + samples.stderr[-3000:])
-    for name, (hidden, layers, heads, ffn, proj) in OPT_SHAPES.items():
+    for name, sizes in REAL_SIZES.items():
         path = WORK / "resources/models" / name / "config.json"
-        shape = json.loads(path.read_text())
-        shape.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
-                     word_embed_proj_dim=proj, vocab_size=50272)
-        path.write_text(json.dumps(shape, indent=2))
+        path.write_text(json.dumps(json.loads(path.read_text()) | sizes, indent=2))
     runs = []
     for _ in range(3):
         start = time.time()
@@ -58,7 +68,7 @@ def main() -> None:
     by = defaultdict(float)
     for job in plan["jobs"]:
         by[job["model"], job["stage"]] += job["gpu_hours"]
-    models = sorted({m for m, _ in by}, key=list(OPT_SHAPES).index)
+    models = sorted({m for m, _ in by}, key=list(REAL_SIZES).index)
     stages = ["extract", "icl", "teacher", "finetune"]
     rows = ["| model | " + " | ".join(stages) + " | total |", "|---|" + "---|" * (len(stages) + 1)]
     for model in models:
@@ -70,7 +80,7 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores): `lmadapt preflight` on "
         f"the full paper grid (10 seeds, HANS's 30,000 rows; {sum(plan['cells'].values())} cells, "
         f"{len(plan['jobs'])} model jobs costed) after fetch and sample, with the rehearsal's hub-shaped samples "
-        "and tokenizer and the real OPT sizes' configs. Target: < 30 s.", "",
+        "and tokenizer and the real models' sizes in their configs. Target: < 30 s.", "",
         "| run | seconds (best of 3) | expected skipped ICL cells | notes (reduced, truncated) | errors |",
         "|---|---|---|---|---|",
         f"| paper grid | {min(runs):.1f} | {len(plan['expected_skipped'])} | {len(plan['notes'])} | "
@@ -78,7 +88,7 @@ def main() -> None:
         f"Estimated GPU-hours by model and stage (preflight's estimate: one GPU = {cluster['gpu_memory_gb']} GB, "
         f"{cluster['gpu_tflops']} TFLOP/s at {cluster['mfu']:.0%} utilisation, weights loaded at "
         f"{cluster['load_gb_per_s']} GB/s; fine-tuning FLOPs 6N per token (8N with gradient checkpointing, "
-        "4N/6N for LoRA) over 40 epochs, inference 2N per token):", "", *rows, "",
+        "4N/6N for LoRA) over each model's epochs, inference 2N per token):", "", *rows, "",
         f"**Total: {plan['gpu_hours']:.0f} GPU-hours.** No GPU was lent to this task, so these are estimates, not "
         "measurements.", ""])
     write_section(REPO / "docs" / "benchmarks.md", "preflight", section)

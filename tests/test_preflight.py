@@ -74,3 +74,10 @@ def test_a_reduced_prefix_is_listed_and_a_job_that_cannot_run_is_an_error_naming
         run_preflight(config(root, preflight=tiny_gpu), root / "samples", root / "models", root / "q.json",
                       root / "q.md")
     assert "cannot run" in (root / "q.md").read_text()  # the page a person reads says which
+    # LoRA modules the model does not have (T5's names for an OPT) would train nothing: an error naming the key
+    models = {"tiny": {"id": str(root / "models/tiny"), "gpus": 0, "finetune": {"lora": {"target_modules": ["q"]}}}}
+    with pytest.raises(ConfigError, match=r"models\.tiny\.finetune\.lora\.target_modules: \['q'\] name no "
+                                          r"projection of model tiny; lora_pattern would adapt nothing"):
+        run_preflight(config(root, models=models, finetune={"methods": ["lora_pattern"], "batch_size": 2,
+                                                            "effective_batch": 2}),
+                      root / "samples", root / "models", root / "r.json", root / "r.md")

@@ -50,9 +50,10 @@ def model_shape(folder: str | Path, lora: dict | None = None) -> dict:
     params = sum(p.numel() for p in model.parameters())
     lora_params = 0
     if lora:
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in lora["target_modules"]:
-                lora_params += lora["r"] * (module.in_features + module.out_features)
+        for name, module in model.named_modules():  # a projection: Linear, or GPT-2's Conv1D (weight [in, out])
+            weight = getattr(module, "weight", None)
+            if name.split(".")[-1] in lora["target_modules"] and weight is not None and weight.dim() == 2:
+                lora_params += lora["r"] * sum(weight.shape)
     text = config.get_text_config()
     return {"parameters": params, "lora_parameters": lora_params, "layers": text.num_hidden_layers,
             "hidden": text.hidden_size, "heads": text.num_attention_heads}
@@ -312,6 +313,10 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
         memory = training_memory(shape, method, finetune_settings(config, method, model), zero_stage, offload, gpus,
                                  train["longest"])
         plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
+        if METHODS[method].lora and not shape["lora_parameters"]:
+            plan.errors.append(f"{setting_key(config, 'finetune', model, 'lora', 'target_modules')}: "
+                               f"{ft['lora']['target_modules']} name no projection of model {model}; {method} "
+                               f"would adapt nothing (give the model's own, e.g. [q, v] for T5)")
         if memory / 1e9 > plan.cluster["gpu_memory_gb"]:
             plan.errors.append(f"models.{model}.gpus: {method} fine-tuning needs about {memory / 1e9:.0f} GB per GPU "
                                f"under {zero_name} on {max(gpus, 1)} GPU(s), more than "
