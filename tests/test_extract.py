@@ -64,11 +64,14 @@ def test_activations_equal_plain_forward(tiny_opt, rte, tmp_path, fewshot):
 @pytest.mark.parametrize("fewshot", [False, True], ids=["none", "fewshot"])
 def test_encoder_activations_equal_plain_forward(model, rte, tmp_path, fewshot, request):
     """An encoder (BERT-like) and an encoder-decoder's encoder (T5): each whole prompt string tokenized with the
-    tokenizer's special tokens and encoded at once, pooled over the example's tokens."""
+    tokenizer's special tokens and encoded at once, pooled over the example's tokens (an encoder's cls pooling:
+    the input's first token, [CLS] / <s>)."""
     model_dir = request.getfixturevalue(model)
     task, folder = rte
     out = tmp_path / "acts.parquet"
-    [meta] = run_extract(str(model_dir), task, [(str(folder / "test.parquet"), str(out))], SETTINGS,
+    poolings = ["last", "mean"] + (["cls"] if model == "tiny_bert" else [])
+    [meta] = run_extract(str(model_dir), task, [(str(folder / "test.parquet"), str(out))],
+                         dict(SETTINGS, pooling=poolings),
                          demos_path=str(folder / "train.parquet") if fewshot else None, seed=7)
     stored = pd.read_parquet(out).set_index("id")
     sample = pd.read_parquet(folder / "test.parquet")
@@ -88,9 +91,14 @@ def test_encoder_activations_equal_plain_forward(model, rte, tmp_path, fewshot, 
         with torch.no_grad():
             states = encoder(input_ids=torch.tensor([encoded.input_ids]), output_hidden_states=True).hidden_states
         for layer in meta["layers"]:
-            for how in ("last", "mean"):
-                want = states[layer][0, own][-1] if how == "last" else states[layer][0, own].mean(0)
+            for how in poolings:
+                want = {"last": states[layer][0, own][-1], "mean": states[layer][0, own].mean(0),
+                        "cls": states[layer][0, 0]}[how]
                 np.testing.assert_allclose(stored.loc[example, f"{how}_{layer}"], want.numpy(), atol=1e-4, rtol=0)
+    if model == "tiny_t5":  # T5 has no [CLS]: refused before its weights are read
+        with pytest.raises(ConfigError, match=r"extract\.pooling: cls pooling reads an encoder's"):
+            run_extract(str(model_dir), task, [(str(folder / "test.parquet"), str(tmp_path / "cls.parquet"))],
+                        dict(SETTINGS, pooling=["cls"]))
 
 
 def test_forward_stops_at_deepest_layer_and_metadata(tiny_opt, rte, tmp_path):

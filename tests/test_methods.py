@@ -87,6 +87,14 @@ def test_a_stage_or_method_a_model_cannot_run_is_refused_naming_the_key(tmp_path
                                tmp_path / "none") == [
         "icl.models: icl runs on decoder and encoder-decoder models; bert is an encoder model",
         "finetune.methods: method pattern runs on decoder models; bert is an encoder model"]
+    # [CLS] pooling is an encoder's: the section's setting for every model, or a model's own
+    models["bert"]["extract"] = {"pooling": ["cls", "mean"]}
+    assert model_kind_problems(config(extract={"models": ["bert", "t5"], "pooling": ["mean"]}, icl={"models": ["opt"]}),
+                               tmp_path / "none") == []
+    assert model_kind_problems(config(extract={"models": ["bert", "t5"], "pooling": ["cls"]}, icl={"models": ["opt"]}),
+                               tmp_path / "none") == [
+        "extract.pooling: cls pooling reads an encoder's [CLS] / <s> token; t5 is an encoder-decoder model"]
+    del models["bert"]["extract"]
     # a decoder sent to seq2seq by its own settings: the key named is the model's
     models["opt"]["finetune"] = {"methods": ["head", "seq2seq"]}
     assert model_kind_problems(config(icl={"models": ["opt"]}), tmp_path / "none") == [

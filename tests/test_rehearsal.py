@@ -14,7 +14,8 @@ from conftest import BIN, REPO, clean_env, planned_jobs, run_snakemake, write_co
 from lmadapt.rehearsal import slice_grid
 
 NEW_FAMILIES = ["gpt2", "flan_t5_base", "roberta_base"]
-SLICE = dict(seeds=1, models=["opt_125m", "opt_6_7b"] + NEW_FAMILIES, ks=[2, 128], epochs=2)  # 2 of the 40 epochs: time, not shape
+# 2 of the 40 epochs: time, not shape
+SLICE = dict(seeds=1, models=["opt_125m", "opt_6_7b"] + NEW_FAMILIES, ks=[2, 128], epochs=2)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .methods import METHODS, folder_kind, kind_problems, stage_key
+from .methods import ENCODER, METHODS, folder_kind, kind_problems, stage_key
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -498,7 +498,11 @@ def model_kind_problems(config: dict, models_dir: str | Path = "resources/models
             return setting_key(config, "finetune", model, "methods")
         return stage_key(stage, model) if config.get(stage, {}).get("models") else "models"
 
-    return kind_problems(grid(config), kinds, key_of)
+    cls = [f"{setting_key(config, 'extract', name, 'pooling')}: cls pooling reads an encoder's [CLS] / <s> token; "
+           f"{name} is {'an' if kinds[name].startswith('e') else 'a'} {kinds[name]} model"
+           for name in stage_models(config, "extract")
+           if name in kinds and kinds[name] != ENCODER and "cls" in stage_config(config, "extract", name)["pooling"]]
+    return kind_problems(grid(config), kinds, key_of) + cls
 
 
 def grid(config: dict) -> dict[str, list[dict]]:

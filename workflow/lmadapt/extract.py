@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from .config import model_layers, resolve_layers
+from .config import ConfigError, model_layers, resolve_layers
 from .forward import EncoderForward, PrefixForward, batches_by_length, pool
 from .io import atomic_path, read_table
-from .methods import DECODER
+from .methods import DECODER, ENCODER, folder_kind
 from .models import load_model
 from .prompt import encode_prompt, fit_demonstrations, prefix_text, task_pattern
 from .sample import META_KEY
@@ -49,6 +49,9 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
     settings: layers, pooling (list), pattern, shots, batch_size, max_length, store_dtype, dtype."""
     n_layers = model_layers(model_dir)  # checked before the weights load
     layers = resolve_layers(settings["layers"], n_layers, f"model {model_dir}") if n_layers is not None else None
+    if "cls" in settings["pooling"] and folder_kind(model_dir) != ENCODER:
+        raise ConfigError(f"extract.pooling: cls pooling reads an encoder's [CLS] / <s> token; {model_dir} holds "
+                          f"a {folder_kind(model_dir)} model")
     lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
     pattern = task_pattern(task, settings.get("pattern"))
     max_length = lm.prompt_budget(settings.get("max_length"))
@@ -107,7 +110,8 @@ def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settin
                            "label": pa.array(rows["label"].iloc[batch].tolist(), pa.int64())}
                 for how in settings["pooling"]:
                     for layer in layers:
-                        vectors = pool(states[layer].float(), mask, how).to(store_torch).cpu().numpy()
+                        states_of = forward.first[layer] if how == "cls" else pool(states[layer].float(), mask, how)
+                        vectors = states_of.float().to(store_torch).cpu().numpy()
                         columns[column_name(how, layer)] = pa.FixedSizeListArray.from_arrays(
                             pa.array(vectors.reshape(-1), store), vectors.shape[1])
                 if writer is None:

@@ -144,18 +144,21 @@ class EncoderForward:
     """Hidden states of an encoder (BERT, RoBERTa) or of an encoder-decoder's encoder (T5), with the same
     interface as `PrefixForward.hidden_states`: each input is the prefix (leading special tokens and any
     demonstrations), the example and the tokenizer's trailing special tokens, encoded together (every layer
-    attends both ways, so there is no prefix cache); the states returned are the example's positions."""
+    attends both ways, so there is no prefix cache); the states returned are the example's positions, and
+    `first` keeps the last batch's states at the input's first token ([CLS] / <s>: cls pooling)."""
 
     def __init__(self, lm, prefix: list[int], trailing: list[int]):
         self.lm, self.prefix, self.trailing = lm, list(prefix), list(trailing)
         self.encoder = lm.model.get_encoder() if lm.model.config.is_encoder_decoder else lm.model.base_model
         self.n_layers = lm.model.config.num_hidden_layers
+        self.first: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
     def hidden_states(self, batch: list[list[int]], indices: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         inputs = [self.prefix + example + self.trailing for example in batch]
         ids, full_mask = pad_batch(inputs, self.lm.tokenizer.pad_token_id, self.lm.device)
         states = self.encoder(input_ids=ids, attention_mask=full_mask, output_hidden_states=True).hidden_states
+        self.first = {j: states[j][:, 0] for j in indices}
         start, width = len(self.prefix), max(map(len, batch))
         mask = torch.zeros((len(batch), width), dtype=full_mask.dtype, device=full_mask.device)
         for row, example in enumerate(batch):
