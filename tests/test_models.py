@@ -14,7 +14,8 @@ from lmadapt.rehearsal import build_model
 
 @pytest.fixture(scope="module")
 def hub_layout_opt(tmp_path_factory):
-    return build_model(tmp_path_factory.mktemp("opt_hub_layout"), ["a few words for the tokenizer"], seed=3)
+    return build_model(tmp_path_factory.mktemp("opt_hub_layout"), "facebook/opt-125m",
+                       ["a few words for the tokenizer"], seed=3)
 
 
 def test_pytorch_bin_checkpoint_is_prepared_as_safetensors(hub_layout_opt, tmp_path):
@@ -32,6 +33,21 @@ def test_pytorch_bin_checkpoint_is_prepared_as_safetensors(hub_layout_opt, tmp_p
     assert lm.max_length == 2048 == load_tokens(prepared).max_length
     assert json.loads((prepared / "lmadapt_model.json").read_text()) == dict(info, name="opt")
     assert info["source"] == f"local:{hub_layout_opt}" and info["revision"]
+
+
+@pytest.mark.parametrize("hub_id, kind, context, first_key", [
+    ("openai-community/gpt2", "decoder", 1024, "h.0.attn.c_attn.weight"),  # the base model's keys, as on the hub
+    ("google/flan-t5-base", "encoder-decoder", 512, "encoder.block.0.layer.0.SelfAttention.q.weight"),
+    ("FacebookAI/roberta-base", "encoder", 512, "roberta.embeddings.word_embeddings.weight"),  # 514 - pad - 1
+])
+def test_each_family_stand_in_prepares_and_loads_like_its_hub_model(hub_id, kind, context, first_key, tmp_path):
+    """The rehearsal's stand-in of each family, in its hub model's layout, through fetch_model and the loader."""
+    folder = build_model(tmp_path / "hub", hub_id, ["a few words for the tokenizer"], seed=3)
+    assert first_key in load_file(folder / "model.safetensors")
+    fetch_model("m", {"id": str(folder)}, tmp_path / "prepared")
+    lm = load_model(tmp_path / "prepared", dtype="float32", head="auto")
+    assert lm.kind == kind and lm.max_length == context == load_tokens(tmp_path / "prepared").max_length
+    assert lm.tokenizer.pad_token_id is not None  # GPT-2 has none: the loader pads with its end-of-text token
 
 
 def test_weights_downloaded_from_a_hub_revision():
