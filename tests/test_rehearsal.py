@@ -57,7 +57,14 @@ def test_rehearsal_runs_with_zero_failed_jobs_and_skips_what_preflight_predicted
                      ("opt_6_7b", "rte"): ("distill", "head", "lora_pattern", "pattern"),
                      ("gpt2", "imdb"): ("head",), ("flan_t5_base", "tweet_sentiment"): ("lora_seq2seq", "seq2seq"),
                      ("roberta_base", "ag_news"): ("head", "lora_head")}
-    assert len(finetuned) == (2 * 4 * 2) * 2 + (1 + 2 + 2) * 2  # RTE: test and HANS; the others: test
+    # RTE: test and HANS; GPT-2 (study 2's validation share): train, validation and test; the others: test
+    assert len(finetuned) == (2 * 4 * 2) * 2 + 2 * 3 + (2 + 2) * 2
+    gpt2 = finetuned[finetuned["model"] == "gpt2"]
+    assert sorted(gpt2["split"]) == ["test", "test", "train", "train", "validation", "validation"]
+    # study 2's bag-of-words on IMDB's full training set (k "all"), with its 80/20 split
+    full = tidy[tidy["source"].str.contains("/metrics/bow/imdb/kall_seed")]
+    assert sorted(full["split"]) == ["test", "train", "validation"] and full["k"].isna().all()
+    assert (full["examples"] > 1000).all() and full["accuracy"].notna().all()
     flan_icl = tidy[(tidy["model"] == "flan_t5_base") & (tidy["method"] == "icl")]
     assert set(flan_icl["task"]) == {"tweet_sentiment"} and set(flan_icl["k"]) == {0, 1, 3}
     assert flan_icl["accuracy"].notna().all()
