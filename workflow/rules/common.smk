@@ -365,7 +365,12 @@ def teacher_settings(model):
     """The prompted teacher's settings: the model's distillation shots and batch, and the fine-tuning pattern."""
     finetune = stage_config(config, "finetune", model)
     distill = finetune["distill"]
-    return {"shots": distill["shots"], "pattern": finetune["pattern"], "batch_size": distill["batch_size"], "dtype": "auto"}
+    return {
+        "shots": distill["shots"],
+        "pattern": finetune["pattern"],
+        "batch_size": distill["batch_size"],
+        "dtype": "auto",
+    }
 
 
 def teacher_settings_arg(wildcards):
