@@ -25,8 +25,10 @@ def _json_arg(text: str) -> dict:
 
 
 def _k_arg(text: str) -> int | str:
-    if text == "all" or text.isdigit():
-        return text if text == "all" else int(text)
+    if text == "all":
+        return text
+    if text.isdigit():
+        return int(text)
     raise argparse.ArgumentTypeError(f"{text!r}: examples per class (an integer) or all")
 
 

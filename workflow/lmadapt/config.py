@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .methods import ENCODER, METHODS, folder_kind, kind_problems, stage_key
+from .methods import ENCODER, METHODS, folder_kind, kind_problems, stage_key, with_article
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -351,8 +351,8 @@ def _batch_problems(config: dict) -> list[str]:
         per_step = settings["batch_size"] * max(config["models"][name]["gpus"], 1)
         if settings["methods"] and settings["effective_batch"] % per_step:
             own = config["models"][name].get("finetune", {})
-            key = next((setting_key(config, "finetune", name, key) for key in ("effective_batch", "batch_size")
-                        if key in own), "finetune.effective_batch")
+            key = next((f"models.{name}.finetune.{key}" for key in ("effective_batch", "batch_size") if key in own),
+                       "finetune.effective_batch")
             problems.append(f"{key}: effective batch {settings['effective_batch']} is not a multiple of batch_size x "
                             f"gpus = {per_step} for model {name}")
     return problems
@@ -499,7 +499,7 @@ def model_kind_problems(config: dict, models_dir: str | Path = "resources/models
         return stage_key(stage, model) if config.get(stage, {}).get("models") else "models"
 
     cls = [f"{setting_key(config, 'extract', name, 'pooling')}: cls pooling reads an encoder's [CLS] / <s> token; "
-           f"{name} is {'an' if kinds[name].startswith('e') else 'a'} {kinds[name]} model"
+           f"{name} is {with_article(kinds[name])} model"
            for name in stage_models(config, "extract")
            if name in kinds and kinds[name] != ENCODER and "cls" in stage_config(config, "extract", name)["pooling"]]
     return kind_problems(grid(config), kinds, key_of) + cls

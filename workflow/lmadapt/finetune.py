@@ -205,7 +205,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     pattern = task_pattern(task, settings.get("pattern"))
     sample, train_meta = read_table(train_path, META_KEY)
     share = settings.get("validation", 0)  # study 2: 0.2 of the sample validates each epoch; the best one is kept
-    held = validation_split(sample["label"].to_numpy(), share, seed) if share else np.zeros(len(sample), bool)
+    held = validation_split(sample["label"].to_numpy(), share, seed)
     train, validation = sample[~held], sample[held]
     examples, truncated_train = classifier_inputs(lm, pattern, train, settings["max_length"])
     verbalizers = [lm.encode(pattern.verbalizer[label]) for label in labels]  # as encode_prompt (icl) has them

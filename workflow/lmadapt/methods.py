@@ -67,6 +67,10 @@ def folder_kind(folder: str | Path) -> str | None:
     return model_kind(json.loads(path.read_text())) if path.is_file() else None
 
 
+def with_article(kind: str) -> str:
+    return f"{'an' if kind.startswith('e') else 'a'} {kind}"
+
+
 def stage_key(stage: str, model: str) -> str:
     """The config key that sends a model to a stage (finetune: the key listing its methods)."""
     return "finetune.methods" if stage == "finetune" else f"{stage}.models"
@@ -91,7 +95,6 @@ def kind_problems(cells: dict[str, list[dict]], kinds: dict[str, str], key_of=st
                 continue
             if kind not in runs_on:
                 key = key_of(stage, cell["model"])
-                article = "an" if kind.startswith("e") else "a"
                 problems[key, what, cell["model"]] = (f"{key}: {what} runs on {' and '.join(runs_on)} models; "
-                                                      f"{cell['model']} is {article} {kind} model")
+                                                      f"{cell['model']} is {with_article(kind)} model")
     return list(problems.values())

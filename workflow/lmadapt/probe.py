@@ -148,7 +148,7 @@ def run_bow(train_path: str, eval_paths: dict[str, str], out: str, settings: dic
     sample, meta = read_table(train_path, META_KEY)
     fields, labels = meta["fields"], meta["labels"]
     share, seed = settings.get("validation", 0), keys.get("seed") or 0
-    held = validation_split(sample["label"].to_numpy(), share, seed) if share else np.zeros(len(sample), bool)
+    held = validation_split(sample["label"].to_numpy(), share, seed)
     train = sample[~held]
     vectorizer_class = TfidfVectorizer if settings["vectorizer"] == "tfidf" else CountVectorizer
     vectorizer = vectorizer_class(ngram_range=(1, settings["ngram_max"]), lowercase=True)

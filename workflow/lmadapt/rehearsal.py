@@ -94,6 +94,7 @@ def model_family(model_id: str) -> str:
 
 def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], seed: int) -> Path:
     """A tiny random model of the hub id's family in the hub's layout: config.json, weights, tokenizer files."""
+    import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
@@ -107,8 +108,6 @@ def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], see
         return build_tiny_bert(folder, roberta=True, **sizes)
     build = build_tiny_gpt2 if family == "gpt2" else partial(build_tiny_opt, layers=2, max_positions=2048)
     build(folder, **sizes)
-    import torch
-
     model = AutoModelForCausalLM.from_pretrained(folder)
     base = {key: value.contiguous() for key, value in model.base_model.state_dict().items()}
     (folder / "model.safetensors").unlink()

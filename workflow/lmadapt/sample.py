@@ -88,10 +88,10 @@ def draw_demonstrations(pool: pd.DataFrame, labels: list[str], per_class: int, s
 
 def validation_split(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
     """Which rows of a training sample are held out to validate on (study 2's 80/20: share 0.2): `share` of each
-    label's rows (at least one, never all), drawn with the cell's seed."""
+    label's rows (at least one, never all), drawn with the cell's seed; none for share 0."""
     rng = np.random.default_rng([seed, 80])
     held = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
+    for label in np.unique(labels) if share else []:
         rows = np.flatnonzero(labels == label)
         held[rng.choice(rows, size=min(len(rows) - 1, max(1, round(share * len(rows)))), replace=False)] = True
     return held
