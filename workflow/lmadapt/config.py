@@ -31,7 +31,7 @@ def load_schema() -> dict:
         schema = yaml.safe_load(f)
     schema["properties"]["finetune"]["properties"]["methods"]["items"] = {"enum": list(METHODS)}
     schema["properties"]["aggregate"]["properties"]["tables"]["default"]["finetune"]["methods"] = list(METHODS)
-    for stage in MODEL_STAGES:
+    for stage in MODEL_STAGES + DERIVE_STAGES:
         section = schema["properties"][stage]
         schema["$defs"]["model"]["properties"][stage] = {
             "description": f"This model's own {stage} settings, over the {stage} section's (a key left out keeps the "
@@ -46,6 +46,13 @@ def load_schema() -> dict:
 # GPT-2 fine-tuned on IMDB at lr 5e-5 next to OPT on RTE at 1e-5. What stays grid-wide: which models a stage runs
 # on, and how fine-tuning jobs run (the DeepSpeed config, checkpoint cadence).
 MODEL_STAGES = ("extract", "icl", "finetune")
+# Derived models (models.<name>: {base, derive}): trained from their base by the rule of their kind into
+# DERIVED_DIR/<name>, a folder like a fetched one. instruct and ppo settings have a section (and a model's own
+# over it); a classifier's are the finetune section's, with the task it learns in models.<name>.classifier.
+DERIVE_KINDS = ("instruct", "ppo", "classifier")
+DERIVE_STAGES = ("instruct", "ppo")
+DERIVED_DIR = "results/models"
+INHERITED = ("gpus", "mem_mb", "dtype") + MODEL_STAGES  # what a derived model takes from its base unless it sets it
 FINETUNE_RUN_SETTINGS = ("checkpoint_every", "keep_checkpoint")  # how a job runs, never what it computes
 GRID_WIDE = ("models", "zero") + FINETUNE_RUN_SETTINGS
 
@@ -62,7 +69,8 @@ def stage_config(config: dict, stage: str, model: str | None = None) -> dict:
     merged = copy.deepcopy(config[stage])
     own = config["models"][model].get(stage, {}) if model else {}
     for key, value in own.items():
-        merged[key] = {**merged[key], **value} if isinstance(value, dict) else copy.deepcopy(value)
+        merged[key] = ({**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else copy.deepcopy(value))
     return merged
 
 
@@ -136,7 +144,8 @@ SELECTIONS = ("models", "tasks", "prompts", "shots", "k", "methods")  # also wha
 STAGE_SETTINGS = {"extract": ("extract", {"shots", "max_length", "pattern"}), "icl": ("icl", {"max_length", "pattern"}),
                   "probe": ("probe", set()), "bow": ("bow", {"validation"}),
                   "teacher": ("finetune.distill", {"pattern"}),
-                  "finetune": ("finetune", {"lora", "distill", "lr", "pattern", "validation"})}
+                  "finetune": ("finetune", {"lora", "distill", "lr", "pattern", "validation"}),
+                  "instruct": ("instruct", {"data"}), "ppo": ("ppo", {"lora"})}
 
 
 def stage_settings_schema(stage: str, schema: dict | None = None) -> dict:
@@ -150,7 +159,7 @@ def stage_settings_schema(stage: str, schema: dict | None = None) -> dict:
                       "pattern": schema["properties"]["finetune"]["properties"]["pattern"]}
     else:
         properties = {key: value for key, value in schema["properties"][section]["properties"].items()
-                      if key not in SELECTIONS or (stage, key) == ("extract", "shots")}
+                      if key not in SELECTIONS or (stage, key) in (("extract", "shots"), ("ppo", "prompts"))}
     if stage in ("extract", "icl", "teacher"):
         properties["dtype"] = schema["$defs"]["model"]["properties"]["dtype"]
     if stage == "bow":  # a full-training-set job gets full_train's validation share
@@ -193,9 +202,125 @@ def settings_help(stage: str, schema: dict) -> str:
 def check_config(config: dict, origin: str = "config") -> dict:
     """Return a copy of `config` with defaults filled in, or raise ConfigError naming every bad key."""
     config = copy.deepcopy(dict(config))
+    _inherit_from_bases(config, origin)
     _raise_for(_Validator(load_schema()).iter_errors(config), origin)
     _check_cross_references(config, origin)
     return config
+
+
+def _inherit_from_bases(config: dict, origin: str) -> None:
+    """A derived model takes its base's resources, dtype and stage settings (before defaults are filled in, so
+    that the base's, not the schema's, fill what it leaves out); its own stage settings merge over its base's."""
+    models = config.get("models")
+    if not isinstance(models, dict):
+        return  # the schema names what is wrong
+
+    def resolve(name: str, chain: tuple[str, ...]) -> dict:
+        spec = models[name]
+        base = spec.get("base") if isinstance(spec, dict) else None
+        if base not in models:
+            return spec if isinstance(spec, dict) else {}
+        if base in chain + (name,):
+            cycle = " -> ".join(chain + (name, base))
+            raise ConfigError(f"{origin}: invalid configuration:\n  models.{name}.base: {cycle} derive from each other")
+        base_spec = resolve(base, chain + (name,))
+        for key in INHERITED:
+            if key in base_spec and isinstance(base_spec[key], dict) and isinstance(spec.get(key), dict):
+                spec[key] = merged(base_spec[key], spec[key])
+            elif key in base_spec and key not in spec:
+                spec[key] = copy.deepcopy(base_spec[key])
+        return spec
+
+    def merged(base: dict, own: dict) -> dict:  # a stage's settings: lora and distill merge key by key
+        out = copy.deepcopy(base)
+        for key, value in own.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = {**out[key], **value} if both else copy.deepcopy(value)
+        return out
+
+    for name in models:
+        resolve(name, ())
+
+
+def derived_models(config: dict, kind: str | None = None) -> list[str]:
+    """The derived models (of one kind: instruct, ppo, classifier), by name."""
+    return [name for name, spec in sorted(config["models"].items())
+            if spec.get("derive") and (kind is None or spec["derive"] == kind)]
+
+
+def root_model(config: dict, name: str) -> str:
+    """The fetched model a model is derived from (itself when fetched)."""
+    while config["models"][name].get("base"):
+        name = config["models"][name]["base"]
+    return name
+
+
+def reward_models(config: dict) -> set[str]:
+    return {stage_config(config, "ppo", name)["reward"].get("model") for name in derived_models(config, "ppo")}
+
+
+def subject_models(config: dict) -> list[str]:
+    """The models a stage runs on when it lists none: every model but the classifiers derived or fetched to
+    score others (derive: classifier, a ppo reward model)."""
+    tools = reward_models(config)
+    return [name for name in sorted(config["models"])
+            if config["models"][name].get("derive") != "classifier" and name not in tools]
+
+
+def _derived_problems(config: dict) -> list[str]:
+    """Fetched xor derived; a derived model's base, its data and its reward model declared."""
+    problems = []
+    for name, spec in config["models"].items():
+        where = f"models.{name}"
+        if "id" in spec and ("base" in spec or "derive" in spec):
+            problems.append(f"{where}: give `id` (a model to fetch) or `base` and `derive` (a derived model), not both")
+            continue
+        if "id" not in spec and not ("base" in spec and "derive" in spec):
+            problems.append(f"{where}: needs `id` (a model to fetch), or `base` and `derive` (a derived model)")
+            continue
+        if "id" in spec:
+            continue
+        if spec["base"] not in config["models"]:
+            problems.append(f"{where}.base: {spec['base']!r} is not declared under models "
+                            f"(declared: {sorted(config['models'])})")
+        if spec["derive"] == "classifier":
+            if "classifier" not in spec:
+                problems.append(f"{where}.classifier: missing; derive: classifier needs the task its head learns")
+            elif spec["classifier"]["task"] not in config["tasks"]:
+                problems.append(f"{where}.classifier.task: {spec['classifier']['task']!r} is not declared under "
+                                f"tasks (declared: {sorted(config['tasks'])})")
+        elif spec["derive"] == "instruct":
+            instruct = stage_config(config, "instruct", name)
+            if not instruct["data"] and not instruct["tasks"]:
+                problems.append(f"{setting_key(config, 'instruct', name, 'data')}: model {name} is instruction-tuned "
+                                f"on nothing; name corpora (instruct.data) or tasks (instruct.tasks)")
+            for corpus in instruct["data"]:
+                if corpus not in config["corpora"]:
+                    problems.append(f"{setting_key(config, 'instruct', name, 'data')}: {corpus!r} is not declared "
+                                    f"under corpora (declared: {sorted(config['corpora'])})")
+            for task in instruct["tasks"]:
+                if task not in config["tasks"]:
+                    problems.append(f"{setting_key(config, 'instruct', name, 'tasks')}: {task!r} is not declared "
+                                    f"under tasks (declared: {sorted(config['tasks'])})")
+                elif "instructions" not in config["tasks"][task]:
+                    key = setting_key(config, "instruct", name, "tasks")
+                    problems.append(f"tasks.{task}.instructions: missing; {key} builds an instruction set from "
+                                    f"task {task}")
+        else:
+            ppo = stage_config(config, "ppo", name)
+            corpus, reward = ppo["prompts"].get("corpus"), ppo["reward"]
+            if corpus not in config["corpora"]:
+                problems.append(f"{setting_key(config, 'ppo', name, 'prompts', 'corpus')}: "
+                                f"{'missing' if corpus is None else repr(corpus) + ' is not declared under corpora'}"
+                                f" (declared corpora: {sorted(config['corpora'])})")
+            if reward.get("model") not in config["models"]:
+                what = "missing" if reward.get("model") is None else f"{reward['model']!r} is not declared under models"
+                problems.append(f"{setting_key(config, 'ppo', name, 'reward', 'model')}: {what} (the sequence "
+                                f"classifier that scores {name}'s generations)")
+            if ("label" in reward) == ("avoid" in reward):
+                problems.append(f"{setting_key(config, 'ppo', name, 'reward')}: give `label` (its probability is the "
+                                f"reward) or `avoid` (1 - its probability), one of the two")
+    return problems
 
 
 def _check_cross_references(config: dict, origin: str) -> None:
@@ -216,6 +341,7 @@ def _check_cross_references(config: dict, origin: str) -> None:
         for name in names:
             if name not in config[kind]:
                 problems.append(f"{key}: {name!r} is not declared under {kind} (declared: {sorted(config[kind])})")
+    problems += _derived_problems(config)
     if problems:  # the checks below look the selected names up
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
     problems += _demonstration_problems(config) + _model_source_problems(config) + _batch_problems(config)
@@ -327,7 +453,7 @@ def _model_source_problems(config: dict) -> list[str]:
     """A local model that is not where the config says is an error now, not in the fetch job."""
     problems = []
     for name, spec in config["models"].items():
-        if not is_local_model(spec):
+        if spec.get("derive") or not is_local_model(spec):
             continue
         try:
             folder = local_model_path(spec)
@@ -403,7 +529,7 @@ def prepared_problems(config: dict, root: str | Path = ".") -> list[str]:
     problems = []
     for name, spec in config["models"].items():
         info_path = root / "resources/models" / name / MODEL_INFO
-        if not info_path.is_file():
+        if spec.get("derive") or not info_path.is_file():
             continue
         info = json.loads(info_path.read_text())
         recorded = info.get("identity") or {"source": info.get("source")}  # folders prepared before identities
@@ -424,6 +550,39 @@ def prepared_problems(config: dict, root: str | Path = ".") -> list[str]:
                                 f"the config now says {_describe_identity(dataset_identity(source))}. To fetch "
                                 f"that, remove {path}")
     return problems
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def unpinned_sources(config: dict, resources: str | Path = "resources") -> list[dict]:
+    """Hub models, datasets and corpora whose `revision` is not a commit, with the commit their fetch got where it
+    is at hand (in resources/models, data, corpora): the line to pin them with."""
+    root = Path(resources)
+    found = []
+    for name, spec in config["models"].items():
+        if spec.get("derive") or is_local_model(spec) or COMMIT.fullmatch(spec.get("revision") or ""):
+            continue
+        info = root / "models" / name / MODEL_INFO
+        found.append({"key": f"models.{name}.revision", "revision": spec.get("revision"),
+                      "commit": json.loads(info.read_text()).get("revision") if info.is_file() else None})
+    sources = [(f"tasks.{t}.{key}", src, root / "data" / t / f"{source_file_role(key)}.parquet")
+               for t, task in config["tasks"].items() for key, src in task_sources(task).items()]
+    sources += [(f"corpora.{name}", src, root / "corpora" / f"{name}.parquet")
+                for name, src in config.get("corpora", {}).items()]
+    for key, source, path in sources:
+        if not source.get("hub") or "/" not in source["hub"] or COMMIT.fullmatch(source.get("revision") or ""):
+            continue  # a builder on local files (parquet, json) has no commit
+        found.append({"key": f"{key}.revision", "revision": source.get("revision"),
+                      "commit": _fetched_commit(path) if path.is_file() else None})
+    return found
+
+
+def _fetched_commit(path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[FETCH_KEY.encode()]).get("commit") if FETCH_KEY.encode() in meta else None
 
 
 def _fetched_identity(path: Path) -> dict | None:
@@ -461,9 +620,11 @@ def resolve_layers(spec, n_layers: int, model: str = "the model") -> list[int]:
     return sorted(out)
 
 
-def model_folders(name: str, spec: dict, models_dir: str | Path) -> list[Path]:
+def model_folders(config: dict, name: str, models_dir: str | Path) -> list[Path]:
     """Where a model's config.json can be read before any job: its prepared folder, or the local folder it will
-    be prepared from."""
+    be prepared from (a derived model's: its root model's, whose kind, layers and tokenizer it keeps)."""
+    name = root_model(config, name)
+    spec = config["models"][name]
     folders = [Path(models_dir) / name]
     if is_local_model(spec) and not spec.get("gguf_file") and not spec.get("package"):
         folders.append(local_model_path(spec))
@@ -474,7 +635,7 @@ def layer_problems(config: dict, models_dir: str | Path = "resources/models") ->
     """extract.layers checked against each extracted model whose config.json can be read now."""
     problems = []
     for name in stage_models(config, "extract"):
-        folders = model_folders(name, config["models"][name], models_dir)
+        folders = model_folders(config, name, models_dir)
         n_layers = next((n for n in map(model_layers, folders) if n is not None), None)
         if n_layers is not None:
             try:
@@ -488,12 +649,14 @@ def model_kind_problems(config: dict, models_dir: str | Path = "resources/models
     """Cells a model cannot run by its kind (decoder, encoder-decoder, encoder: lmadapt/methods.py), for every
     model whose config.json can be read now; each names the config key that asks for it."""
     kinds = {}
-    for name, spec in config["models"].items():
-        kind = next((k for k in map(folder_kind, model_folders(name, spec, models_dir)) if k), None)
+    for name in config["models"]:
+        kind = next((k for k in map(folder_kind, model_folders(config, name, models_dir)) if k), None)
         if kind:
             kinds[name] = kind
 
     def key_of(stage, model):
+        if stage in DERIVE_KINDS:
+            return f"models.{model}.derive"
         if stage == "finetune":
             return setting_key(config, "finetune", model, "methods")
         return stage_key(stage, model) if config.get(stage, {}).get("models") else "models"
@@ -534,6 +697,9 @@ def grid(config: dict) -> dict[str, list[dict]]:
             out["finetune"] += [dict(model=model, task=task, method=method, k=k, seed=seed)
                                 for method in finetune["methods"] for k, seed in cells(task)
                                 if not finetune["k"] or k in finetune["k"]]
+    for kind in DERIVE_KINDS:  # a derived model's job, where the grid has one
+        if derived_models(config, kind):
+            out[kind] = [dict(model=name) for name in derived_models(config, kind)]
     return out
 
 
@@ -546,7 +712,9 @@ def stage_names(config: dict, stage: str, kind: str, model: str | None = None) -
     """The models or tasks a stage runs on: its selection (for tasks, the model's own where it sets them), or
     all declared ones."""
     section = stage_config(config, stage, model) if model else config.get(stage, {})
-    return list(section.get(kind) or sorted(config[kind]))
+    if section.get(kind):
+        return list(section[kind])
+    return subject_models(config) if kind == "models" else sorted(config[kind])
 
 
 class _StrictLoader(yaml.SafeLoader):
