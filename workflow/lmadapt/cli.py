@@ -153,6 +153,52 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_classifier(args) -> int:
+    from .finetune import run_classifier
+
+    task = _task_from_json(args.task, args.task_config)
+    settings = check_stage_settings("finetune", dict(args.settings, **args.run_settings), "head")
+    result = run_classifier(args.name, args.model_dir, task, args.train, _pairs(args.eval), settings, args.keys,
+                            args.work_dir, args.deepspeed_config, args.out_model, args.metrics)
+    for r in (result or {"records": []})["records"]:
+        print(f"{args.name} ({r['split']}): accuracy {r['accuracy']:.3f} -> {args.out_model}")
+    return 0
+
+
+def cmd_instruct(args) -> int:
+    from .instruct import run_instruct
+
+    settings = check_stage_settings("instruct", dict(args.settings, **args.run_settings))
+    metrics = run_instruct(args.name, args.base_dir, _pairs(args.data), args.corpora, settings,
+                           args.deepspeed_config, args.work_dir, args.out_model, args.metrics, args.generations)
+    if metrics:
+        before, after = metrics["held_out"]["before"], metrics["held_out"]["after"]
+        print(f"{args.name}: held-out response perplexity {before['perplexity']} -> {after['perplexity']} "
+              f"({metrics['train']['optimizer_steps']} steps) -> {args.out_model}")
+    return 0
+
+
+def cmd_ppo(args) -> int:
+    from .ppo import run_ppo
+
+    settings = check_stage_settings("ppo", args.settings)
+    metrics = run_ppo(args.name, args.base_dir, args.reward_dir, args.prompts, args.corpus, settings,
+                      args.out_model, args.metrics, args.generations)
+    before, after = metrics["held_out"]["before"], metrics["held_out"]["after"]
+    print(f"{args.name}: held-out mean reward {before['mean_reward']} -> {after['mean_reward']}, bad share "
+          f"{before['bad_share']} -> {after['bad_share']}, KL {after['kl_to_base']} -> {args.out_model}")
+    return 0
+
+
+def cmd_derived_summary(args) -> int:
+    from .derived import summary_markdown
+    from .io import read_json, write_text
+
+    write_text(summary_markdown([read_json(path) for path in args.metrics]), args.out)
+    print(f"{args.out}: {len(args.metrics)} derived model(s)")
+    return 0
+
+
 def cmd_aggregate(args) -> int:
     from .aggregate import run_aggregate
 
@@ -202,7 +248,7 @@ def cmd_rehearsal(args) -> int:
     from .rehearsal import build_rehearsal
 
     path = build_rehearsal(args.paper, args.out, seeds=args.seeds, models=args.models, ks=args.k,
-                           epochs=args.epochs, hans_rows=args.hans_rows or None)
+                           epochs=args.epochs, hans_rows=args.hans_rows or None, ppo_steps=args.ppo_steps)
     print(f"{path}: the grid of {args.paper} with tiny models and hub-shaped local data; run it with "
           f"snakemake --configfile {path} --directory {Path(args.out)}")
     return 0
@@ -249,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-config", type=_json_arg, required=True, help="the task's config entry, as JSON")
     p.add_argument("--input", nargs="+", metavar="ROLE=PATH", required=True,
                    help="source files: train=..., test=..., ood:NAME=...")
-    p.add_argument("--split", required=True, help="train, demos, test or ood:NAME")
+    p.add_argument("--split", required=True, help="train, demos, test, instructions or ood:NAME")
     p.add_argument("--k", type=_k_arg, help="examples per class, or all: the full training set (train)")
     p.add_argument("--seed", type=int, help="data seed (train, demos)")
     p.add_argument("--test-seed", type=int, default=0)
@@ -303,6 +349,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_finetune)
 
+    p = sub.add_parser("classifier", help="derive a classifier: a task's head fine-tuned, saved as a model folder")
+    _model_task_args(p)
+    p.add_argument("--name", required=True, help="the derived model's name")
+    p.add_argument("--train", required=True)
+    p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("finetune", schema))
+    p.add_argument("--run-settings", type=_json_arg, default={}, help="checkpoint_every, keep_checkpoint, as JSON")
+    p.add_argument("--deepspeed-config", required=True)
+    p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, method, k, seed")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--out-model", required=True, help="the derived model folder")
+    p.add_argument("--metrics", required=True, help="its evaluation, as a fine-tuning cell's metrics file")
+    p.set_defaults(func=cmd_classifier)
+
+    p = sub.add_parser("instruct", help="derive an instruction-tuned model (Alpaca layout, response-only loss)")
+    p.add_argument("--name", required=True, help="the derived model's name")
+    p.add_argument("--base-dir", required=True, help="the base model's folder")
+    p.add_argument("--data", nargs="+", required=True, metavar="NAME=PATH",
+                   help="instruction sets: corpora (read through --corpora) and tasks' instruction samples")
+    p.add_argument("--corpora", type=_json_arg, default={}, help="the corpora entries of the config, as JSON")
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("instruct", schema))
+    p.add_argument("--run-settings", type=_json_arg, default={}, help="checkpoint_every, as JSON")
+    p.add_argument("--deepspeed-config", required=True)
+    p.add_argument("--work-dir", required=True, help="checkpoints, kept across restarts")
+    p.add_argument("--out-model", required=True, help="the derived model folder")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--generations", required=True, help="held-out instructions answered, as Parquet")
+    p.set_defaults(func=cmd_instruct)
+
+    p = sub.add_parser("ppo", help="derive a model by RL against a reward classifier (RLOO with PPO clipping)")
+    p.add_argument("--name", required=True, help="the derived model's name")
+    p.add_argument("--base-dir", required=True, help="the policy's starting model folder")
+    p.add_argument("--reward-dir", required=True, help="the reward classifier's model folder")
+    p.add_argument("--prompts", required=True, help="the corpus file the prompts come from")
+    p.add_argument("--corpus", type=_json_arg, required=True, help="that corpus's config entry, as JSON")
+    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("ppo", schema))
+    p.add_argument("--out-model", required=True, help="the derived model folder")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--generations", required=True, help="held-out completions before and after, as Parquet")
+    p.set_defaults(func=cmd_ppo)
+
+    p = sub.add_parser("derived-summary", help="a Markdown table of the derived models' before/after metrics")
+    p.add_argument("--metrics", nargs="*", default=[], help="results/derive/<model>/metrics.json files")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_derived_summary)
+
     p = sub.add_parser("preflight", help="check and cost every cell before submitting (after fetch and sample)")
     p.add_argument("--config", default="config/config.yaml", help="a config file (validated)")
     p.add_argument("--config-json", type=_json_arg, help="an already validated config, as JSON (the rule's way)")
@@ -318,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=2, help="keep this many of the grid's seeds")
     p.add_argument("--models", nargs="+", help="keep only these models (default: all)")
     p.add_argument("--k", type=int, nargs="+", help="keep only these k (default: all)")
-    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the grid's; fewer cuts time, not shape)")
+    p.add_argument("--epochs", type=int, help="fine-tuning and instruction-tuning epochs (default: the grid's; "
+                                              "fewer cuts time, not shape)")
+    p.add_argument("--ppo-steps", type=int, help="PPO steps (default: the grid's; fewer cuts time, not shape)")
     p.add_argument("--hans-rows", type=int, default=3000,
                    help="a stratified subset of HANS's 30,000 rows (0 = all of them)")
     p.set_defaults(func=cmd_rehearsal)

@@ -62,6 +62,11 @@ def resolve_path(source: dict) -> Path:
     return Path(source["path"])
 
 
+def corpus_path(source: dict, fetched: str | Path) -> Path:
+    """Where a corpus is read: the Parquet file its fetch wrote (a hub corpus), else its own file."""
+    return Path(fetched) if source.get("hub") else resolve_path(source)
+
+
 def _source_name(source: dict, path: Path) -> str:
     if source.get("hub"):
         return f"hub:{source['hub']}" + (f"/{source['hub_config']}" if source.get("hub_config") else "") + \
@@ -254,6 +259,21 @@ def read_split(source: dict, path: str | Path, fields: list[str], labels: list[s
     for column in keep:
         rows[column] = raw[column].astype(str).to_numpy()
     return Split(rows.reset_index(drop=True), path, {"source": _source_name(source, path)})
+
+
+def read_corpus(source: dict, path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """A corpus (texts without labels: an instruction set, prompts): the named columns, mapped through the
+    source's `columns`, as text (a missing value is an empty text), in file order."""
+    path = Path(path)
+    raw = _read_raw(path, reader_of(source, path), source.get("encoding", "utf-8"))
+    mapping = {column: (source.get("columns") or {}).get(column, column) for column in columns}
+    missing = [f"{column} (column {name!r})" for column, name in mapping.items() if name not in raw.columns]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(missing)}; the file has {list(raw.columns)} (map them with the "
+                        f"corpus's `columns`)")
+    if raw.empty:
+        raise DataError(f"{path}: no data rows")
+    return pd.DataFrame({column: raw[name].fillna("").astype(str).to_numpy() for column, name in mapping.items()})
 
 
 def _label_ids(raw, label_map, labels, column, where) -> list[int]:

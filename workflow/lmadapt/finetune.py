@@ -26,7 +26,7 @@ from .icl import seq2seq_label_logprobs
 from .io import read_table, write_json, write_parquet
 from .methods import METHODS, folder_kind, kind_problems
 from .metrics import Cost, classification_record, finish, group_columns, provenance
-from .models import load_model
+from .models import load_model, model_record
 from .prompt import PromptError, classifier_inputs, task_pattern
 from .sample import META_KEY, validation_split
 
@@ -67,13 +67,23 @@ def accumulation_steps(settings: dict, world: int) -> int:
     return settings["effective_batch"] // per_step
 
 
+def schedule(n_examples: int, settings: dict, world: int) -> tuple[int, int, int]:
+    """(accumulation steps, examples each epoch orders, optimizer steps) of a training run: every rank takes the
+    same number of micro-batches."""
+    accum = accumulation_steps(settings, world)
+    order_length = n_examples // world * world
+    micro_per_epoch = -(-(order_length // world) // settings["batch_size"])
+    return accum, order_length, -(-micro_per_epoch * settings["epochs"] // accum)
+
+
 def learning_rate(settings: dict, method: str) -> float:
     return settings["lora"]["lr"] if METHODS[method].lora else settings["lr"]
 
 
-def deepspeed_config(base_path: str, settings: dict, method: str, accum: int, total_steps: int, dtype: str) -> dict:
+def deepspeed_config(base_path: str, settings: dict, lr: float, accum: int, total_steps: int, dtype: str) -> dict:
+    """The DeepSpeed config of a training job (finetune, instruct): the ZeRO file with batch, AdamW, warmup-decay
+    schedule and precision."""
     config = json.loads(Path(base_path).read_text())
-    lr = learning_rate(settings, method)
     config.update(
         train_micro_batch_size_per_gpu=settings["batch_size"],
         gradient_accumulation_steps=accum,
@@ -223,13 +233,9 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
         teacher_rows = teacher_rows.set_index("id").loc[train["id"]]
         teacher = torch.tensor(np.stack(teacher_rows["probs"].to_numpy()), dtype=torch.float32)
 
-    accum = accumulation_steps(settings, world)
-    order_length = len(examples) // world * world  # every rank takes the same number of micro-batches
-    micro_per_epoch = -(-(order_length // world) // settings["batch_size"])
-    total_micro = micro_per_epoch * settings["epochs"]
-    total_steps = -(-total_micro // accum)
+    accum, order_length, total_steps = schedule(len(examples), settings, world)
     dtype = precision(settings["precision"])
-    config = deepspeed_config(ds_config_path, settings, method, accum, total_steps, dtype)
+    config = deepspeed_config(ds_config_path, settings, learning_rate(settings, method), accum, total_steps, dtype)
     evals = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
     fingerprints = [train_meta["fingerprint"]] + [meta["fingerprint"] for _, meta in evals.values()]
     job_hash = fingerprint({"settings": {k: v for k, v in settings.items() if k not in FINETUNE_RUN_SETTINGS},
@@ -241,16 +247,6 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     device = engine.device
 
     checkpoints = Path(work_dir) / "checkpoints"
-    start_micro, resumed_from, losses, tokens, padded = 0, None, [], 0, 0
-    history = []  # validation accuracy after each epoch
-    if (checkpoints / "latest").exists():  # resume exactly: the same dropout masks and loss curve as one run
-        _, client = engine.load_checkpoint(str(checkpoints))
-        start_micro = resumed_from = client["micro_step"]
-        losses, tokens, padded = client["losses"], client["tokens"], client["padded"]
-        history = client.get("validation", [])
-        torch.set_rng_state(client["rng"])
-        if client["cuda_rng"] is not None:
-            torch.cuda.set_rng_state_all(client["cuda_rng"])
 
     def predict(rows, desc):
         """Predicted label ids of rows (and how many inputs were cut): each one's likeliest class."""
@@ -266,38 +262,24 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                 predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
         return torch.cat(predictions).numpy(), truncated
 
-    train_start = time.time()
-    micro = 0
-    lengths = np.array([len(example) for example in examples])
-    for epoch in range(settings["epochs"]):
-        for batch in epoch_batches(lengths, order_length, seed, epoch, rank, world, settings["batch_size"]):
-            if micro < start_micro:
-                micro += 1
-                continue
-            ids, mask = pad_batch([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
-            gold = targets[batch].to(device)
-            if seq2seq:  # the decoder's loss on the gold verbalizer
-                loss = engine.module(input_ids=ids, attention_mask=mask,
-                                     labels=seq2seq_targets(verbalizers, gold, device)).loss
+    def batch_loss(batch):
+        ids, mask = pad_batch([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
+        gold = targets[batch].to(device)
+        if seq2seq:  # the decoder's loss on the gold verbalizer
+            loss = engine.module(input_ids=ids, attention_mask=mask,
+                                 labels=seq2seq_targets(verbalizers, gold, device)).loss
+        else:
+            logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
+            if teacher is not None:
+                d = settings["distill"]
+                loss, _, _ = distill_loss(logits, teacher[batch].to(device), gold, d["temperature"],
+                                          d["kl_weight"], d["ce_weight"])
             else:
-                logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
-                if teacher is not None:
-                    d = settings["distill"]
-                    loss, _, _ = distill_loss(logits, teacher[batch].to(device), gold, d["temperature"],
-                                              d["kl_weight"], d["ce_weight"])
-                else:
-                    loss = torch.nn.functional.cross_entropy(logits, gold)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            tokens += int(mask.sum())
-            padded += mask.numel()
-            micro += 1
-            if micro % accum == 0 and (micro // accum) % settings["checkpoint_every"] == 0:
-                save_checkpoint(engine, checkpoints, job_hash, rank, client_state={
-                    "micro_step": micro, "losses": losses, "tokens": tokens, "padded": padded,
-                    "validation": history, "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
+                loss = torch.nn.functional.cross_entropy(logits, gold)
+        return loss, mask
+
+    def validate(epoch, state):
+        history = state["validation"]
         if share and len(history) == epoch:  # not yet validated (a resumed run has the epochs before its step)
             engine.eval()
             predicted, _ = predict(validation, f"validate epoch {epoch + 1}")
@@ -305,6 +287,13 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
             history.append(float((predicted == validation["label"].to_numpy()).mean()))
             if history[-1] > max(history[:-1], default=-1.0):
                 save_checkpoint(engine, checkpoints, job_hash, rank, tag="best", client_state={"epoch": epoch})
+
+    train_start = time.time()
+    lengths = np.array([len(example) for example in examples])
+    state = train_epochs(engine, lengths, order_length, settings, seed, rank, world, accum, checkpoints, job_hash,
+                         batch_loss, {"validation": []}, after_epoch=validate)
+    losses, tokens, padded, history = state["losses"], state["tokens"], state["padded"], state["validation"]
+    micro, resumed_from = state["micro_step"], state["resumed_from"]
     train_seconds = time.time() - train_start
     best_epoch = int(np.argmax(history)) if history else None  # the first of equally good epochs
     if best_epoch is not None and best_epoch < len(history) - 1:
@@ -350,6 +339,46 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     return result if rank == 0 else None
 
 
+def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: dict, seed: int, rank: int, world: int,
+                 accum: int, checkpoints: Path, job_hash: str, batch_loss, extra: dict | None = None,
+                 after_epoch=None) -> dict:
+    """The training loop of finetune and instruct: settings["epochs"] epochs of length-grouped micro-batches;
+    batch_loss(indices) -> (loss, attention mask). A checkpoint every settings["checkpoint_every"] optimizer
+    steps holds the loop's state (micro-step, losses, token counts, `extra`, the RNG); a run that finds one
+    resumes exactly (the same dropout masks and loss curve as one run). after_epoch(epoch, state) runs after each
+    epoch. Returns the state, with `resumed_from` (the micro-step it resumed at, or None)."""
+    state = {"micro_step": 0, "losses": [], "tokens": 0, "padded": 0} | (extra or {})
+    resumed_from = None
+    if (checkpoints / "latest").exists():
+        _, client = engine.load_checkpoint(str(checkpoints))
+        state.update({key: client[key] for key in state if key in client})
+        resumed_from = client["micro_step"]
+        torch.set_rng_state(client["rng"])
+        if client["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(client["cuda_rng"])
+    start, micro = state["micro_step"], 0
+    for epoch in range(settings["epochs"]):
+        for batch in epoch_batches(lengths, order_length, seed, epoch, rank, world, settings["batch_size"]):
+            if micro < start:
+                micro += 1
+                continue
+            loss, mask = batch_loss(batch)
+            engine.backward(loss)
+            engine.step()
+            state["losses"].append(loss.item())
+            state["tokens"] += int(mask.sum())
+            state["padded"] += mask.numel()
+            micro += 1
+            state["micro_step"] = micro
+            if micro % accum == 0 and (micro // accum) % settings["checkpoint_every"] == 0:
+                save_checkpoint(engine, checkpoints, job_hash, rank, client_state=dict(
+                    state, rng=torch.get_rng_state(),
+                    cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
+        if after_epoch:
+            after_epoch(epoch, state)
+    return dict(state, resumed_from=resumed_from)
+
+
 def save_checkpoint(engine, checkpoints: Path, job_hash: str, rank: int, tag: str | None = None,
                     client_state: dict | None = None) -> None:
     """A resumable checkpoint (tag None: the one `latest` names) or the best epoch's weights (tag "best"), marked
@@ -378,3 +407,31 @@ def _save(engine, lm, method: str, work_dir: Path, settings: dict) -> str | None
             lm.tokenizer.save_pretrained(target)
         return str(target)
     return None
+
+
+def run_classifier(name: str, base_dir: str, task: dict, train_path: str, eval_paths: dict[str, str], settings: dict,
+                   keys: dict, work_dir: str, ds_config_path: str, out_model: str, metrics_path: str) -> dict | None:
+    """A derived classifier (derive: classifier, e.g. a PPO reward model): the base fine-tuned by method `head`
+    on a task's training sample and evaluated like any fine-tuning cell (metrics_path), then written as a model
+    folder with its head, the task's label names and the pattern its inputs were framed by (a reward frames texts
+    the same way)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .derived import derived_record, save_derived
+
+    result = run_finetune(base_dir, task, train_path, eval_paths, metrics_path, dict(settings, save_model=True),
+                          keys, work_dir, ds_config_path)
+    if result is None:  # not rank 0
+        return None
+    saved = Path(result["records"][0]["details"]["saved"])
+    model = AutoModelForSequenceClassification.from_pretrained(saved, dtype="auto")
+    model.config.id2label = dict(enumerate(task["labels"]))
+    model.config.label2id = {label: i for i, label in enumerate(task["labels"])}
+    pattern = task_pattern(task, settings.get("pattern"))
+    data_fingerprint = result["records"][0]["provenance"]["data_fingerprint"]
+    record = derived_record(name, "classifier", model_record(base_dir), settings, data_fingerprint)
+    record["pattern"] = {"name": pattern.name, "template": pattern.template, "verbalizer": pattern.verbalizer,
+                         "separator": pattern.separator, "labels": list(pattern.labels)}
+    save_derived(model, AutoTokenizer.from_pretrained(saved), out_model, record)
+    shutil.rmtree(saved)  # now in out_model
+    return result

@@ -26,14 +26,15 @@ def decoder_layers(model) -> tuple[object, str]:
     raise TypeError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
-def pad_batch(batch: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and their attention mask."""
+def pad_batch(batch: list[list[int]], pad: int, device, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask (left-padded for generation with a decoder)."""
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+        mask[row, span] = 1
     return input_ids.to(device), mask.to(device)
 
 

@@ -41,8 +41,10 @@ METHODS = {
                            summary="LoRA adapters; the decoder learns the verbalizer as its target"),
 }
 
-# The model kinds each model stage runs on (finetune and its teacher: per method, above).
-STAGE_KINDS = {"extract": (DECODER, ENCODER_DECODER, ENCODER), "icl": (DECODER, ENCODER_DECODER)}
+# The model kinds each model stage runs on (finetune and its teacher: per method, above); a derived model's rule
+# (instruct, ppo, classifier) on its base's kind.
+STAGE_KINDS = {"extract": (DECODER, ENCODER_DECODER, ENCODER), "icl": (DECODER, ENCODER_DECODER),
+               "instruct": (DECODER,), "ppo": (DECODER, ENCODER_DECODER), "classifier": METHODS["head"].kinds}
 
 
 def method_pattern() -> str:

@@ -228,6 +228,15 @@ def folder_revision(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def model_record(folder: str | Path) -> dict:
+    """A prepared or derived folder's lmadapt_model.json (a plain folder of weights: its name and file sizes)."""
+    folder = Path(folder)
+    path = folder / MODEL_INFO
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"name": folder.name, "source": f"local:{folder}", "revision": folder_revision(folder)}
+
+
 def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", num_labels: int | None = None,
                device: torch.device | None = None, overrides: dict | None = None) -> LoadedModel:
     """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', 'classification' (new head), 'base' (no
@@ -242,15 +251,15 @@ def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", nu
     if head == "auto":
         head = {ENCODER_DECODER: "seq2seq", ENCODER: "base"}.get(
             model_kind(AutoConfig.from_pretrained(folder).to_dict()), "causal")
-    info_path = folder / MODEL_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {
-        "name": folder.name, "source": f"local:{folder}", "revision": folder_revision(folder)}
+    info = model_record(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "base": AutoModel,
               "classification": AutoModelForSequenceClassification}[head]
-    kwargs = {"num_labels": num_labels, "pad_token_id": tokenizer.pad_token_id} if head == "classification" else {}
+    kwargs = {"pad_token_id": tokenizer.pad_token_id} if head == "classification" else {}
+    if num_labels:  # a new head's size; without it, a classifier's folder keeps its own head
+        kwargs["num_labels"] = num_labels
     if overrides:
         config = AutoConfig.from_pretrained(folder)
         kwargs.update({key: value for key, value in overrides.items() if hasattr(config, key)})

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import (ConfigError, demonstration_needs, finetune_settings, grid, layer_problems,
-                     model_kind_problems, setting_key, stage_config)
+from .config import (ConfigError, demonstration_needs, derived_models, finetune_settings, grid, layer_problems,
+                     model_kind_problems, root_model, setting_key, stage_config, unpinned_sources)
+from .data import corpus_path
 from .extract import PREFIX_SHARE, prefix_demonstrations
+from .instruct import alpaca_prompt, read_instructions, split_rows
 from .io import markdown_table, read_table, write_json, write_text
 from .methods import METHODS
 from .models import checkpoint_class, load_tokens
@@ -133,7 +135,9 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     plan.errors += layer_problems(config, models) + model_kind_problems(config, models)
     cells = grid(config)
     read = _cached(lambda path: read_table(path, META_KEY)[0])
-    fetched = {m: models / m for m in config["models"] if (models / m / "config.json").is_file()}
+    # a derived model is counted and costed by its root model's folder (its tokenizer and shape)
+    fetched = {m: models / root_model(config, m) for m in config["models"]
+               if (models / root_model(config, m) / "config.json").is_file()}
     shapes = {m: model_shape(folder, stage_config(config, "finetune", m)["lora"]) for m, folder in fetched.items()}
     tokens_by_key: dict[str, object] = {}
     measured: dict[tuple, dict] = {}  # (tokenizer, what) -> counts, shared by models with one tokenizer
@@ -322,6 +326,52 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
                                f"under {zero_name} on {max(gpus, 1)} GPU(s), more than "
                                f"preflight.gpu_memory_gb ({plan.cluster['gpu_memory_gb']}); add GPUs, use "
                                f"zero3/zero3_offload, or lower {setting_key(config, 'finetune', model, 'batch_size')}")
+
+    # ------------------------------------------------ instruction tuning: its tokens, FLOPs and memory
+    for name in derived_models(config, "instruct"):
+        if name not in fetched:
+            continue
+        settings = stage_config(config, "instruct", name)
+        sets = {corpus: corpus_path(config["corpora"][corpus], models.parent / "corpora" / f"{corpus}.parquet")
+                  for corpus in settings["data"]}
+        sets |= {task: sample_file(samples, task, "instructions") for task in settings["tasks"]}
+        absent = sorted(str(path) for path in sets.values() if not Path(path).is_file())
+        if absent:
+            plan.cells.append(dict(stage="instruct", model=name, task=",".join(sorted(sets)),
+                                   what=f"not costed: {', '.join(absent)} not there yet"))
+            continue
+        train, held = split_rows(read_instructions({k: str(v) for k, v in sets.items()}, config["corpora"]), settings)
+
+        def lengths(tokens, frame):
+            prompts = tokens.encode_many([alpaca_prompt(i, x) for i, x in frame[["instruction", "input"]].to_numpy()])
+            responses = tokens.encode_many(list(frame["output"]))
+            full = [len(tokens.leading_special_ids()) + len(p) + len(r) + 1 for p, r in zip(prompts, responses)]
+            kept = [min(n, settings["max_length"]) for n in full]
+            return {"tokens": sum(kept), "longest": max(kept), "cut": sum(n > settings["max_length"] for n in full)}
+
+        measured_as = ("instruct", tuple(sorted(sets)), settings["seed"], settings["held_out"], settings["max_rows"],
+                       settings["max_length"])
+        trained = measure(name, measured_as + ("train",), lambda t: lengths(t, train))
+        evaluated = measure(name, measured_as + ("held",), lambda t: lengths(t, held))
+        shape, gpus = shapes[name], config["models"][name]["gpus"]
+        per_token = 6 + (2 if settings["gradient_checkpointing"] else 0)
+        flops = shape["parameters"] * (per_token * trained["tokens"] * settings["epochs"] + 2 * 2 * evaluated["tokens"])
+        memory = training_memory(shape, "pattern", settings, zero_stage, offload, gpus, trained["longest"])
+        plan.job("instruct", name, ",".join(sorted(sets)), gpus, flops, memory, shape)
+        if trained["cut"]:
+            plan.cells.append(dict(stage="instruct", model=name, task=",".join(sorted(sets)),
+                                   what=f"{trained['cut']} of {len(train)} training examples cut to "
+                                        f"{setting_key(config, 'instruct', name, 'max_length')}"))
+        if memory / 1e9 > plan.cluster["gpu_memory_gb"]:
+            plan.errors.append(f"models.{name}.gpus: instruction tuning needs about {memory / 1e9:.0f} GB per GPU "
+                               f"under {zero_name} on {max(gpus, 1)} GPU(s), more than preflight.gpu_memory_gb "
+                               f"({plan.cluster['gpu_memory_gb']}); add GPUs, use zero3/zero3_offload, or lower "
+                               f"{setting_key(config, 'instruct', name, 'batch_size')}")
+
+    for source in unpinned_sources(config, models.parent):
+        got = f"its fetch got {source['commit']}: pin it" if source["commit"] else "fetch it and pin the commit"
+        plan.cells.append(dict(stage="fetch", model="", task="", what=f"{source['key']}: {source['revision']!r} is not "
+                                                                      f"a commit; {got}"))
 
     result = {"seconds": round(time.time() - start, 2), "models_fetched": sorted(fetched),
               "models_not_fetched": sorted(set(config["models"]) - set(fetched)),

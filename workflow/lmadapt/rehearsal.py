@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import ConfigError, check_config, is_local_model
+from .config import ConfigError, check_config, derived_models, is_local_model, stage_config
 
 # Hub datasets by name: rows per split in the rehearsal, words per text field (mean, spread) as in the real set.
 HUB_SHAPES = {
@@ -35,6 +35,15 @@ HUB_SHAPES = {
     "mteb/tweet_sentiment_extraction": {"rows": {"train": 2000, "test": 1000}, "words": {"text": (13, 0.5)}},
 }
 GENERIC_SHAPE = {"rows": 1500, "words": (30, 0.5)}
+# Hub corpora by name: rows, and words per column (mean, spread, share of empty values) as in the real set.
+CORPUS_SHAPES = {
+    "vicgalle/alpaca-gpt4": {"rows": 2000, "words": {"instruction": (13, 0.4, 0.0), "input": (10, 0.8, 0.6),
+                                                     "output": (120, 0.7, 0.0), "text": (160, 0.6, 0.0)}},
+    "knkarthick/dialogsum": {"rows": 1500, "words": {"id": (1, 0.0, 0.0), "dialogue": (130, 0.45, 0.0),
+                                                     "summary": (22, 0.4, 0.0), "topic": (2, 0.3, 0.0)}},
+}
+# The labels of hub classifiers that score others (a ppo reward model), in their config's order.
+CLASSIFIER_LABELS = {"facebook/roberta-hate-speech-dynabench-r4-target": ["nothate", "hate"]}
 HANS_HEURISTICS = ("lexical_overlap", "subsequence", "constituent")
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"] + ["th", "st", "ing", "er", "on", "an"]
 
@@ -81,6 +90,18 @@ def hub_table(source: dict, task: dict, rows: int, rng: np.random.Generator, voc
     return pd.DataFrame(frame)
 
 
+def corpus_table(source: dict, rows: int, rng: np.random.Generator, vocabulary: list[str]) -> pd.DataFrame:
+    """A hub corpus as its export has it: its columns (CORPUS_SHAPES, or the config's `columns` and `text`)."""
+    shape = CORPUS_SHAPES.get(source["hub"])
+    words = shape["words"] if shape else {column: GENERIC_SHAPE["words"] + (0.0,) for column in
+                                          set((source.get("columns") or {}).values()) | {"text"}}
+    frame = {}
+    for column, (mean, spread, empty) in words.items():
+        values = texts(rng, vocabulary, rows, mean, spread)
+        frame[column] = ["" if drop else value for value, drop in zip(values, rng.random(rows) < empty)]
+    return pd.DataFrame(frame)
+
+
 # Stand-ins by model family (the hub id names it; an unknown id gets an OPT): the hub's config keys and context
 # (OPT 2,048 positions, GPT-2 1,024, Flan-T5's tokenizer 512, RoBERTa 514 after its padding index), its tokenizer's
 # framing, and its weight files: the facebook/opt-* main branches hold pytorch_model.bin, gpt2's model.safetensors
@@ -92,8 +113,10 @@ def model_family(model_id: str) -> str:
     return next((family for family in FAMILIES if family in model_id.lower()), "opt")
 
 
-def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], seed: int) -> Path:
-    """A tiny random model of the hub id's family in the hub's layout: config.json, weights, tokenizer files."""
+def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], seed: int,
+                labels: list[str] | None = None) -> Path:
+    """A tiny random model of the hub id's family in the hub's layout: config.json, weights, tokenizer files;
+    with `labels`, a sequence classifier with those labels (a reward model)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
@@ -102,6 +125,17 @@ def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], see
 
     family = model_family(model_id)
     sizes = dict(texts=texts_for_tokenizer, seed=seed, vocab_size=1000)
+    if labels:
+        from transformers import AutoModelForSequenceClassification
+
+        build_model(folder, model_id, texts_for_tokenizer, seed)
+        classifier = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)})
+        for stale in folder.glob("*.bin"):
+            stale.unlink()
+        classifier.save_pretrained(folder, safe_serialization=True)
+        return folder
     if family == "t5":
         return build_tiny_t5(folder, **sizes)
     if family == "roberta":
@@ -119,15 +153,18 @@ def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], see
 
 
 def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None = None,
-               ks: list[int] | None = None, epochs: int | None = None) -> dict:
+               ks: list[int] | None = None, epochs: int | None = None, ppo_steps: int | None = None) -> dict:
     """The grid cut down: its first `seeds` seeds, only `models`, only the k in `ks`, `epochs` of fine-tuning
-    (a copy; the same cut applied to the real grid plans the same jobs as the rehearsal)."""
+    and instruction tuning, `ppo_steps` PPO steps (a copy; the same cut applied to the real grid plans the same
+    jobs as the rehearsal)."""
     config = copy.deepcopy(config)
-    if epochs:
-        config.setdefault("finetune", {})["epochs"] = epochs
-        for spec in config.get("models", {}).values():
-            if "epochs" in spec.get("finetune", {}):
-                spec["finetune"]["epochs"] = epochs
+    for section, key, value in (("finetune", "epochs", epochs), ("instruct", "epochs", epochs),
+                                ("ppo", "steps", ppo_steps)):
+        if value:  # time, not shape: the same jobs, shorter
+            config.setdefault(section, {})[key] = value
+            for spec in config.get("models", {}).values():
+                if key in spec.get(section, {}):
+                    spec[section][key] = value
     if seeds:
         config["seeds"] = config.get("seeds", [1])[:seeds]
     if models:
@@ -151,10 +188,11 @@ def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None 
 
 
 def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, models: list[str] | None = None,
-                    ks: list[int] | None = None, epochs: int | None = None, hans_rows: int | None = 3000) -> Path:
+                    ks: list[int] | None = None, epochs: int | None = None, hans_rows: int | None = 3000,
+                    ppo_steps: int | None = None) -> Path:
     """Write out/config.yaml (the grid, rehearsed, cut by slice_grid), out/models/ and out/data/; returns the
     config path."""
-    paper = slice_grid(yaml.safe_load(Path(paper_path).read_text()), seeds, models, ks, epochs)
+    paper = slice_grid(yaml.safe_load(Path(paper_path).read_text()), seeds, models, ks, epochs, ppo_steps)
     checked = check_config(copy.deepcopy(paper), origin=str(paper_path))
     out = Path(out).resolve()
     rng = np.random.default_rng(0)
@@ -180,13 +218,29 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
             for key in ("revision", "hub_config"):
                 source.pop(key, None)
             source.update(hub="parquet", data_files=str(path), split="train")
+    for name, source in config.get("corpora", {}).items():
+        if "hub" not in source:
+            continue
+        rows = CORPUS_SHAPES.get(source["hub"], {}).get("rows", GENERIC_SHAPE["rows"])
+        path = out / "data" / "corpora" / f"{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        corpus_table(source, rows, rng, vocabulary).to_parquet(path, index=False)
+        for key in ("revision", "hub_config"):
+            source.pop(key, None)
+        source.update(hub="parquet", data_files=str(path), split="train")
     corpus = texts(rng, vocabulary, 3000, 20, 0.5) + prompt_words * 50
+    # the reward models' labels: the label a PPO model's reward names, unless the hub model's are known
+    rewards = {settings["model"]: settings for settings in (stage_config(checked, "ppo", m)["reward"]
+                                                             for m in derived_models(checked, "ppo"))}
     for i, (name, spec) in enumerate(sorted(config["models"].items())):
-        if is_local_model(checked["models"][name]):
-            continue  # a local or packaged model runs as it is
+        if checked["models"][name].get("derive") or is_local_model(checked["models"][name]):
+            continue  # a derived model is trained by the run; a local or packaged one runs as it is
         folder = out / "models" / name
+        model_id = checked["models"][name]["id"]
         if not (folder / "config.json").exists():
-            build_model(folder, checked["models"][name]["id"], corpus, seed=i)
+            reward = rewards.get(name)
+            labels = reward and CLASSIFIER_LABELS.get(model_id, [reward.get("label") or reward.get("avoid"), "other"])
+            build_model(folder, model_id, corpus, seed=i, labels=labels)
         source_keys = ("id", "revision", "package", "gguf_file")
         config["models"][name] = {"id": str(folder)} | {k: v for k, v in spec.items() if k not in source_keys}
     path = out / "config.yaml"

@@ -97,6 +97,19 @@ def validation_split(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
     return held
 
 
+def instruction_rows(rows: pd.DataFrame, task: dict) -> pd.DataFrame:
+    """A task's rows as an instruction set in the Alpaca layout: the templates in turn as instructions, the text
+    fields (one a line) as input, the label's answer as output."""
+    spec = task["instructions"]
+    templates = spec["templates"]
+    return pd.DataFrame({
+        "id": rows["id"].to_numpy(),
+        "instruction": [templates[i % len(templates)] for i in range(len(rows))],
+        "input": ["\n".join(values) for values in rows[task["fields"]].astype(str).to_numpy()],
+        "output": [spec["answers"].get(name, name) for name in rows["label_name"]],
+        "label": rows["label"].to_numpy(), "label_name": rows["label_name"].to_numpy()})
+
+
 def content_fingerprint(rows: pd.DataFrame) -> str:
     return hashlib.sha256(rows.to_json(orient="records", force_ascii=False).encode()).hexdigest()
 
@@ -111,7 +124,8 @@ def to_table(rows: pd.DataFrame, meta: dict) -> pa.Table:
 def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, out: str,
                k: int | None = None, seed: int | None = None, test_seed: int = 0) -> dict:
     """Write one sample file. split: 'train' (needs k and seed; stays clear of the task's `demonstrations` pool,
-    0 when no prompt of the grid uses one), 'demos' (needs seed), 'test', or 'ood:<name>'."""
+    0 when no prompt of the grid uses one), 'demos' (needs seed), 'test', 'instructions' (the task's instruction
+    set) or 'ood:<name>'."""
     fields, labels = task["fields"], task["labels"]
 
     def read(role: str, source: dict) -> Split:
@@ -155,8 +169,12 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
                                            f"tasks.{task_name}")
                 meta.update(seed=seed, per_class=task["demonstrations"])
             sources = [source_meta(train)]
+        elif split == "instructions":  # every training row may serve, never a test text (test_seed draws)
+            pool = training_pool(train.rows, test, fields)
+            rows = instruction_rows(draw_rows(pool, task["instructions"]["rows"], test_seed), task)
+            sources = [source_meta(train)]
         else:
-            raise ConfigError(f"unknown split {split!r}: train, demos, test or ood:<name>")
+            raise ConfigError(f"unknown split {split!r}: train, demos, test, instructions or ood:<name>")
         meta["sources"] = sources
     table = to_table(rows, meta)
     write_parquet(table, out)
