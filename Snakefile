@@ -13,6 +13,7 @@ if not config.get("tasks"):
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/derive.smk"
 include: "workflow/rules/preflight.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/icl.smk"
@@ -27,5 +28,6 @@ rule all:
         "results/plan/preflight.json",
         "results/plan/config.yaml",
         "results/plan/runtimes.md",
+        "results/derive/summary.md" if derived_models(config) else [],
         "results/tables",
         "results/figures",

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lmadapt's config code only
 from lmadapt.config import (
+    DERIVED_DIR,
     FINETUNE_RUN_SETTINGS,
     SCHEMA_PATH,
     SELECTIONS,
@@ -23,12 +24,15 @@ from lmadapt.config import (
     read_yaml,
     demonstration_needs,
     demonstration_pool,
+    derived_models,
     finetune_settings,
     grid,
     model_identity,
+    reward_models,
+    root_model,
     stage_config,
 )
-from lmadapt.data import empty_sources, resolve_path
+from lmadapt.data import corpus_path, empty_sources, resolve_path
 from lmadapt.methods import METHODS, method_pattern
 
 # lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
@@ -55,7 +59,7 @@ wildcard_constraints:
     k=r"\d+",
     seed=r"\d+",
     role=r"train|test|ood_[a-z][a-z0-9_]*",
-    sample=r"train_k(\d+|all)_seed\d+|demos_seed\d+|test|ood_[a-z][a-z0-9_]*",
+    sample=r"train_k(\d+|all)_seed\d+|demos_seed\d+|test|instructions|ood_[a-z][a-z0-9_]*",
 
 
 THREADS = config["threads"]
@@ -190,6 +194,8 @@ def sample_task(wildcards):
     keys = ("fields", "labels", "data", "n_test")
     if sample == "test":
         return task_slice(task, *keys)
+    if sample == "instructions":
+        return task_slice(task, *keys, "instructions")
     return task_slice(task, *keys, demonstrations=demonstration_pool(config, task))
 
 
@@ -203,7 +209,7 @@ def sample_split(wildcards):
         return f"--split demos --seed {sample.removeprefix('demos_seed')}"
     if sample.startswith("ood_"):
         return f"--split ood:{sample.removeprefix('ood_')}"
-    return "--split test"
+    return f"--split {sample}"  # test, instructions
 
 
 def sample_roles(wildcards, input):
@@ -250,7 +256,10 @@ def eval_sample_arg(wildcards):
 
 
 def model_dir(model):
-    """Every stage loads models from the folder the fetch_model rule prepares (compute jobs stay offline)."""
+    """Every stage loads models from the folder the fetch_model rule prepares (compute jobs stay offline), or the
+    one a derived model's rule (derive.smk) trains."""
+    if config["models"][model].get("derive"):
+        return f"{DERIVED_DIR}/{model}"
     return f"resources/models/{model}"
 
 
@@ -411,6 +420,118 @@ def finetune_targets():
     ]
 
 
+# ---------------------------------------------------------------- derived models
+
+
+def derived_pattern(kind):
+    """The {model} wildcard of a derived kind's rule: exactly its models (a pattern that matches nothing when
+    there are none)."""
+    return "|".join(derived_models(config, kind)) or "(?!)"
+
+
+def base_folder(wildcards):
+    return model_dir(config["models"][wildcards.model]["base"])
+
+
+def corpus_file(name):
+    """Hub corpora are fetched once into resources/; local and package files are read where they are."""
+    return str(corpus_path(config["corpora"][name], f"resources/corpora/{name}.parquet"))
+
+
+def corpus_source(wildcards):
+    return as_arg(dataset_identity(config["corpora"][wildcards.corpus]))
+
+
+def instruction_sets(model):
+    """An instruction-tuned model's sets: corpora (corpus_<name>) and tasks' instruction samples (task_<name>)."""
+    settings = stage_config(config, "instruct", model)
+    return {f"corpus_{name}": corpus_file(name) for name in settings["data"]} | {
+        f"task_{task}": f"results/samples/{task}/instructions.parquet" for task in settings["tasks"]
+    }
+
+
+def instruct_inputs(wildcards):
+    return instruction_sets(wildcards.model)
+
+
+def instruction_sets_arg(wildcards, input):
+    """NAME=PATH of each instruction set (derived from the input: a moved file reruns nothing)."""
+    return " ".join(
+        f"{key.split('_', 1)[1]}={path}" for key, path in input.items() if key.startswith(("corpus_", "task_"))
+    )
+
+
+def instruct_settings(wildcards):
+    """What an instruction-tuned model computes with (its sets are inputs; checkpoint cadence is how it runs)."""
+    settings = stage_config(config, "instruct", wildcards.model)
+    return as_arg({key: value for key, value in settings.items() if key not in ("data", "tasks", "checkpoint_every")})
+
+
+def instruct_run_settings(wildcards, resources):
+    """Checkpoint cadence: derived from resources, so that changing it reruns nothing."""
+    return as_arg({"checkpoint_every": stage_config(config, "instruct", wildcards.model)["checkpoint_every"]})
+
+
+def instruct_corpora(wildcards):
+    return as_arg({name: config["corpora"][name] for name in stage_config(config, "instruct", wildcards.model)["data"]})
+
+
+def classifier_cell(model):
+    """(task, k, seed) of a derived classifier's training sample."""
+    spec = config["models"][model]["classifier"]
+    return spec["task"], spec["k"], spec["seed"]
+
+
+def classifier_train(wildcards):
+    task, k, seed = classifier_cell(wildcards.model)
+    return f"results/samples/{task}/train_k{k}_seed{seed}.parquet"
+
+
+def classifier_evals(wildcards):
+    return eval_samples(classifier_cell(wildcards.model)[0])
+
+
+def classifier_eval_arg(wildcards):
+    task = classifier_cell(wildcards.model)[0]
+    return " ".join(f"{split}={path}" for split, path in zip(eval_splits(task), eval_samples(task)))
+
+
+def classifier_task(wildcards):
+    task = classifier_cell(wildcards.model)[0]
+    return f"--task {task} --task-config {task_slice(task, 'fields', 'labels', 'prompt')}"
+
+
+def classifier_settings(wildcards):
+    """A classifier's settings: method head's fine-tuning settings, its model's own over the section's."""
+    return as_arg(finetune_settings(config, "head", wildcards.model))
+
+
+def classifier_run_settings(wildcards, resources):
+    finetune = stage_config(config, "finetune", wildcards.model)
+    return as_arg({key: finetune[key] for key in FINETUNE_RUN_SETTINGS})
+
+
+def classifier_keys(wildcards):
+    task, k, seed = classifier_cell(wildcards.model)
+    return as_arg({"task": task, "model": wildcards.model, "method": "head", "k": k, "seed": seed})
+
+
+def reward_folder(wildcards):
+    return model_dir(stage_config(config, "ppo", wildcards.model)["reward"]["model"])
+
+
+def ppo_prompts(wildcards):
+    return corpus_file(stage_config(config, "ppo", wildcards.model)["prompts"]["corpus"])
+
+
+def ppo_settings(wildcards):
+    return as_arg(stage_config(config, "ppo", wildcards.model))
+
+
+def ppo_corpus(wildcards):
+    return as_arg(config["corpora"][stage_config(config, "ppo", wildcards.model)["prompts"]["corpus"]])
+
+
 # ---------------------------------------------------------------- the whole grid
 
 
@@ -438,8 +559,16 @@ def results_config(wildcards):
     return as_arg(computed_config())
 
 
+def preflight_data():
+    """The instruction sets the preflight costs instruction tuning on (fetched corpora, tasks' samples)."""
+    return sorted({path for model in derived_models(config, "instruct") for path in instruction_sets(model).values()})
+
+
 def used_model_dirs():
-    return [model_dir(model) for model in used_models()]
+    """The fetched folders the grid's models come from (a derived model's root; the reward models'): what the
+    preflight reads, before any model is trained."""
+    needed = used_models() + derived_models(config) + sorted(reward_models(config))
+    return sorted({model_dir(root_model(config, model)) for model in needed})
 
 
 @contextmanager
@@ -455,6 +584,10 @@ def metrics_targets():
     return probe_targets() + bow_targets() + icl_targets() + finetune_targets()
 
 
+def derive_targets():
+    return [f"results/derive/{model}/metrics.json" for model in derived_models(config)]
+
+
 def sample_targets():
     targets = []
     for task in TASKS:
@@ -463,4 +596,4 @@ def sample_targets():
 
 
 def all_targets(wildcards):
-    return sample_targets() + metrics_targets()
+    return sample_targets() + metrics_targets() + derive_targets()

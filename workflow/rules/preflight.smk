@@ -7,6 +7,7 @@ rule preflight:
     input:
         models=used_model_dirs(),
         samples=sample_targets(),
+        instructions=preflight_data(),
     output:
         json="results/plan/preflight.json",
         md=report("results/plan/preflight.md", caption="../report/preflight.rst", category="Plan"),

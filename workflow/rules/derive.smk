@@ -1,0 +1,151 @@
+# Derived models: each kind's rule trains a model from its base into results/models/{model}, a folder like a
+# fetched one that every stage takes by name (common.smk: model_dir). Corpora (instruction sets, prompt texts)
+# from the hub are fetched once, as datasets are. A derived model reruns when what it computes changes (its
+# settings, its base, its data); its gpus or mem_mb, and checkpoint cadence, never rerun it.
+
+
+rule fetch_corpus:
+    output:
+        protected("resources/corpora/{corpus}.parquet"),
+    log:
+        "results/logs/fetch_corpus/{corpus}.log",
+    benchmark:
+        "results/benchmarks/fetch_corpus/{corpus}.tsv"
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        source=corpus_source,
+    shell:
+        "lmadapt fetch-data --source {params.source} --out {output} > {log} 2>&1"
+
+
+# Instruction tuning: DeepSpeed on all of the model's GPUs (one task: torchrun starts a process per GPU), as
+# finetune; checkpoints in the work folder let a restarted job resume.
+rule instruct:
+    input:
+        unpack(instruct_inputs),
+        base=base_folder,
+        deepspeed=DEEPSPEED_CONFIG,
+    output:
+        model=directory("results/models/{model}"),
+        metrics="results/derive/{model}/metrics.json",
+        generations="results/derive/{model}/generations.parquet",
+    log:
+        "results/logs/instruct/{model}.log",
+    benchmark:
+        "results/benchmarks/instruct/{model}.tsv"
+    wildcard_constraints:
+        model=derived_pattern("instruct"),
+    priority: 40  # every job of the derived model waits for it: start it first
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **model_resources(scale=2, gpus="all"),
+        runtime=per_attempt(1440),
+        tasks=launcher_tasks,
+    params:
+        settings=instruct_settings,
+        run=instruct_run_settings,
+        data=instruction_sets_arg,
+        corpora=instruct_corpora,
+        launcher=finetune_launcher,
+        work_dir="results/derive/{model}/work",
+    shell:
+        offline(
+            "{params.launcher} instruct --name {wildcards.model} --base-dir {input.base} --data {params.data}"
+            " --corpora {params.corpora} --settings {params.settings} --run-settings {params.run}"
+            " --deepspeed-config {input.deepspeed} --work-dir {params.work_dir} --out-model {output.model}"
+            " --metrics {output.metrics} --generations {output.generations} >> {log} 2>&1"
+        )
+
+
+# A classifier (e.g. a reward model): method head on a task's training sample, evaluated like a fine-tuning cell.
+rule classifier:
+    input:
+        base=base_folder,
+        train=classifier_train,
+        evals=classifier_evals,
+        deepspeed=DEEPSPEED_CONFIG,
+    output:
+        model=directory("results/models/{model}"),
+        metrics="results/derive/{model}/metrics.json",
+    log:
+        "results/logs/classifier/{model}.log",
+    benchmark:
+        "results/benchmarks/classifier/{model}.tsv"
+    wildcard_constraints:
+        model=derived_pattern("classifier"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **model_resources(scale=2, gpus="all"),
+        runtime=per_attempt(240),
+        tasks=launcher_tasks,
+    params:
+        task=classifier_task,
+        settings=classifier_settings,
+        run=classifier_run_settings,
+        cell=classifier_keys,
+        evals=classifier_eval_arg,
+        launcher=finetune_launcher,
+        work_dir="results/derive/{model}/work",
+    shell:
+        offline(
+            "{params.launcher} classifier --name {wildcards.model} --model-dir {input.base} {params.task}"
+            " --train {input.train} --eval {params.evals} --settings {params.settings} --run-settings {params.run}"
+            " --deepspeed-config {input.deepspeed} --keys {params.cell} --work-dir {params.work_dir}"
+            " --out-model {output.model} --metrics {output.metrics} >> {log} 2>&1"
+        )
+
+
+# RL against a reward classifier: one process on one GPU (policy, reference and reward model side by side).
+rule ppo:
+    input:
+        base=base_folder,
+        reward=reward_folder,
+        prompts=ppo_prompts,
+    output:
+        model=directory("results/models/{model}"),
+        metrics="results/derive/{model}/metrics.json",
+        generations="results/derive/{model}/generations.parquet",
+    log:
+        "results/logs/ppo/{model}.log",
+    benchmark:
+        "results/benchmarks/ppo/{model}.tsv"
+    wildcard_constraints:
+        model=derived_pattern("ppo"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        **model_resources(scale=3),
+        runtime=per_attempt(1440),
+    params:
+        settings=ppo_settings,
+        corpus=ppo_corpus,
+    shell:
+        offline(
+            "lmadapt ppo --name {wildcards.model} --base-dir {input.base} --reward-dir {input.reward}"
+            " --prompts {input.prompts} --corpus {params.corpus} --settings {params.settings}"
+            " --out-model {output.model} --metrics {output.metrics} --generations {output.generations} > {log} 2>&1"
+        )
+
+
+# The derived models' before/after metrics as one table, for the report.
+rule derived_summary:
+    input:
+        derive_targets(),
+    output:
+        report("results/derive/summary.md", caption="../report/derived.rst", category="Derived models"),
+    log:
+        "results/logs/derived_summary.log",
+    benchmark:
+        "results/benchmarks/derived_summary/derived_summary.tsv"
+    localrule: True
+    conda:
+        CONDA_ENV
+    shell:
+        "lmadapt derived-summary --metrics {input} --out {output} > {log} 2>&1"
