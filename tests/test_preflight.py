@@ -81,3 +81,41 @@ def test_a_reduced_prefix_is_listed_and_a_job_that_cannot_run_is_an_error_naming
         run_preflight(config(root, models=models, finetune={"methods": ["lora_pattern"], "batch_size": 2,
                                                             "effective_batch": 2}),
                       root / "samples", root / "models", root / "r.json", root / "r.md")
+
+
+def test_instruction_tuning_is_costed_on_its_real_instruction_set(short_context, tmp_path):
+    root = short_context
+    corpus = tmp_path / "alpaca.jsonl"
+    corpus.write_text("".join(json.dumps({"instruction": "Say it.", "input": "", "output": "word " * n}) + "\n"
+                              for n in range(1, 41)))
+    derived = {"models": {"tiny": {"id": str(root / "models/tiny"), "gpus": 0},
+                          "tiny_sft": {"base": "tiny", "derive": "instruct"}},
+               "corpora": {"alpaca": {"path": str(corpus)}},
+               "instruct": {"data": ["alpaca"], "held_out": 4, "max_length": 40, "epochs": 2}}
+    result = run_preflight(config(root, **derived), root / "samples", root / "models", tmp_path / "p.json",
+                           tmp_path / "p.md")
+    job = next(j for j in result["jobs"] if j["stage"] == "instruct")
+    assert job["model"] == "tiny_sft" and job["flops"] > 0 and job["fits"]
+    cut = next(c for c in result["notes"] if c["stage"] == "instruct")
+    assert "training examples cut to instruct.max_length" in cut["what"]
+    # the derived model is measured and costed with its base's tokenizer and shape, before it exists
+    assert {j["model"] for j in result["jobs"] if j["stage"] == "icl"} == {"tiny", "tiny_sft"}
+    tiny_gpu = {"gpu_memory_gb": 1e-6, "gpu_tflops": 1, "mfu": 0.5, "load_gb_per_s": 1}
+    with pytest.raises(ConfigError, match=r"models\.tiny_sft\.gpus: instruction tuning needs about"):
+        run_preflight(config(root, preflight=tiny_gpu, finetune={"methods": []}, **derived), root / "samples",
+                      root / "models", tmp_path / "q.json", tmp_path / "q.md")
+
+
+def test_a_hub_source_not_pinned_to_a_commit_gets_the_commit_its_fetch_got(short_context, tmp_path):
+    import shutil
+
+    root = tmp_path / "resources"
+    shutil.copytree(short_context / "models/tiny", root / "models/opt")
+    commit = "27dcfa74d334bc871f3234de431e71c6eeba5dd6"
+    (root / "models/opt/lmadapt_model.json").write_text(json.dumps({"name": "opt", "revision": commit}))
+    pinned = config(short_context, models={"opt": {"id": "facebook/opt-125m", "revision": "main", "gpus": 0}},
+                    corpora={"alpaca": {"hub": "vicgalle/alpaca-gpt4", "revision": "main"}})
+    result = run_preflight(pinned, short_context / "samples", root / "models", tmp_path / "p.json", tmp_path / "p.md")
+    notes = [c["what"] for c in result["notes"] if c["stage"] == "fetch"]
+    assert notes == [f"models.opt.revision: 'main' is not a commit; its fetch got {commit}: pin it",
+                     "corpora.alpaca.revision: 'main' is not a commit; fetch it and pin the commit"]
