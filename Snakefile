@@ -28,6 +28,6 @@ rule all:
         "results/plan/preflight.json",
         "results/plan/config.yaml",
         "results/plan/runtimes.md",
-        "results/derive/summary.md" if derived_models(config) else [],
+        derived_summary_target(),
         "results/tables",
         "results/figures",

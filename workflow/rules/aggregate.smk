@@ -38,10 +38,10 @@ rule aggregate:
 
 rule runtimes:
     input:
-        # written after every metrics file (the tables after every classification job, a derived model's metrics
-        # after its training), so every job's benchmark is in
+        # written after every other job (the tables after every classification job, the derived models' summary
+        # after their training), so every job's benchmark is in
         "results/tables",
-        derive_targets(),
+        derived_summary_target(),
     output:
         report("results/plan/runtimes.md", caption="../report/runtimes.rst", category="Plan"),
     log:

@@ -588,6 +588,10 @@ def derive_targets():
     return [f"results/derive/{model}/metrics.json" for model in derived_models(config)]
 
 
+def derived_summary_target():
+    return ["results/derive/summary.md"] if derived_models(config) else []
+
+
 def sample_targets():
     targets = []
     for task in TASKS:
