@@ -66,12 +66,17 @@ def _without_defaults(schema):
 
 def stage_config(config: dict, stage: str, model: str | None = None) -> dict:
     """A stage's settings for one model's jobs: the stage section with the model's own settings over it."""
-    merged = copy.deepcopy(config[stage])
-    own = config["models"][model].get(stage, {}) if model else {}
+    return merge_settings(config[stage], config["models"][model].get(stage, {}) if model else {})
+
+
+def merge_settings(base: dict, own: dict) -> dict:
+    """A stage's settings with a model's own over them: each key replaced, a nested one (lora, distill) merged
+    key by key."""
+    out = copy.deepcopy(base)
     for key, value in own.items():
-        merged[key] = ({**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict)
-                       else copy.deepcopy(value))
-    return merged
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = {**out[key], **value} if both else copy.deepcopy(value)
+    return out
 
 
 def setting_key(config: dict, stage: str, model: str, *path: str) -> str:
@@ -226,17 +231,10 @@ def _inherit_from_bases(config: dict, origin: str) -> None:
         base_spec = resolve(base, chain + (name,))
         for key in INHERITED:
             if key in base_spec and isinstance(base_spec[key], dict) and isinstance(spec.get(key), dict):
-                spec[key] = merged(base_spec[key], spec[key])
+                spec[key] = merge_settings(base_spec[key], spec[key])
             elif key in base_spec and key not in spec:
                 spec[key] = copy.deepcopy(base_spec[key])
         return spec
-
-    def merged(base: dict, own: dict) -> dict:  # a stage's settings: lora and distill merge key by key
-        out = copy.deepcopy(base)
-        for key, value in own.items():
-            both = isinstance(value, dict) and isinstance(out.get(key), dict)
-            out[key] = {**out[key], **value} if both else copy.deepcopy(value)
-        return out
 
     for name in models:
         resolve(name, ())

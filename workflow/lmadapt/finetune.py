@@ -9,6 +9,7 @@ steps; a killed run resumes from the last one when started again.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -430,8 +431,7 @@ def run_classifier(name: str, base_dir: str, task: dict, train_path: str, eval_p
     pattern = task_pattern(task, settings.get("pattern"))
     data_fingerprint = result["records"][0]["provenance"]["data_fingerprint"]
     record = derived_record(name, "classifier", model_record(base_dir), settings, data_fingerprint)
-    record["pattern"] = {"name": pattern.name, "template": pattern.template, "verbalizer": pattern.verbalizer,
-                         "separator": pattern.separator, "labels": list(pattern.labels)}
+    record["pattern"] = dataclasses.asdict(pattern)
     save_derived(model, AutoTokenizer.from_pretrained(saved), out_model, record)
     shutil.rmtree(saved)  # now in out_model
     return result

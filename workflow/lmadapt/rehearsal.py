@@ -152,6 +152,15 @@ def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], see
     return folder
 
 
+def stand_in(source: dict, table: pd.DataFrame, path: Path) -> None:
+    """Write a hub source's stand-in table to path and point the source at it (a local parquet build)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path, index=False)
+    for key in ("revision", "hub_config"):
+        source.pop(key, None)
+    source.update(hub="parquet", data_files=str(path), split="train")
+
+
 def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None = None,
                ks: list[int] | None = None, epochs: int | None = None, ppo_steps: int | None = None) -> dict:
     """The grid cut down: its first `seeds` seeds, only `models`, only the k in `ks`, `epochs` of fine-tuning
@@ -212,22 +221,12 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
             rows = HUB_SHAPES.get(source["hub"], {}).get("rows", {}).get(split, GENERIC_SHAPE["rows"])
             if source["hub"] == "jhu-cogsci/hans" and hans_rows:
                 rows = min(rows, hans_rows)
-            path = out / "data" / name / f"{role}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            hub_table(source, spec, rows, rng, vocabulary).to_parquet(path, index=False)
-            for key in ("revision", "hub_config"):
-                source.pop(key, None)
-            source.update(hub="parquet", data_files=str(path), split="train")
+            stand_in(source, hub_table(source, spec, rows, rng, vocabulary), out / "data" / name / f"{role}.parquet")
     for name, source in config.get("corpora", {}).items():
         if "hub" not in source:
             continue
         rows = CORPUS_SHAPES.get(source["hub"], {}).get("rows", GENERIC_SHAPE["rows"])
-        path = out / "data" / "corpora" / f"{name}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        corpus_table(source, rows, rng, vocabulary).to_parquet(path, index=False)
-        for key in ("revision", "hub_config"):
-            source.pop(key, None)
-        source.update(hub="parquet", data_files=str(path), split="train")
+        stand_in(source, corpus_table(source, rows, rng, vocabulary), out / "data" / "corpora" / f"{name}.parquet")
     corpus = texts(rng, vocabulary, 3000, 20, 0.5) + prompt_words * 50
     # the reward models' labels: the label a PPO model's reward names, unless the hub model's are known
     rewards = {settings["model"]: settings for settings in (stage_config(checked, "ppo", m)["reward"]
