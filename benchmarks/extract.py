@@ -52,7 +52,8 @@ def worker(args) -> None:
     import torch
 
     from lmadapt.config import resolve_layers
-    from lmadapt.extract import prefix_demonstrations, run_extract
+    from lmadapt.extract import run_extract
+    from lmadapt.prompt import prefix_demonstrations
     from lmadapt.forward import pad_batch
     from lmadapt.models import load_model
     from lmadapt.prompt import encode_prompt, task_pattern

@@ -10,11 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, check_stage_settings, check_task_slice, load_config, load_schema, settings_help
-from .data import DataError
-from .io import UnreadableFile
-from .models import ModelError
-from .prompt import PromptError
+from .config import check_stage_settings, check_task_slice, load_config, load_schema, settings_help
+from .errors import ConfigError, DataError, ModelError, PromptError, UnreadableFile
 
 
 def _json_arg(text: str) -> dict:

@@ -16,13 +16,10 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .errors import ConfigError
 from .methods import ENCODER, METHODS, folder_kind, kind_problems, stage_key, with_article
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration that does not match the schema; the message names the key path."""
 
 
 def load_schema() -> dict:

@@ -14,10 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import FETCH_KEY, dataset_identity, package_folder, task_sources
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the column, row or label at fault."""
+from .errors import DataError
 
 
 @dataclass(frozen=True)

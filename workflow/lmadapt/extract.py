@@ -11,7 +11,6 @@ import hashlib
 import json
 import time
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -19,30 +18,13 @@ from tqdm import tqdm
 
 from .config import ConfigError, model_layers, resolve_layers
 from .forward import EncoderForward, PrefixForward, batches_by_length, pool
-from .io import atomic_path, read_table
+from .io import activation_column, atomic_path, read_table
 from .methods import DECODER, ENCODER, folder_kind
 from .models import load_model
-from .prompt import encode_prompt, fit_demonstrations, prefix_text, task_pattern
+from .prompt import encode_prompt, prefix_demonstrations, prefix_text, task_pattern
 from .sample import META_KEY
 
 ROWS_PER_GROUP = 256
-PREFIX_SHARE = 0.5  # a few-shot prefix takes at most this share of the context; the example keeps the rest
-
-
-def prefix_demonstrations(tokens, pattern, pool: pd.DataFrame, n_labels: int, shots: int, seed: int,
-                          max_length: int) -> tuple[pd.DataFrame, dict]:
-    """(demonstrations, counts) of the few-shot prefix: `shots` from the pool, or the most that keep the prefix
-    within PREFIX_SHARE of the context (long demonstrations, e.g. IMDB reviews, would leave no room for the
-    example; the prefix is never cut). The count is recorded in the file's metadata; preflight predicts it."""
-    demos, _, counts = fit_demonstrations(tokens, pattern, pool, n_labels, shots, seed,
-                                          max_length - int(max_length * PREFIX_SHARE), max_length, "max")
-    return demos, counts
-
-
-def column_name(pooling: str, layer: int) -> str:
-    return f"{pooling}_{layer}"
-
-
 def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], settings: dict,
                 demos_path: str | None = None, seed: int | None = None) -> list[dict]:
     """Write the activations of every (sample, out) pair, loading the model and encoding the prefix once.
@@ -112,7 +94,7 @@ def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settin
                     for layer in layers:
                         states_of = forward.first[layer] if how == "cls" else pool(states[layer].float(), mask, how)
                         vectors = states_of.float().to(store_torch).cpu().numpy()
-                        columns[column_name(how, layer)] = pa.FixedSizeListArray.from_arrays(
+                        columns[activation_column(how, layer)] = pa.FixedSizeListArray.from_arrays(
                             pa.array(vectors.reshape(-1), store), vectors.shape[1])
                 if writer is None:
                     schema = pa.schema(fields + [pa.field(name, col.type) for name, col in columns.items()

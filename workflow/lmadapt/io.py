@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import UnreadableFile
+
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -55,8 +57,9 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
         ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
 
 
-class UnreadableFile(ValueError):
-    """An intermediate file that is truncated, corrupted or not written by lmadapt; the message names it."""
+def activation_column(pooling: str, layer: int) -> str:
+    """The column of an activations file that holds one pooling of one layer (extract writes it, probe reads it)."""
+    return f"{pooling}_{layer}"
 
 
 # Which rule makes the files under a folder, for the message that tells the user what will remake it.

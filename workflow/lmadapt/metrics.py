@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import __version__
 from .config import fingerprint
@@ -102,20 +102,27 @@ def provenance(settings: dict, model_revision: str | None, data_fingerprints: li
             "model_revision": model_revision, "data_fingerprint": fingerprint(sorted(data_fingerprints))}
 
 
+def _cuda():
+    """torch.cuda where this job has imported torch and has a GPU, else None: a job that never imported torch
+    (sample, bow, aggregate) used no GPU, and must not pay torch's import to say so."""
+    torch = sys.modules.get("torch")
+    return torch.cuda if torch is not None and torch.cuda.is_available() else None
+
+
 class Cost:
     """Wall seconds, device and peak memory of a stage, measured from construction to `as_dict()`."""
 
     def __init__(self):
         self.start = time.time()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if cuda := _cuda():
+            cuda.reset_peak_memory_stats()
 
     def as_dict(self, **extra) -> dict:
-        cuda = torch.cuda.is_available()
+        cuda = _cuda()
         out = {"wall_seconds": round(time.time() - self.start, 3),
-               "device": torch.cuda.get_device_name() if cuda else "cpu",
+               "device": cuda.get_device_name() if cuda else "cpu",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None}
+               "peak_gpu_mb": round(cuda.max_memory_allocated() / 2**20, 1) if cuda else None}
         out.update(extra)
         return out
 

@@ -11,17 +11,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .config import MODEL_INFO, is_local_model, local_model_path, model_identity, model_source
+from .errors import ModelError
 from .io import atomic_path
 from .methods import DECODER, ENCODER, ENCODER_DECODER, model_kind
 
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be found or loaded; the message says which and how to get it."""
+if TYPE_CHECKING:  # annotations only: a job imports torch where it loads weights (pick_device, pick_dtype)
+    import torch
 
 
 @dataclass
@@ -113,10 +111,14 @@ def load_tokens(folder: str | Path) -> PromptTokens:
 
 
 def pick_device() -> torch.device:
+    import torch  # here, not at the top: verbs that read only tokenizers and configs start without it
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if requested != "auto":
         return getattr(torch, requested)
     if device.type == "cuda":

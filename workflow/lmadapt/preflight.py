@@ -25,12 +25,11 @@ import pandas as pd
 from .config import (ConfigError, demonstration_needs, derived_models, finetune_settings, grid, layer_problems,
                      model_kind_problems, root_model, setting_key, stage_config, unpinned_sources)
 from .data import corpus_path
-from .extract import PREFIX_SHARE, prefix_demonstrations
-from .instruct import alpaca_prompt, read_instructions, split_rows
 from .io import markdown_table, read_table, write_json, write_text
 from .methods import METHODS
 from .models import checkpoint_class, load_tokens
-from .prompt import classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
+from .prompt import (PREFIX_SHARE, classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix,
+                     prefix_demonstrations, task_pattern)
 from .sample import META_KEY
 
 BYTES_16BIT = 2
@@ -328,6 +327,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
                                f"zero3/zero3_offload, or lower {setting_key(config, 'finetune', model, 'batch_size')}")
 
     # ------------------------------------------------ instruction tuning: its tokens, FLOPs and memory
+    from .instruct import alpaca_prompt, read_instructions, split_rows  # torch: only where instructions are costed
     for name in derived_models(config, "instruct"):
         if name not in fetched:
             continue

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .extract import column_name
-from .io import read_table, write_json
+from .io import activation_column, read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .sample import META_KEY, validation_split
 
@@ -48,6 +46,8 @@ class MLPProbe:
         self.seed = seed
 
     def fit(self, features: np.ndarray, y: np.ndarray):
+        import torch  # here: the bag-of-words and logistic probes start without it
+
         s = self.settings
         n_classes = int(y.max()) + 1
         n_val = max(n_classes, int(round(len(y) * s["val_fraction"])))
@@ -88,6 +88,8 @@ class MLPProbe:
         return self
 
     def predict(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.no_grad():
             x = torch.tensor((features - self.mean) / self.std, dtype=torch.float32)
             return self.net(x).argmax(1).numpy()
@@ -112,7 +114,7 @@ def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[st
     records = []
     for how in meta["pooling"]:
         for layer in meta["layers"]:
-            column = column_name(how, layer)
+            column = activation_column(how, layer)
             x_train = _matrix(train, column)
             fitted = {}
             if "logreg" in settings["probes"]:

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-
-class PromptError(ValueError):
-    """A pattern that does not fit its task (unknown field, missing verbalizer)."""
+from .errors import PromptError
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,6 @@ def encode_prompt(lm, pattern: Pattern, rows: pd.DataFrame, demonstrations: pd.D
     return EncodedPrompt(prefix, examples, own_from, verbalizers, truncated)
 
 
-
 def classifier_inputs(tokens, pattern: Pattern, rows: pd.DataFrame,
                       max_length: int | None) -> tuple[list[list[int]], int]:
     """(ids, truncated) of a fine-tuned model's inputs: each example alone between the tokenizer's special tokens
@@ -147,6 +144,19 @@ def fit_demonstrations(lm, pattern, train: pd.DataFrame, n_labels: int, shots: i
         if fit == "skip":
             break
     return None, None, counts
+
+
+PREFIX_SHARE = 0.5  # a few-shot prefix takes at most this share of the context; the example keeps the rest
+
+
+def prefix_demonstrations(tokens, pattern, pool: pd.DataFrame, n_labels: int, shots: int, seed: int,
+                          max_length: int) -> tuple[pd.DataFrame, dict]:
+    """(demonstrations, counts) of extract's few-shot prefix: `shots` from the pool, or the most that keep the
+    prefix within PREFIX_SHARE of the context (long demonstrations, e.g. IMDB reviews, would leave no room for the
+    example; the prefix is never cut). The count is recorded in the file's metadata; preflight predicts it."""
+    demos, _, counts = fit_demonstrations(tokens, pattern, pool, n_labels, shots, seed,
+                                          max_length - int(max_length * PREFIX_SHARE), max_length, "max")
+    return demos, counts
 
 
 def needed_after_prefix(examples: list[list[int]], verbalizers: list[list[int]]) -> int:
