@@ -1,10 +1,11 @@
-# `make` sets up .venv from nothing and runs the embedded default study; `make test` runs the tests.
+# `make` sets up .venv from nothing and runs the embedded default study; `make test` runs the fast tier of the
+# tests (minutes), `make test-all` every test, the end-to-end runs of the slow tier included.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: run test lint setup clean rehearsal
+.PHONY: run test test-all lint setup clean rehearsal
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
@@ -34,8 +35,18 @@ $(VENV)/.installed: envs/requirements.txt envs/requirements-data.txt pyproject.t
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+PYTEST = PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	$(PYTEST) -m "not slow"
+
+# Both tiers on two pytest workers (pytest-xdist): each study run uses both cores only part of the time, so the
+# default study and the rehearsal, started first on separate workers, fill each other's idle core.
+test-all: setup $(VENV)/.test-installed
+	$(PYTEST) -n 2 --dist loadgroup --no-loadscope-reorder
+
+$(VENV)/.test-installed: envs/requirements-test.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r envs/requirements-test.txt
+	touch $@
 
 clean:
 	rm -rf results/* .snakemake

@@ -1,4 +1,5 @@
 import base64
+import fcntl
 import os
 import re
 import shutil
@@ -6,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,23 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 BIN = Path(sys.executable).parent  # the environment's console scripts: lmadapt, snakemake
+
+
+def module_marks(module) -> set[str]:
+    marks = getattr(module, "pytestmark", [])
+    return {mark.name for mark in (marks if isinstance(marks, list) else [marks])}
+
+
+def pytest_collection_modifyitems(items):
+    """For `make test-all`'s two workers (pytest-xdist, --dist loadgroup): a module's tests stay on one worker
+    (they share its fixtures), every test of the shared finished run with the worker that built it, and the
+    modules that are one long run each (the slow tier's whole-module studies) go first, so that they start at
+    once on separate workers and the rest fills in around them."""
+    for item in items:
+        group = "finished_run" if "finished_run" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+    whole_module_slow = {item.module for item in items if "slow" in module_marks(item.module)}
+    items.sort(key=lambda item: item.module not in whole_module_slow)  # stable: each module's order kept
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +73,34 @@ def rte_task(**overrides):
     }
     task.update(overrides)
     return task
+
+
+@pytest.fixture(scope="session")
+def rte_samples(tmp_path_factory):
+    """RTE samples of the fixture files (the task with PATTERNS), each drawn once per session:
+    `rte_samples(k, demonstrations)` is (task, folder) with train.parquet (k per class, seed 1), test.parquet,
+    ood_hans.parquet and, with a pool of `demonstrations` per class, demos.parquet (seed 1)."""
+    from lmadapt.config import check_config
+    from lmadapt.sample import run_sample
+
+    root, drawn = tmp_path_factory.mktemp("rte_samples"), {}
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv"),
+              "ood:hans": str(FIXTURES / "hans/heuristics_evaluation_set.txt")}
+
+    def draw(k: int, demonstrations: int = 0):
+        if (k, demonstrations) not in drawn:
+            folder = root / f"k{k}_demos{demonstrations}"
+            spec = rte_task(prompt={"patterns": PATTERNS}, demonstrations=demonstrations)
+            task = check_config({"tasks": {"rte": spec}})["tasks"]["rte"]
+            run_sample("rte", task, inputs, "train", folder / "train.parquet", k=k, seed=1)
+            run_sample("rte", task, inputs, "test", folder / "test.parquet")
+            run_sample("rte", task, inputs, "ood:hans", folder / "ood_hans.parquet")
+            if demonstrations:
+                run_sample("rte", task, inputs, "demos", folder / "demos.parquet", seed=1)
+            drawn[k, demonstrations] = task, folder
+        return drawn[k, demonstrations]
+
+    return draw
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -104,6 +151,7 @@ def report_items(path) -> dict[str, str]:
 
 
 LATEX_PACKAGES = ("texlive-latex-base", "texlive-latex-recommended")  # pdflatex; booktabs
+APT_LOCK = "/var/lock/lmadapt-apt.lock"
 
 
 @pytest.fixture(scope="session")
@@ -114,11 +162,13 @@ def pdflatex():
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             pytest.skip(f"no pdflatex, and no root apt-get to install {' '.join(LATEX_PACKAGES)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for command in (["apt-get", "update", "-qq"],
-                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *LATEX_PACKAGES]):
-            proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-            if proc.returncode:
-                pytest.skip(f"could not install {' '.join(LATEX_PACKAGES)}: {proc.stderr.strip()[-300:]}")
+        with open(APT_LOCK, "w") as lock:  # one apt at a time (the Slurm start script takes the same lock)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for command in (["apt-get", "update", "-qq"],
+                            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *LATEX_PACKAGES]):
+                proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+                if proc.returncode:
+                    pytest.skip(f"could not install {' '.join(LATEX_PACKAGES)}: {proc.stderr.strip()[-300:]}")
     return shutil.which("pdflatex")
 
 
@@ -142,8 +192,6 @@ PATTERNS = {
     "long_words": {"template": "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:",  # multi-token
                    "verbalizer": {"entailment": " entailment holds", "not_entailment": " it is not so"}},
 }
-EXTRACT_PATTERN = {"gpt3": {"template": "{premise} question: {hypothesis} Yes or No? answer:",
-                    "verbalizer": {"entailment": " Yes", "not_entailment": " No"}}}
 EXTRACT_SETTINGS = {"layers": "all", "pooling": ["last", "mean"], "pattern": None, "shots": 3, "batch_size": 3,
             "max_length": None, "store_dtype": "float32", "dtype": "float32"}
 
@@ -154,17 +202,45 @@ def planned_jobs(proc) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m[1] != "total"}
 
 
-def fixture_config(model_dir=None):
+def fixture_config(model_dir=None, encoder_dir=None):
+    """The fixture workflow: RTE (with HANS) and tweets; with a decoder, every stage on it; with an encoder beside
+    it, the encoder's activations, probes and classification head (it has no ICL)."""
     tweets = {"labels": ["negative", "neutral", "positive"], "k": [1], "n_test": 3, "demonstrations": 1,
               "data": {"train": {"path": str(FIXTURES / "tweet_sentiment/train.jsonl")}},
               "prompt": {"patterns": {"tweet": {"template": "{text} Sentiment:", "verbalizer": {
                   "negative": " negative", "neutral": " neutral", "positive": " positive"}}}}}
-    config = {"seeds": [1, 2], "tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}, demonstrations=3),
-                                         "tweets": tweets}}
+    config = {"seeds": [1, 2], "threads": 1,  # two jobs at a time on a 2-core machine
+              "tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}, demonstrations=3), "tweets": tweets}}
     if model_dir:
         config.update(models={"tiny": {"id": str(model_dir), "gpus": 0, "mem_mb": 1000}},
                       extract={"tasks": ["rte"], "shots": 2, "layers": [1, -1]},
                       probe={"mlp": {"epochs": 20}}, icl={"shots": [0, 2]},
                       finetune={"tasks": ["rte"], "k": [2], "methods": ["lora_pattern", "distill"], "epochs": 2,
                                 "batch_size": 2, "effective_batch": 2, "distill": {"shots": 2}})
+    if encoder_dir:
+        config["models"]["bert"] = {"id": str(encoder_dir), "gpus": 0, "mem_mb": 1000,
+                                    "finetune": {"methods": ["head"]}}
+        config["icl"]["models"] = ["tiny"]
     return config
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    workdir: Path
+    config: Path  # the config file it ran with, in workdir
+
+    def copy(self, to: Path) -> "FinishedRun":
+        """A copy to change files in (the shared run stays as it finished)."""
+        shutil.copytree(self.workdir, to, symlinks=True)
+        return FinishedRun(to, to / self.config.name)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_opt, tiny_bert) -> FinishedRun:
+    """The fixture workflow with a decoder and an encoder, run to the end once per session: every test that
+    checks a finished run's outputs, report or staleness reads this one (dry runs change nothing; a test that
+    changes files works on `copy()`)."""
+    workdir = tmp_path_factory.mktemp("finished_run")
+    config = write_config(workdir / "config.yaml", fixture_config(tiny_opt, tiny_bert))
+    run_snakemake(workdir, "--configfile", str(config))
+    return FinishedRun(workdir, config)

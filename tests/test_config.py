@@ -2,11 +2,12 @@ import json
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 import yaml
 
 from conftest import PATTERNS, REPO, rte_task, write_config
-from lmadapt.config import ConfigError, check_config, load_config
+from lmadapt.config import SCHEMA_PATH, ConfigError, check_config, load_config
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
@@ -41,6 +42,47 @@ def test_wrong_type_is_named():
         check_config({"seeds": 3, "tasks": {"rte": rte_task()}})
     with pytest.raises(ConfigError, match=r"tasks\.rte\.n_test"):
         check_config({"tasks": {"rte": rte_task(n_test="some")}})
+    # YAML reads 1e-5 (no dot) as a string
+    with pytest.raises(ConfigError, match=r"finetune\.lr: '1e-5' is not of type 'number'$"):
+        check_config({"tasks": {"rte": rte_task()}, "finetune": {"lr": "1e-5"}})
+
+
+# What a key of a schema object may be; data (default, enum, const, examples) is not walked.
+SCHEMA_KEYWORDS = {"type", "properties", "additionalProperties", "required", "items", "enum", "const", "default",
+                   "description", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
+                   "maxItems", "uniqueItems", "minLength", "maxLength", "pattern", "patternProperties", "oneOf",
+                   "anyOf", "allOf", "not", "if", "then", "else", "minProperties", "maxProperties", "$schema",
+                   "title", "propertyNames", "examples", "dependentRequired", "format", "$defs", "$ref"}
+
+
+def test_the_schema_parses_as_it_reads():
+    """A flow mapping whose description holds a comma splits into stray keys (one once put `pattern: null` on
+    finetune.lr and crashed the validator): every key of every schema object is a keyword, every description a
+    whole sentence."""
+    problems = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        problems.extend(f"{path}: {key!r} is no schema keyword" for key in set(node) - SCHEMA_KEYWORDS)
+        if "pattern" in node and not isinstance(node["pattern"], str):
+            problems.append(f"{path}: pattern {node['pattern']!r}")
+        if "description" in node and not (isinstance(node["description"], str)
+                                          and node["description"].rstrip().endswith((".", ":", ")"))):
+            problems.append(f"{path}: description {node['description']!r} reads as cut")
+        for key in ("properties", "patternProperties", "$defs"):
+            for name, child in node.get(key, {}).items():
+                walk(child, f"{path}.{name}")
+        for key in ("items", "additionalProperties", "not", "if", "then", "else", "propertyNames"):
+            walk(node.get(key), f"{path}[{key}]")
+        for key in ("oneOf", "anyOf", "allOf"):
+            for i, child in enumerate(node.get(key, [])):
+                walk(child, f"{path}[{key}][{i}]")
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    walk(schema, "config")
+    assert not problems, problems
 
 
 def test_source_needs_exactly_one_origin():
@@ -143,10 +185,10 @@ def test_a_model_sets_its_own_stage_settings_over_the_sections():
     assert {stage: stage_cells for stage, stage_cells in kept.items() if stage_cells} == grid(without)
     assert all(finetune_settings(paper, m, "opt_125m") == finetune_settings(without, m, "opt_125m")
                for m in paper["finetune"]["methods"])
-    # every model's job settings pass the CLI's checks
+    # every model's job settings pass the CLI's checks (each distinct one once: the grid repeats them per k and seed)
     run = {"checkpoint_every": 1, "keep_checkpoint": False}
-    for cell in cells["finetune"]:
-        check_stage_settings("finetune", finetune_settings(paper, cell["method"], cell["model"]) | run, cell["method"])
+    for model, method in {(cell["model"], cell["method"]) for cell in cells["finetune"]}:
+        check_stage_settings("finetune", finetune_settings(paper, method, model) | run, method)
     for model in paper["icl"]["models"]:
         settings = {k: v for k, v in stage_config(paper, "icl", model).items() if k not in ("models", "tasks", "shots")}
         check_stage_settings("icl", settings | {"dtype": "auto"})

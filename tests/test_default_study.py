@@ -5,9 +5,10 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
 
-from conftest import REPO, compile_latex_tables, report_items, run_snakemake, write_config
+from conftest import compile_latex_tables, report_items, run_snakemake
+
+pytestmark = pytest.mark.slow  # a whole study run end to end
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +80,3 @@ def test_default_study_report_holds_the_plan_and_the_runtimes(study):
 def test_default_study_tables_compile(study, pdflatex, tmp_path):
     compile_latex_tables(pdflatex, [study / f"results/tables/{name}.tex" for name in ("probes", "icl", "finetune")],
                          tmp_path)
-
-
-def test_second_run_schedules_nothing_and_a_probe_change_reruns_only_probes(study):
-    assert "Nothing to be done" in run_snakemake(study, "-n").stdout
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    config.setdefault("probe", {}).setdefault("mlp", {})["epochs"] = 301  # one probe setting, in content
-    changed = write_config(study / "changed.yaml", config)
-    plan = run_snakemake(study, "-n", "--configfile", str(changed)).stdout
-    stats = plan.split("Job stats:")[1].split("\n\n")[0]
-    assert {line.split()[0] for line in stats.splitlines()[3:] if line.strip()} == {
-        "probe", "aggregate", "runtimes", "resolved_config", "all", "total"}

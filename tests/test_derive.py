@@ -130,6 +130,7 @@ def instruct_cli(tiny_opt, instructions, out, **overrides):
     return cmd, clean_env(PYTHONPATH=str(REPO / "workflow"))
 
 
+@pytest.mark.slow  # two training jobs in their own processes, one of them killed
 def test_a_killed_instruct_job_resumes_to_the_same_model(tiny_opt, instructions, tmp_path):
     overrides = dict(epochs=40, batch_size=2, effective_batch=2, dropout=0.1, checkpoint_every=5)
     cmd, env = instruct_cli(tiny_opt, instructions, tmp_path, **overrides)

@@ -6,22 +6,16 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from conftest import EXTRACT_PATTERN as PATTERN, EXTRACT_SETTINGS as SETTINGS, FIXTURES, rte_task
-from lmadapt.config import ConfigError, check_config, resolve_layers
+from conftest import EXTRACT_SETTINGS as SETTINGS
+from lmadapt.config import ConfigError, resolve_layers
 from lmadapt.extract import run_extract
 from lmadapt.forward import last_positions, pool
 from lmadapt.io import read_metadata
 from lmadapt.prompt import prefix_text, task_pattern
-from lmadapt.sample import run_sample
 
 @pytest.fixture(scope="module")
-def rte(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rte")
-    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERN})}})["tasks"]["rte"]
-    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
-    run_sample("rte", task, inputs, "train", folder / "train.parquet", k=4, seed=1)
-    run_sample("rte", task, inputs, "test", folder / "test.parquet")
-    return task, folder
+def rte(rte_samples):
+    return rte_samples(5, demonstrations=3)
 
 
 def reference_vectors(model_dir, prompts: list[str], texts: list[str], layer: int, how: str) -> np.ndarray:
@@ -43,11 +37,11 @@ def test_activations_equal_plain_forward(tiny_opt, rte, tmp_path, fewshot):
     task, folder = rte
     out = tmp_path / "acts.parquet"
     [meta] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(out))], SETTINGS,
-                         demos_path=str(folder / "train.parquet") if fewshot else None, seed=7)
+                         demos_path=str(folder / "demos.parquet") if fewshot else None, seed=7)
     stored = pd.read_parquet(out).set_index("id")
     sample = pd.read_parquet(folder / "test.parquet")
     pattern = task_pattern(task)
-    train = pd.read_parquet(folder / "train.parquet").set_index("id")
+    train = pd.read_parquet(folder / "demos.parquet").set_index("id")
     demos = train.loc[meta["prompt"]["demonstration_ids"]].reset_index()
     assert len(demos) == (3 if fewshot else 0) and meta["prompt"]["variant"] == ("fewshot" if fewshot else "none")
     texts = [pattern.fill(row) for _, row in sample.iterrows()]
@@ -72,11 +66,11 @@ def test_encoder_activations_equal_plain_forward(model, rte, tmp_path, fewshot, 
     poolings = ["last", "mean"] + (["cls"] if model == "tiny_bert" else [])
     [meta] = run_extract(str(model_dir), task, [(str(folder / "test.parquet"), str(out))],
                          dict(SETTINGS, pooling=poolings),
-                         demos_path=str(folder / "train.parquet") if fewshot else None, seed=7)
+                         demos_path=str(folder / "demos.parquet") if fewshot else None, seed=7)
     stored = pd.read_parquet(out).set_index("id")
     sample = pd.read_parquet(folder / "test.parquet")
     pattern = task_pattern(task)
-    demos = pd.read_parquet(folder / "train.parquet").set_index("id").loc[meta["prompt"]["demonstration_ids"]]
+    demos = pd.read_parquet(folder / "demos.parquet").set_index("id").loc[meta["prompt"]["demonstration_ids"]]
     assert len(demos) == (3 if fewshot else 0)
     texts = [pattern.fill(row) for _, row in sample.iterrows()]
     prompts = [prefix_text(pattern, demos.reset_index()) + (pattern.separator if fewshot else "") + text
@@ -120,9 +114,9 @@ def test_long_examples_are_cut_and_counted_never_the_prefix(tiny_opt, rte, tmp_p
     assert meta["truncated"] > 0 and meta["max_length"] == 12
     # a prefix is never cut: it holds the most demonstrations that keep it within half the context
     [short] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "b.parquet"))],
-                          dict(SETTINGS, max_length=200), demos_path=str(folder / "train.parquet"), seed=1)
+                          dict(SETTINGS, max_length=200), demos_path=str(folder / "demos.parquet"), seed=1)
     [full] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "c.parquet"))],
-                         SETTINGS, demos_path=str(folder / "train.parquet"), seed=1)
+                         SETTINGS, demos_path=str(folder / "demos.parquet"), seed=1)
     assert full["prompt"]["shots"] == full["prompt"]["shots_requested"] == 3
     assert short["prompt"]["shots_requested"] == 3 > short["prompt"]["shots"]
     assert short["prompt"]["prefix_tokens"] <= 100 < full["prompt"]["prefix_tokens"]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import BIN, FIXTURES, PATTERNS, REPO, clean_env, kill_after_first_checkpoint, rte_task
+from conftest import BIN, REPO, clean_env, kill_after_first_checkpoint, rte_task
 from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, check_config, finetune_settings
 from lmadapt.finetune import build_model, class_logits, distill_loss, epoch_batches, run_finetune
 from lmadapt.forward import pad_batch
@@ -18,7 +18,10 @@ from lmadapt.methods import DECODER, METHODS
 from lmadapt.icl import run_teacher
 from lmadapt.models import load_tokens
 from lmadapt.prompt import classifier_inputs, encode_prompt, task_pattern
-from lmadapt.sample import run_sample
+
+
+# ZeRO-2 for every method in the fast tier; ZeRO-3 (parameters partitioned) in the slow tier
+ZERO_STAGES = ["zero2", pytest.param("zero3", marks=pytest.mark.slow)]
 
 
 def settings(**overrides):
@@ -29,13 +32,8 @@ def settings(**overrides):
 
 
 @pytest.fixture(scope="module")
-def rte(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("finetune")
-    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERNS})}})["tasks"]["rte"]
-    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
-    run_sample("rte", task, inputs, "train", folder / "train.parquet", k=8, seed=1)
-    run_sample("rte", task, inputs, "test", folder / "test.parquet")
-    return task, folder
+def rte(rte_samples):
+    return rte_samples(8)  # every training row of the fixture: 16 examples, 4 batches of 4 per epoch
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,7 @@ def finetune(tiny_opt, rte, tmp_path, method, teacher=None, all_records=False, *
     return result["records"] if all_records else result["records"][0]
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("zero", ZERO_STAGES)
 @pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if DECODER in spec.kinds])  # on a decoder
 def test_every_method_learns(tiny_opt, rte, teacher, tmp_path, method, zero):
     record = finetune(tiny_opt, rte, tmp_path, method, teacher if METHODS[method].teacher else None, zero=zero)
@@ -75,7 +73,7 @@ def test_every_method_learns(tiny_opt, rte, teacher, tmp_path, method, zero):
         assert record["details"]["trainable_parameters"] < 10_000
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("zero", ZERO_STAGES)
 def test_a_validation_share_keeps_the_best_epoch_and_reports_train_validation_and_test(tiny_opt, rte, tmp_path,
                                                                                        zero):
     """Study 2's protocol: half of each label's training rows validate after every epoch, and the weights
@@ -94,7 +92,7 @@ def test_a_validation_share_keeps_the_best_epoch_and_reports_train_validation_an
     assert details["optimizer_steps"] == 4 * 2  # 8 training rows / batch 4, 4 epochs
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("zero", ZERO_STAGES)
 def test_an_encoder_fine_tunes_its_classification_head(tiny_bert, rte, tmp_path, zero):
     """A BERT-like encoder (masked-LM checkpoint, as roberta-base ships) gets a new classification head; its
     inputs are <s> example </s> as its tokenizer wraps a text, and the saved model predicts what the job did."""
@@ -124,7 +122,7 @@ def test_an_encoder_fine_tunes_its_classification_head(tiny_bert, rte, tmp_path,
         finetune(tiny_bert, rte, tmp_path / "pattern", "pattern", zero=zero)
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("zero", ZERO_STAGES)
 @pytest.mark.parametrize("method", ["seq2seq", "lora_seq2seq"])
 def test_an_encoder_decoder_learns_the_verbalizer_as_its_decoder_target(tiny_t5, rte, tmp_path, method, zero):
     """Flan-T5-style fine-tuning: the decoder's loss on the gold verbalizer falls, and the job's predictions are
@@ -207,6 +205,7 @@ def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), extra=None, **ov
     return cmd, clean_env(PYTHONPATH=str(REPO / "workflow"))
 
 
+@pytest.mark.slow  # a training job in its own process
 def test_saved_model_predicts_the_same_in_a_new_process(tiny_opt, rte, tmp_path):
     cmd, env = cli(tiny_opt, rte, tmp_path, zero="zero3", save_model=True)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -236,6 +235,7 @@ def killed_after_a_checkpoint(cmd, env, tmp_path):
     kill_after_first_checkpoint(cmd, env, tmp_path / "work/checkpoints", tmp_path / "metrics.json")
 
 
+@pytest.mark.slow  # a training job in its own process
 def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_opt, rte, tmp_path):
     """With a validation share: the epochs validated before the kill, and the best epoch's weights, carry over."""
     overrides = dict(epochs=60, checkpoint_every=5, batch_size=2, effective_batch=2, dropout=0.1, validation=0.25)
@@ -259,6 +259,7 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_opt, rte
         whole / "work/predictions_test.parquet").read_bytes()
 
 
+@pytest.mark.slow  # a training job in its own process
 def test_checkpoint_of_other_settings_is_not_resumed(tiny_opt, rte, tmp_path):
     overrides = dict(epochs=60, checkpoint_every=5, batch_size=2, effective_batch=2)
     killed_after_a_checkpoint(*cli(tiny_opt, rte, tmp_path, **overrides), tmp_path)
@@ -269,6 +270,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(tiny_opt, rte, tmp_path):
     assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 60 * 8 and details["lr"] == 2e-3
 
 
+@pytest.mark.slow  # a training job in its own process
 def test_two_processes_over_gloo(tiny_opt, rte, tmp_path):
     launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmadapt"]
     cmd, env = cli(tiny_opt, rte, tmp_path, launcher=launcher, zero="zero3", epochs=4, effective_batch=8)

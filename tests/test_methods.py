@@ -1,6 +1,5 @@
 """The method registry (lmadapt/methods.py) is what every place that lists methods reads, and a model's kind,
 read from its checkpoint's config, refuses the stages and methods it cannot run before any job."""
-import pandas as pd
 import pytest
 from transformers import BertConfig, GPT2Config, OPTConfig, T5Config
 
@@ -110,22 +109,3 @@ def test_a_stage_or_method_a_model_cannot_run_is_refused_naming_the_key(tmp_path
     assert proc.returncode != 0 and not (tmp_path / "results").exists()
     assert "icl.models: icl runs on decoder and encoder-decoder models; bert is an encoder model" in (
         proc.stdout + proc.stderr), proc.stdout[-2000:]
-
-
-def test_an_encoder_runs_through_extract_probe_and_head_fine_tuning(tmp_path, tiny_opt, tiny_bert):
-    """The workflow with an encoder beside a decoder: the encoder's activations, probes and classification head,
-    the decoder's in-context learning, one table."""
-    config = fixture_config(tiny_opt)
-    config["seeds"] = [1]
-    config["tasks"]["rte"]["k"] = [2]
-    config["models"]["bert"] = {"id": str(tiny_bert), "gpus": 0, "mem_mb": 1000}
-    config["extract"]["models"] = ["bert"]
-    config["icl"].update(models=["tiny"], shots=[0], tasks=["rte"])
-    config["bow"] = {"tasks": ["rte"]}
-    config["finetune"].update(models=["bert"], methods=["head"])
-    run_snakemake(tmp_path, "--configfile", str(write_config(tmp_path / "config.yaml", config)))
-    tidy = pd.read_parquet(tmp_path / "results/tables/all.parquet")
-    test = tidy[(tidy["split"] == "test") & tidy["group"].isna()]
-    assert set(zip(test["model"], test["method"])) >= {("bert", "probe_logreg"), ("bert", "probe_mlp"),
-                                                       ("bert", "head"), ("tiny", "icl")}
-    assert test["accuracy"].notna().all()

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import EXTRACT_PATTERN as PATTERN, EXTRACT_SETTINGS as SETTINGS, FIXTURES, rte_task
+from conftest import EXTRACT_SETTINGS as SETTINGS, rte_task
 from lmadapt.config import check_config
 from lmadapt.extract import run_extract
 from lmadapt.metrics import KEYS, classification_record
@@ -37,29 +37,23 @@ def test_probes_learn_a_separable_problem():
 
 
 @pytest.fixture(scope="module")
-def rte_activations(tiny_opt, tmp_path_factory):
+def rte_activations(tiny_opt, rte_samples, tmp_path_factory):
+    task, samples = rte_samples(5, demonstrations=3)
     folder = tmp_path_factory.mktemp("probe")
-    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERN}, demonstrations=3)}})["tasks"]["rte"]
-    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv"),
-              "ood:hans": str(FIXTURES / "hans/heuristics_evaluation_set.txt")}
-    run_sample("rte", task, inputs, "train", folder / "train.parquet", k=5, seed=1)
-    run_sample("rte", task, inputs, "demos", folder / "demos.parquet", seed=1)
-    for split in ("test", "ood:hans"):
-        run_sample("rte", task, inputs, split, folder / f"{split.replace(':', '_')}.parquet")
     settings = dict(SETTINGS, layers=[1, -1])
-    run_extract(str(tiny_opt), task, [(str(folder / f"{name}.parquet"), str(folder / f"acts_{name}.parquet"))
+    run_extract(str(tiny_opt), task, [(str(samples / f"{name}.parquet"), str(folder / f"acts_{name}.parquet"))
                                       for name in ("train", "test", "ood_hans")],
-                settings, demos_path=str(folder / "demos.parquet"), seed=1)
-    return folder
+                settings, demos_path=str(samples / "demos.parquet"), seed=1)
+    return samples, folder
 
 
 def test_probe_job_covers_every_layer_pooling_probe_and_split(rte_activations):
-    folder = rte_activations
+    samples, folder = rte_activations
     settings = check_config({"tasks": {"x": rte_task()}, "probe": {"mlp": {"epochs": 20}}})["probe"]
     out = folder / "metrics.json"
     run_probe(str(folder / "acts_train.parquet"),
               {"test": str(folder / "acts_test.parquet"), "ood_hans": str(folder / "acts_ood_hans.parquet")},
-              {"test": str(folder / "test.parquet"), "ood_hans": str(folder / "ood_hans.parquet")},
+              {"test": str(samples / "test.parquet"), "ood_hans": str(samples / "ood_hans.parquet")},
               str(out), settings, {"task": "rte", "model": "tiny", "prompt": "fewshot", "k": 8, "seed": 1})
     records = json.loads(out.read_text())["records"]
     assert len(records) == 2 * 2 * 2 * 2  # layers x poolings x probes x splits

@@ -14,6 +14,8 @@ import yaml
 from conftest import BIN, REPO, clean_env, planned_jobs, run_snakemake, write_config
 from lmadapt.rehearsal import slice_grid
 
+pytestmark = pytest.mark.slow  # a whole study run end to end
+
 NEW_FAMILIES = ["gpt2", "flan_t5_base", "roberta_base"]
 DERIVED = ["opt_125m_alpaca", "flan_t5_base_ppo"]  # instruction tuning on Alpaca GPT-4; PPO on DialogSum
 # 2 of the 40 fine-tuning epochs, 2 of instruction tuning's 3, 4 of PPO's 200 steps: time, not shape

@@ -22,7 +22,7 @@ def slurm_unavailable() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(slurm_unavailable() is not None, reason=slurm_unavailable() or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(slurm_unavailable() is not None, reason=slurm_unavailable() or "")]
 
 
 @pytest.fixture(scope="module")

@@ -6,34 +6,37 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from conftest import REPO, fixture_config, planned_jobs, report_items, run_snakemake, write_config
 
 
-def plan_after(workdir, model_dir, config_path, change) -> dict[str, int]:
-    """The jobs a dry run plans after `change` (a function editing the fixture config); the file is restored."""
-    changed = fixture_config(model_dir)
+def plan_after(run, model_dirs, change) -> dict[str, int]:
+    """The jobs a dry run of the finished run plans after `change` (a function editing the fixture config)."""
+    changed = fixture_config(*model_dirs)
     change(changed)
-    write_config(config_path, changed)
-    try:
-        return planned_jobs(run_snakemake(workdir, "--configfile", str(config_path), "-n"))
-    finally:
-        write_config(config_path, fixture_config(model_dir))
+    path = write_config(run.workdir / "changed.yaml", changed)
+    return planned_jobs(run_snakemake(run.workdir, "--configfile", str(path), "-n"))
 
 
-def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
-    config = write_config(tmp_path / "config.yaml", fixture_config(tiny_opt))
-    run_snakemake(tmp_path, "--configfile", str(config))
-    results = tmp_path / "results"
-    assert (tmp_path / "resources/models/tiny/lmadapt_model.json").exists()
-    assert list((tmp_path / "resources/models/tiny").glob("*.safetensors"))
-    assert len(list((results / "metrics/probe/tiny/rte").rglob("*.json"))) == 2 * 2 * 2  # prompts x k x seeds
+def test_a_finished_run_has_every_output_and_keeps_demonstrations_out_of_training(finished_run):
+    results = finished_run.workdir / "results"
+    assert (finished_run.workdir / "resources/models/tiny/lmadapt_model.json").exists()
+    assert list((finished_run.workdir / "resources/models/tiny").glob("*.safetensors"))
+    for model in ("tiny", "bert"):
+        assert len(list((results / f"metrics/probe/{model}/rte").rglob("*.json"))) == 2 * 2 * 2  # prompts x k x seeds
     assert len(list((results / "metrics/icl/tiny").rglob("*.json"))) == 2 * (1 + 2)  # tasks x (0-shot + seeds)
+    assert not (results / "metrics/icl/bert").exists()  # an encoder has no ICL
     tidy = pd.read_parquet(results / "tables/all.parquet")
-    assert {"probe_logreg", "probe_mlp", "bow_count", "icl", "lora_pattern", "distill"} <= set(tidy["method"])
+    assert {"probe_logreg", "probe_mlp", "bow_count", "icl", "lora_pattern", "distill", "head"} <= set(tidy["method"])
     assert len(list((results / "metrics/finetune/tiny/rte").rglob("*.json"))) == 2 * 2  # methods x seeds
     assert set(tidy["split"]) == {"test", "ood_hans"} and tidy["code_version"].notna().all()
+    # the encoder's activations, probes and classification head beside the decoder's in-context learning
+    test = tidy[(tidy["split"] == "test") & tidy["group"].isna()]
+    assert set(zip(test["model"], test["method"])) >= {("bert", "probe_logreg"), ("bert", "probe_mlp"),
+                                                       ("bert", "head"), ("tiny", "icl")}
+    assert test["accuracy"].notna().all()
     assert (results / "tables/icl.md").exists() and (results / "figures/probe_accuracy_vs_layer.png").exists()
     assert "labeled examples" in (results / "tables/finetune.md").read_text()
     plan = json.loads((results / "plan/preflight.json").read_text())
@@ -49,16 +52,25 @@ def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
     teacher = pd.read_parquet(results / "teacher/tiny/rte/k2_seed1.parquet")
     assert not set(json.loads(pq.read_schema(results / "teacher/tiny/rte/k2_seed1.parquet").metadata[b"lmadapt"])[
         "demonstration_ids"]) & set(teacher["id"])
+    samples = results / "samples"
+    assert sorted(p.name for p in (samples / "rte").iterdir()) == [
+        "demos_seed1.parquet", "demos_seed2.parquet", "ood_hans.parquet", "test.parquet", "train_k2_seed1.parquet",
+        "train_k2_seed2.parquet", "train_k3_seed1.parquet", "train_k3_seed2.parquet"]
+    assert len(pd.read_parquet(samples / "tweets/train_k1_seed2.parquet")) == 3
+    assert (results / "logs/sample/rte/test.log").exists()
 
-    # the report: tables, figures, the preflight plan, the config the results depend on, each rule's runtimes
-    run_snakemake(tmp_path, "--configfile", str(config), "--report", "report.html")
-    items = report_items(tmp_path / "report.html")
+
+def test_the_report_holds_tables_figures_plan_config_and_runtimes(finished_run, tiny_opt, tiny_bert, tmp_path):
+    run = finished_run.copy(tmp_path / "run")  # the report is written into the working directory
+    run_snakemake(run.workdir, "--configfile", str(run.config), "--report", "report.html")
+    items = report_items(run.workdir / "report.html")
+    results = run.workdir / "results"
     assert {"results/tables/icl.md", "results/figures/accuracy_vs_examples.png", "results/plan/preflight.md",
             "results/plan/config.yaml", "results/plan/runtimes.md"} <= set(items)
     assert "Estimated total" in items["results/plan/preflight.md"]
     resolved = yaml.safe_load(items["results/plan/config.yaml"])
     assert "threads" not in resolved and "mem_mb" not in resolved["models"]["tiny"]
-    assert resolved["probe"]["mlp"]["epochs"] == fixture_config(tiny_opt)["probe"]["mlp"]["epochs"]
+    assert resolved["probe"]["mlp"]["epochs"] == fixture_config(tiny_opt, tiny_bert)["probe"]["mlp"]["epochs"]
     assert resolved["aggregate"]["tables"]["finetune"]["methods"]  # defaults filled in
     logs = Counter(Path(log.relative_to(results / "logs").parts[0]).stem for log in (results / "logs").rglob("*.log"))
     runtimes = {row[0]: int(row[1]) for row in (line.strip("| ").split(" | ")
@@ -67,44 +79,40 @@ def test_workflow_runs_and_reruns_only_stale_jobs(tmp_path, tiny_opt):
     assert runtimes == {rule: n for rule, n in logs.items() if rule not in ("runtimes", "resolved_config")}
     assert runtimes["probe"] == len(list((results / "metrics/probe").rglob("*.json"))) and runtimes["aggregate"] == 1
 
-    assert "Nothing to be done" in run_snakemake(tmp_path, "--configfile", str(config), "-n").stdout
+
+def test_a_finished_run_reruns_only_the_jobs_a_change_makes_stale(finished_run, tiny_opt, tiny_bert):
+    run, models = finished_run, (tiny_opt, tiny_bert)
+    assert "Nothing to be done" in run_snakemake(run.workdir, "--configfile", str(run.config), "-n").stdout
 
     def resources(c):  # Slurm requests and how jobs run: never what they compute
         c["models"]["tiny"]["mem_mb"] = 3000
         c["threads"] = 3
         c["finetune"].update(checkpoint_every=7, keep_checkpoint=True)
-    assert plan_after(tmp_path, tiny_opt, config, resources) == {}
+    assert plan_after(run, models, resources) == {}
 
-    def probe(c):  # one probe hyperparameter: only the probes and the tables
+    def probe(c):  # one probe hyperparameter: only the probes (both models') and the tables
         c["probe"]["mlp"]["epochs"] = 21
     report = {"resolved_config": 1, "aggregate": 1, "runtimes": 1, "all": 1}  # cheap local jobs of the report
-    assert plan_after(tmp_path, tiny_opt, config, probe) == {"probe": 8} | report
+    assert plan_after(run, models, probe) == {"probe": 2 * 8} | report
 
     def lora(c):  # a LoRA setting: only the LoRA jobs (and the plan, which estimates LoRA's size)
         c["finetune"]["lora"] = {"r": 4}
-    assert plan_after(tmp_path, tiny_opt, config, lora) == {"finetune": 2, "preflight": 1} | report
+    assert plan_after(run, models, lora) == {"finetune": 2, "preflight": 1} | report
 
     def new_k(c):  # a k added to a task and to fine-tuning: only the new cells
         c["tasks"]["rte"]["k"] = [2, 3, 4]
         c["finetune"]["k"] = [2, 4]
-    assert plan_after(tmp_path, tiny_opt, config, new_k) == {
-        "sample": 2, "extract": 2 + 2, "probe": 4, "bow": 2, "teacher": 2, "finetune": 4, "preflight": 1} | report
+    assert plan_after(run, models, new_k) == {  # extract and probe: 2 models x 2 seeds x (none + fewshot)
+        "sample": 2, "extract": 2 * (2 + 2), "probe": 2 * 4, "bow": 2, "teacher": 2, "finetune": 2 * (2 + 1),
+        "preflight": 1} | report
 
     def new_method(c):
         c["finetune"]["methods"] = ["lora_pattern", "distill", "head"]
-    assert plan_after(tmp_path, tiny_opt, config, new_method) == {"finetune": 2, "preflight": 1} | report
+    assert plan_after(run, models, new_method) == {"finetune": 2, "preflight": 1} | report
 
     def tweets_test(c):  # content change in one task's settings: its jobs, none of rte's
         c["tasks"]["tweets"]["n_test"] = 4
-    assert plan_after(tmp_path, tiny_opt, config, tweets_test) == {
-        "sample": 2 + 2 + 1, "bow": 2, "icl": 3, "preflight": 1} | report
-
-    samples = tmp_path / "results/samples"
-    assert sorted(p.name for p in (samples / "rte").iterdir()) == [
-        "demos_seed1.parquet", "demos_seed2.parquet", "ood_hans.parquet", "test.parquet", "train_k2_seed1.parquet",
-        "train_k2_seed2.parquet", "train_k3_seed1.parquet", "train_k3_seed2.parquet"]
-    assert len(pd.read_parquet(samples / "tweets/train_k1_seed2.parquet")) == 3
-    assert (tmp_path / "results/logs/sample/rte/test.log").exists()
+    assert plan_after(run, models, tweets_test) == {"sample": 2 + 2 + 1, "bow": 2, "icl": 3, "preflight": 1} | report
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -147,18 +155,20 @@ def test_paper_grid_plans(tmp_path):
     assert plan["bow"] == 4 * 3 * 10 + 10  # and IMDB's full training set, once per seed
 
 
+@pytest.mark.slow  # 5,000 metrics files written and planned
 def test_aggregate_reads_its_inputs_from_a_file_at_any_scale(tmp_path):
-    """20,000 metrics files (about 1 MB of paths: far over one shell argument's 128 KiB) aggregate in one job."""
+    """5,000 metrics files (their paths, one shell command, would be far over one argument's 128 KiB) aggregate in
+    one job."""
     from lmadapt.io import write_json
     from lmadapt.metrics import classification_record, finish
 
     config = fixture_config()
     config["tasks"] = {"tweets": dict(config["tasks"]["tweets"], k=list(range(1, 101)), demonstrations=0)}
-    config["seeds"] = list(range(200))
+    config["seeds"] = list(range(50))
     path = write_config(tmp_path / "config.yaml", config)
     labels = ["negative", "neutral", "positive"]
     for k in range(1, 101):
-        for seed in range(200):
+        for seed in range(50):
             keys = dict(task="tweets", model="none", method="bow_count", prompt="none", k=k, examples=3 * k,
                         seed=seed, split="test")
             record = classification_record(keys, labels, [0, 1, 2, 0], [0, 1, 2, (k + seed) % 3])
@@ -167,5 +177,6 @@ def test_aggregate_reads_its_inputs_from_a_file_at_any_scale(tmp_path):
     assert planned_jobs(run_snakemake(tmp_path, *args, "-n")) == {"aggregate": 1}
     run_snakemake(tmp_path, *args)
     tidy = pd.read_parquet(tmp_path / "results/tables/all.parquet")
-    assert len(tidy) == 20_000 and len((tmp_path / "results/tables/expected.txt").read_text().split()) == 20_000
+    expected = (tmp_path / "results/tables/expected.txt").read_text().split()
+    assert len(tidy) == 5_000 and len(expected) == 5_000 and len(" ".join(expected)) > 128 * 1024
     assert (tmp_path / "results/tables/missing.txt").read_text() == ""
