@@ -162,3 +162,20 @@ def test_duplicate_ids(tmp_path):
     path.write_text("id,text,label\na,x,0\na,y,1\n")
     with pytest.raises(DataError, match=r"id column 'id' is not unique \(e\.g\. 'a'\)"):
         read_split({"columns": {"id": "id"}}, path, ["text"], ["n", "p"])
+
+
+def test_a_file_in_another_encoding_names_the_line_and_the_setting(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_bytes("text,label\ngood film,a\nun caf\u00e9 noir,b\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"^line 3 of .*reviews\.csv, column 7 \(byte 0xe9\): not utf-8 text; give "
+                                        r"the file's encoding as the source's `encoding:` \(e\.g\. encoding: latin-1\)$"):
+        read_split({}, path, ["text"], ["a", "b"])
+    assert len(read_split({"encoding": "latin-1"}, path, ["text"], ["a", "b"]).rows) == 2
+
+
+def test_a_broken_json_lines_record_names_its_line(tmp_path):
+    path = tmp_path / "tweets.jsonl"
+    path.write_text('{"text": "fine", "label": "a"}\n\n{"text": "cut off", "label"\n{"text": "x", "label": "b"}\n')
+    with pytest.raises(DataError, match=r"^line 3 of .*tweets\.jsonl: not a JSON object \(Expecting ':' delimiter, "
+                                        r"column 28\)$"):
+        read_split({}, path, ["text"], ["a", "b"])

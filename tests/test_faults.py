@@ -103,6 +103,28 @@ def test_changed_identity_never_replaces_a_prepared_model_or_dataset(tmp_path, t
     assert files_of(tmp_path / "resources") == prepared
 
 
+def test_a_model_folder_without_weights_is_one_line_naming_it(tmp_path, tiny_opt):
+    folder = tmp_path / "half_copied"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((tiny_opt / "config.json").read_bytes())  # the weights never arrived
+    fetch = subprocess.run([str(BIN / "lmadapt"), "fetch-model", "--name", "tiny", "--model",
+                            json.dumps({"id": str(folder)}), "--out", str(tmp_path / "prepared")],
+                           capture_output=True, text=True, env=clean_env())
+    assert fetch.returncode == 2 and fetch.stderr.strip().splitlines() == [
+        f"lmadapt fetch-model: error: model tiny: local folder {folder} has config.json but no weights "
+        f"(model*.safetensors or pytorch_model*.bin)"]
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_job_that_cannot_write_says_where_in_one_line(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the job expects a folder")
+    proc = subprocess.run([str(BIN / "lmadapt"), "resolved-config", "--config-json", "{}", "--out",
+                           str(blocker / "plan/config.yaml")], capture_output=True, text=True, env=clean_env())
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"lmadapt resolved-config: error: {blocker / 'plan'}: Not a directory"], proc.stderr
+
+
 def test_local_model_path_is_never_taken_for_a_hub_id(tmp_path):
     config = fixture_config()
     config["models"] = {"tiny": {"id": "models/tiny/opt-125m"}}  # no ./, but not a hub id (two slashes)

@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelError, PromptError, UnreadableFile) as e:
         print(f"lmadapt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only or missing folder: the path and why, not a traceback
+        where = " -> ".join(str(name) for name in (e.filename, e.filename2) if name)
+        print(f"lmadapt {args.command}: error: {where or 'I/O'}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

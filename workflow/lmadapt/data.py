@@ -8,6 +8,7 @@ or label that caused it.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,8 +108,38 @@ def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
     except DataError:
         raise
     except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot be read as {reader}: {e}") from None
+        raise _read_error(path, reader, encoding, e) from None
     raise DataError(f"{path}: unknown reader {reader!r}")
+
+
+PLAIN_TEXT = (".csv", ".tsv", ".jsonl", ".json", ".txt")  # a compressed file's lines are not the file's lines
+
+
+def _read_error(path: Path, reader: str, encoding: str, error: Exception) -> DataError:
+    """What cannot be read, and where, as far as the file tells: the first line that is not text in the
+    encoding (with the setting that fixes it), or the first line of a JSON Lines file that is not JSON."""
+    plain = path.is_file() and path.suffix in PLAIN_TEXT
+    if isinstance(error, UnicodeDecodeError):
+        where = path
+        if plain:
+            with open(path, "rb") as f:
+                for number, line in enumerate(f, 1):
+                    try:
+                        line.decode(encoding)
+                    except UnicodeDecodeError as bad:
+                        where = f"line {number} of {path}, column {bad.start + 1} (byte {line[bad.start]:#04x})"
+                        break
+        return DataError(f"{where}: not {encoding} text; give the file's encoding as the source's `encoding:` "
+                         f"(e.g. encoding: latin-1)")
+    if reader == "jsonl" and plain:
+        with open(path, encoding=encoding) as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    if line.strip():
+                        json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as bad:
+                    return DataError(f"line {number} of {path}: not a JSON object ({bad.msg}, column {bad.colno})")
+    return DataError(f"{path}: cannot be read as {reader}: {error}")
 
 
 def _record_lines(path: Path, reader: str, encoding: str) -> list[int]:

@@ -194,6 +194,9 @@ def fetch_model(name: str, spec: dict, out: str | Path) -> dict:
             info = {"source": model_source(spec), "revision": _sha256(gguf)[:16]}
         elif not (source / "config.json").is_file():
             raise ModelError(f"model {name}: local folder {source} not found or without config.json")
+        elif not weight_files([p.name for p in source.iterdir()]):
+            raise ModelError(f"model {name}: local folder {source} has config.json but no weights "
+                             f"(model*.safetensors or pytorch_model*.bin)")
         else:
             info = {"source": model_source(spec), "revision": folder_revision(source)}
         kwargs = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}
