@@ -167,8 +167,9 @@ def test_duplicate_ids(tmp_path):
 def test_a_file_in_another_encoding_names_the_line_and_the_setting(tmp_path):
     path = tmp_path / "reviews.csv"
     path.write_bytes("text,label\ngood film,a\nun caf\u00e9 noir,b\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"^line 3 of .*reviews\.csv, column 7 \(byte 0xe9\): not utf-8 text; give "
-                                        r"the file's encoding as the source's `encoding:` \(e\.g\. encoding: latin-1\)$"):
+    with pytest.raises(DataError, match=r"^line 3 of .*reviews\.csv, column 7 \(byte 0xe9\): not utf-8 text; "
+                                        r"give the file's encoding as the source's `encoding:` "
+                                        r"\(e\.g\. encoding: latin-1\)$"):
         read_split({}, path, ["text"], ["a", "b"])
     assert len(read_split({"encoding": "latin-1"}, path, ["text"], ["a", "b"]).rows) == 2
 
