@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import re
+import string
 from pathlib import Path
 
 import jsonschema
@@ -336,7 +337,7 @@ def _check_cross_references(config: dict, origin: str) -> None:
         for name in names:
             if name not in config[kind]:
                 problems.append(f"{key}: {name!r} is not declared under {kind} (declared: {sorted(config[kind])})")
-    problems += _derived_problems(config)
+    problems += _derived_problems(config) + _pattern_problems(config)
     if problems:  # the checks below look the selected names up
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
     problems += _demonstration_problems(config) + _model_source_problems(config) + _batch_problems(config)
@@ -357,6 +358,41 @@ def _check_cross_references(config: dict, origin: str) -> None:
     if problems:
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
 
+
+def _pattern_problems(config: dict) -> list[str]:
+    """Prompts that cannot tell the classes apart, or that a job would refuse only after loading weights: a
+    template with none of the task's fields (every prompt the same) or with a field the task does not have, a label
+    without a verbalizer, two labels with the same one."""
+    problems = []
+    for task_name, task in config["tasks"].items():
+        for name, pattern in task["prompt"]["patterns"].items():
+            key = f"tasks.{task_name}.prompt.patterns.{name}"
+            try:
+                used = [field for _, field, _, _ in string.Formatter().parse(pattern["template"]) if field is not None]
+            except ValueError as e:  # an unmatched brace
+                problems.append(f"{key}.template: {e}")
+                continue
+            unknown = sorted(set(used) - set(task["fields"]))
+            if unknown:
+                problems.append(f"{key}.template: uses {unknown}, not among the task's fields {task['fields']}")
+            elif not used:
+                problems.append(f"{key}.template: uses none of the task's fields {task['fields']} (e.g. "
+                                f"{{{task['fields'][0]}}}): every example's prompt would be the same")
+            verbalizer = pattern["verbalizer"]
+            missing = [label for label in task["labels"] if label not in verbalizer]
+            extra = sorted(set(verbalizer) - set(task["labels"]))
+            if missing or extra:
+                problems.append(f"{key}.verbalizer: " + "; ".join(
+                    ([f"no word for label(s) {missing}"] if missing else []) +
+                    ([f"{extra} are not labels of the task ({task['labels']})"] if extra else [])))
+            shared = {}
+            for label in task["labels"]:
+                shared.setdefault(verbalizer.get(label), []).append(label)
+            for word, labels in shared.items():
+                if word is not None and len(labels) > 1:
+                    problems.append(f"{key}.verbalizer: labels {labels} share the word {word!r}: no scorer can "
+                                    f"tell them apart")
+    return problems
 
 def task_sources(task: dict) -> dict[str, dict]:
     """A task's data sources by key below the task: data.train, data.test, ood.<name>."""

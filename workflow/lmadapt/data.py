@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
     try:
         if reader in ("csv", "tsv"):
             opts = dict(sep="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else {}
-            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, **opts)
+            with warnings.catch_warnings():  # a first row with one field more than the header: an error, not an
+                warnings.simplefilter("error", pd.errors.ParserWarning)  # index column (pandas' default)
+                return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, index_col=False, **opts)
         if reader == "jsonl":
             return pd.read_json(path, lines=True, dtype=False, encoding=encoding)
         if reader == "parquet":
@@ -107,7 +110,7 @@ def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
             return pd.DataFrame(rows, columns=["id", "text", "label"])
     except DataError:
         raise
-    except (ValueError, OSError, UnicodeDecodeError) as e:
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserWarning) as e:
         raise _read_error(path, reader, encoding, e) from None
     raise DataError(f"{path}: unknown reader {reader!r}")
 
@@ -131,6 +134,15 @@ def _read_error(path: Path, reader: str, encoding: str, error: Exception) -> Dat
                         break
         return DataError(f"{where}: not {encoding} text; give the file's encoding as the source's `encoding:` "
                          f"(e.g. encoding: latin-1)")
+    if isinstance(error, pd.errors.ParserWarning) and plain:
+        with open(path, newline="", encoding=encoding) as f:
+            rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else csv.reader(f)
+            header = next(rows)
+            for row in rows:
+                if len(row) != len(header):
+                    hint = "a tab inside a text?" if reader == "tsv" else "a comma inside an unquoted text?"
+                    return DataError(f"line {rows.line_num} of {path}: {len(row)} fields, the header has "
+                                     f"{len(header)} ({hint})")
     if reader == "jsonl" and plain:
         with open(path, encoding=encoding) as f:
             for number, line in enumerate(f, 1):

@@ -23,12 +23,12 @@ import torch
 
 from .forward import last_positions, pad_batch
 from .config import FINETUNE_RUN_SETTINGS, ConfigError, fingerprint
-from .icl import seq2seq_label_logprobs
+from .icl import check_verbalizers, seq2seq_label_logprobs
 from .io import read_table, write_json, write_parquet
 from .methods import METHODS, folder_kind, kind_problems
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import load_model, model_record
-from .prompt import PromptError, classifier_inputs, task_pattern
+from .prompt import classifier_inputs, task_pattern
 from .sample import META_KEY, validation_split
 
 
@@ -211,9 +211,11 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     kind_problem = kind_problems({"finetune": [keys]}, {keys["model"]: folder_kind(model_dir)})
     if kind_problem:
         raise ConfigError(kind_problem[0])
+    pattern = task_pattern(task, settings.get("pattern"))
+    if METHODS[method].head != "classifier":  # pattern-based methods score the verbalizers' first tokens
+        check_verbalizers(model_dir, [pattern], first_token=METHODS[method].head == "verbalizer")
     lm, model = build_model(model_dir, method, len(labels), settings)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
-    pattern = task_pattern(task, settings.get("pattern"))
     sample, train_meta = read_table(train_path, META_KEY)
     share = settings.get("validation", 0)  # study 2: 0.2 of the sample validates each epoch; the best one is kept
     held = validation_split(sample["label"].to_numpy(), share, seed)
@@ -222,9 +224,6 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     verbalizers = [lm.encode(pattern.verbalizer[label]) for label in labels]  # as encode_prompt (icl) has them
     verbalizer_ids = [verbalizer[0] for verbalizer in verbalizers]  # each verbalizer's first token
     seq2seq = METHODS[method].head == "seq2seq"
-    if METHODS[method].head == "verbalizer" and len(set(verbalizer_ids)) < len(verbalizer_ids):
-        raise PromptError(f"pattern {pattern.name!r}: verbalizers {pattern.verbalizer} share their first token; "
-                          f"pattern-based fine-tuning scores first tokens, so they must differ")
     targets = torch.tensor(train["label"].to_numpy())
     teacher, teacher_meta = None, None
     if METHODS[method].teacher:

@@ -17,8 +17,9 @@ from tqdm import tqdm
 from .forward import PrefixForward, batches_by_length, pad_batch
 from .io import read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
-from .models import load_model
-from .prompt import PromptError, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
+from .models import load_model, load_tokens
+from .prompt import (PromptError, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern,
+                     verbalizer_problems)
 from .sample import META_KEY
 
 
@@ -69,11 +70,21 @@ def seq2seq_label_logprobs(model, pad_id: int, inputs: list[list[int]], verbaliz
     return out
 
 
+def check_verbalizers(model_dir: str, patterns: list, first_token: bool = False) -> None:
+    """Refuse, before the weights load, patterns whose labels this model's tokenizer cannot tell apart (the
+    preflight says so for every cell; a job run by hand says it here)."""
+    tokens = load_tokens(model_dir)
+    problems = [problem for pattern in patterns for problem in verbalizer_problems(tokens, pattern, first_token)]
+    if problems:
+        raise PromptError("; ".join(problems))
+
 def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict[str, str], out: str,
             settings: dict, keys: dict) -> dict:
     """Every pattern of one (model, task, shots, seed) cell, on the test and out-of-domain samples.
     train_path: the seed's demonstration pool (none for 0 shots)."""
     cost = Cost()
+    patterns = [task_pattern(task, name) for name in settings["patterns"] or list(task["prompt"]["patterns"])]
+    check_verbalizers(model_dir, patterns)
     lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
     shots, seed = keys["k"], keys["seed"]
     read = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
@@ -85,9 +96,8 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     max_length = lm.context(settings.get("max_length"))
     labels = task["labels"]
     records = []
-    for name in settings["patterns"] or list(task["prompt"]["patterns"]):
-        pattern = task_pattern(task, name)
-        cell = dict(keys, method="icl", prompt=name, layer=None, examples=shots)
+    for pattern in patterns:
+        cell = dict(keys, method="icl", prompt=pattern.name, layer=None, examples=shots)
         guard = [encode_prompt(lm, pattern, rows, rows.iloc[:0], after_demonstrations=shots > 0)
                   for rows in evals.values()]
         needed = max(needed_after_prefix(e.examples, e.verbalizers) for e in guard)
@@ -102,7 +112,7 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
         encoded = {split: encode_prompt(lm, pattern, rows, demos) for split, rows in evals.items()}
         for split, rows in evals.items():
             examples, verbalizers = encoded[split].examples, encoded[split].verbalizers
-            desc = f"icl {keys['task']} {name} {shots}-shot {split}"
+            desc = f"icl {keys['task']} {pattern.name} {shots}-shot {split}"
             if forward is None:
                 inputs = [prefix + example + lm.trailing_ids() for example in examples]
                 scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, inputs, verbalizers,
@@ -142,8 +152,9 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
 
     from .io import write_parquet
 
-    lm = load_model(model_dir, dtype=settings["dtype"])
     pattern = task_pattern(task, settings.get("pattern"))
+    check_verbalizers(model_dir, [pattern])
+    lm = load_model(model_dir, dtype=settings["dtype"])
     rows, sample_meta = read_table(train_path, META_KEY)
     pool = read_table(demos_path, META_KEY)[0] if demos_path else rows.iloc[:0]
     demos, _, counts = teacher_demonstrations(lm, pattern, rows, pool, len(task["labels"]), settings["shots"], seed)

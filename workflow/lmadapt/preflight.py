@@ -29,8 +29,8 @@ from .io import markdown_table, read_table, write_json, write_text
 from .methods import METHODS
 from .models import checkpoint_class, load_tokens
 from .prompt import (PREFIX_SHARE, classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix,
-                     prefix_demonstrations, task_pattern)
-from .sample import META_KEY
+                     prefix_demonstrations, task_pattern, verbalizer_problems)
+from .sample import META_KEY, normalised_texts
 
 BYTES_16BIT = 2
 
@@ -127,6 +127,50 @@ def tokenizer_key(folder: Path) -> str:
     return h.hexdigest()
 
 
+def overlap_problems(config: dict, samples: Path, read) -> list[str]:
+    """Training samples and demonstration pools that share a text (as sample.normalised_texts compares them) with
+    an evaluation sample of their task: a separate test file's (its sample job refuses that too) or an
+    out-of-domain set's (which a training sample's job reads only where the task drops overlaps)."""
+    problems = []
+    for task_name, task in sorted(config["tasks"].items()):
+        evaluations = [f"ood_{name}" for name in task["ood"]] + (["test"] if "test" in task["data"] else [])
+        evaluations = [sample_file(samples, task_name, name) for name in evaluations]
+        texts = {path: set(normalised_texts(read(path), task["fields"])) for path in evaluations if path.is_file()}
+        for training in sorted((samples / task_name).glob("train_k*_seed*.parquet")) + sorted(
+                (samples / task_name).glob("demos_seed*.parquet")):
+            own = normalised_texts(read(training), task["fields"])
+            for path, evaluated in texts.items():
+                shared = sum(text in evaluated for text in own)
+                if shared:
+                    problems.append(f"tasks.{task_name}: {shared} row(s) of {training} share their text with "
+                                    f"{path}; set tasks.{task_name}.overlap: drop to leave such rows out of training")
+    return problems
+
+def scorer_problems(config: dict, cells: dict, models: list[str], tokens_of) -> list[str]:
+    """Every (model, task, pattern) whose labels the model's tokenizer makes impossible to tell apart, by the key
+    to change: in-context learning and the teacher score whole verbalizers, pattern-based fine-tuning their first
+    tokens, an encoder-decoder's fine-tuning its decoder's whole target."""
+    first_token: dict[tuple, bool] = {}  # (model, task, pattern) -> scored by first tokens
+    for cell in cells["icl"]:
+        for name in stage_config(config, "icl", cell["model"])["patterns"] or config["tasks"][cell["task"]]["prompt"][
+                "patterns"]:
+            first_token.setdefault((cell["model"], cell["task"], name), False)
+    for cell in cells["finetune"]:
+        head = METHODS[cell["method"]].head
+        if head != "classifier":
+            name = stage_config(config, "finetune", cell["model"])["pattern"] or next(
+                iter(config["tasks"][cell["task"]]["prompt"]["patterns"]))
+            key = (cell["model"], cell["task"], name)
+            first_token[key] = first_token.get(key, False) or head == "verbalizer"
+    problems = []
+    for (model, task, name), first in sorted(first_token.items()):
+        if model in models:
+            problems += [f"tasks.{task}.prompt.patterns.{name}.verbalizer: model {model}: {problem}"
+                         for problem in verbalizer_problems(tokens_of(model), task_pattern(config["tasks"][task], name),
+                                                            first)]
+    return problems
+
+
 def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str, out_md: str) -> dict:
     start = time.time()
     samples, models = Path(samples_dir), Path(models_dir)
@@ -156,6 +200,10 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     def evals(task):
         splits = ["test"] + [f"ood_{name}" for name in config["tasks"][task]["ood"]]
         return {split: read(sample_file(samples, task, split)) for split in splits}
+
+    plan.errors += scorer_problems(config, cells, [m for m in config["models"] if m in fetched],
+                                   lambda model: tokens_of(model)[1])
+    plan.errors += overlap_problems(config, samples, read)
 
     # ------------------------------------------------ extract: one job per (model, task, prompt, sample)
     extract_jobs = set()

@@ -57,6 +57,23 @@ def task_pattern(task: dict, name: str | None = None) -> Pattern:
     return pattern
 
 
+def verbalizer_problems(tokens, pattern: Pattern, first_token: bool) -> list[str]:
+    """Labels this tokenizer makes impossible to tell apart: verbalizers that tokenize to nothing, or to the same
+    ids (in-context learning scores each whole verbalizer) or, for pattern-based fine-tuning (first_token), to
+    the same first token."""
+    ids = {label: tokens.encode(pattern.verbalizer[label]) for label in pattern.labels}
+    problems = [f"pattern {pattern.name!r}: the verbalizer of {label!r} ({pattern.verbalizer[label]!r}) tokenizes to "
+                f"nothing" for label, label_ids in ids.items() if not label_ids]
+    compared, what = ({label: tuple(v[:1]) for label, v in ids.items() if v}, "first token") if first_token else \
+        ({label: tuple(v) for label, v in ids.items() if v}, "tokens")
+    same: dict[tuple, list[str]] = {}
+    for label, key in compared.items():
+        same.setdefault(key, []).append(label)
+    problems += [f"pattern {pattern.name!r}: labels {labels} "
+                 f"({', '.join(repr(pattern.verbalizer[label]) for label in labels)}) have the same {what} "
+                 f"{list(key)}: the scorer cannot tell them apart" for key, labels in same.items() if len(labels) > 1]
+    return problems
+
 def choose_demonstrations(train: pd.DataFrame, n_labels: int, m: int, seed: int) -> pd.DataFrame:
     """m demonstrations from a training sample: balanced across classes (the remainder to classes drawn at
     random), shuffled, seeded."""

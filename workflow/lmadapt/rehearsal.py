@@ -56,23 +56,35 @@ def pseudo_words(n: int, rng: np.random.Generator) -> list[str]:
     return [str(w) for w in rng.permutation(sorted(words))]
 
 
-def texts(rng: np.random.Generator, vocabulary: list[str], n: int, mean: float, spread: float) -> list[str]:
-    """n texts with log-normally distributed word counts around `mean`, words drawn Zipf-like."""
+def texts(rng: np.random.Generator, vocabulary: list[str], n: int, mean: float, spread: float,
+          taken: set[str] | None = None) -> list[str]:
+    """n texts with log-normally distributed word counts around `mean`, words drawn Zipf-like; none of them in
+    `taken` (which they join), so that a task's splits share no text, as a leak-free dataset's do not."""
     weights = 1 / np.arange(1, len(vocabulary) + 1)
     weights /= weights.sum()
     lengths = np.maximum(1, rng.lognormal(np.log(mean) - spread ** 2 / 2, spread, size=n).round().astype(int))
-    return [" ".join(rng.choice(vocabulary, size=length, p=weights)).capitalize() + "." for length in lengths]
+    out = []
+    for length in lengths:
+        text = " ".join(rng.choice(vocabulary, size=length, p=weights)).capitalize() + "."
+        while taken is not None and text in taken:  # a short text drawn twice: one word more
+            text = text[:-1] + " " + str(rng.choice(vocabulary, p=weights)) + "."
+        out.append(text)
+        if taken is not None:
+            taken.add(text)
+    return out
 
 
-def hub_table(source: dict, task: dict, rows: int, rng: np.random.Generator, vocabulary: list[str]) -> pd.DataFrame:
-    """One split as the hub export has it: the config's `columns` read backwards, integer labels, extra columns."""
+def hub_table(source: dict, task: dict, rows: int, rng: np.random.Generator, vocabulary: list[str],
+              taken: dict[str, set[str]]) -> pd.DataFrame:
+    """One split as the hub export has it: the config's `columns` read backwards, integer labels, extra columns;
+    its texts none of those `taken` (by field) by the task's other splits."""
     shape = HUB_SHAPES.get(source["hub"], {})
     columns = source.get("columns") or {}
     frame = {}
     for field in task["fields"]:
         column = columns.get(field, field)
         mean, spread = shape.get("words", {}).get(column, GENERIC_SHAPE["words"])
-        frame[column] = texts(rng, vocabulary, rows, mean, spread)
+        frame[column] = texts(rng, vocabulary, rows, mean, spread, taken.setdefault(field, set()))
     n_labels = len(task["labels"])
     if source["hub"] == "jhu-cogsci/hans":  # 3 heuristics x 10 subcases, balanced labels within each
         cell = np.arange(rows) % 30
@@ -214,6 +226,7 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
         spec = checked["tasks"][name]
         sources = [(("data", role), s) for role, s in task.get("data", {}).items()]
         sources += [(("ood", role), s) for role, s in task.get("ood", {}).items()]
+        taken: dict[str, set[str]] = {}
         for (kind, role), source in sources:
             if "hub" not in source:
                 continue
@@ -221,7 +234,8 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
             rows = HUB_SHAPES.get(source["hub"], {}).get("rows", {}).get(split, GENERIC_SHAPE["rows"])
             if source["hub"] == "jhu-cogsci/hans" and hans_rows:
                 rows = min(rows, hans_rows)
-            stand_in(source, hub_table(source, spec, rows, rng, vocabulary), out / "data" / name / f"{role}.parquet")
+            table = hub_table(source, spec, rows, rng, vocabulary, taken)
+            stand_in(source, table, out / "data" / name / f"{role}.parquet")
     for name, source in config.get("corpora", {}).items():
         if "hub" not in source:
             continue

@@ -43,6 +43,29 @@ def training_pool(train: pd.DataFrame, test: pd.DataFrame | None, fields: list[s
     return train[~leaked].reset_index(drop=True)
 
 
+def normalised_texts(rows: pd.DataFrame, fields: list[str]) -> np.ndarray:
+    """Each row's text as a leak check compares it: every field case-folded, whitespace collapsed."""
+    return np.array(["\x1f".join(" ".join(str(value).split()).casefold() for value in values)
+                     for values in rows[fields].to_numpy()], dtype=object)
+
+
+def without_overlap(pool: pd.DataFrame, evaluations: dict[str, tuple[pd.DataFrame, str]], fields: list[str],
+                    task_name: str, task: dict, train_path: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The training pool less every row that shares its text with an evaluation sample (name -> (rows, file)),
+    and how many each one took: refused (naming both files and the count) unless tasks.<task>.overlap is drop."""
+    pool_texts = normalised_texts(pool, fields)
+    shared, dropped = np.zeros(len(pool), dtype=bool), {}
+    for name, (rows, path) in evaluations.items():
+        hits = np.isin(pool_texts, normalised_texts(rows, fields))
+        if hits.any() and task.get("overlap") != "drop":
+            raise DataError(f"tasks.{task_name}: {int(hits.sum())} training row(s) of {train_path} share their text "
+                            f"with the {name} sample of {path}; a test text in training leaks the answer. Remove "
+                            f"them, or set tasks.{task_name}.overlap: drop to leave them out of training")
+        if hits.any():
+            dropped[name] = int(hits.sum())
+        shared |= hits
+    return pool[~shared].reset_index(drop=True), dropped
+
 def class_order(pool: pd.DataFrame, label_id: int, seed: int) -> pd.DataFrame:
     """The rows of one class in the seed's order: training samples take its head, demonstrations its tail."""
     members = pool[pool["label"] == label_id]
@@ -153,13 +176,29 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
         else:  # carve the test sample out of the single pool
             test = draw_rows(train.rows, task["n_test"], test_seed)
             sources = [source_meta(train)]
+
+        def evaluations(separate_test: bool) -> dict[str, tuple[pd.DataFrame, str]]:
+            """The samples a training pool must share no text with: the test sample of a separate test file (a
+            carved one has left the pool already) and, where the task drops overlaps, each out-of-domain sample
+            (its file is then an input of the job; otherwise the preflight compares the samples)."""
+            out = {"test": (test, str(test_split.path))} if separate_test else {}
+            if task.get("overlap") == "drop":
+                for name, source in task["ood"].items():
+                    ood = read(f"ood:{name}", source)
+                    out[f"ood:{name}"] = (draw_rows(ood.rows, source.get("n"), test_seed), str(ood.path))
+            return out
+
         if split == "test":
             rows = test
         elif split in ("train", "demos"):
             if seed is None or (split == "train" and k is None):
                 raise ConfigError(f"a {split} sample needs a seed" + (" and k" if split == "train" else ""))
             carved = None if "test" in task["data"] else test
-            pool = training_pool(train.rows, carved, fields)
+            pool, dropped = without_overlap(training_pool(train.rows, carved, fields),
+                                            evaluations(separate_test=carved is None),
+                                            fields, task_name, task, str(train.path))
+            if dropped:
+                meta["dropped_overlap"] = dropped
             if split == "train":
                 rows = draw_balanced(pool, labels, k, seed, str(train.path), f"tasks.{task_name}",
                                      demonstrations=task["demonstrations"])
@@ -170,7 +209,11 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
                 meta.update(seed=seed, per_class=task["demonstrations"])
             sources = [source_meta(train)]
         elif split == "instructions":  # every training row may serve, never a test text (test_seed draws)
-            pool = training_pool(train.rows, test, fields)
+            pool, dropped = without_overlap(training_pool(train.rows, test, fields),
+                                            evaluations(separate_test="test" in task["data"]),
+                                            fields, task_name, task, str(train.path))
+            if dropped:
+                meta["dropped_overlap"] = dropped
             rows = instruction_rows(draw_rows(pool, task["instructions"]["rows"], test_seed), task)
             sources = [source_meta(train)]
         else:

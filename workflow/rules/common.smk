@@ -171,10 +171,14 @@ def source_file(task, role):
 
 def sample_inputs(wildcards):
     """The source files a sample needs: an out-of-domain set its own; every other sample the train pool (test
-    may be carved from it) and the test split if declared."""
+    may be carved from it), the test split if declared, and the out-of-domain sets where the task drops the
+    training rows they share a text with (tasks.<task>.overlap: drop)."""
     if wildcards.sample.startswith("ood_"):
         return {wildcards.sample: source_file(wildcards.task, wildcards.sample)}
-    roles = ["train"] + (["test"] if "test" in config["tasks"][wildcards.task]["data"] else [])
+    task = config["tasks"][wildcards.task]
+    roles = ["train"] + (["test"] if "test" in task["data"] else [])
+    if wildcards.sample != "test" and task.get("overlap") == "drop":
+        roles += [f"ood_{name}" for name in task["ood"]]
     return {role: source_file(wildcards.task, role) for role in roles}
 
 
@@ -194,9 +198,11 @@ def sample_task(wildcards):
     keys = ("fields", "labels", "data", "n_test")
     if sample == "test":
         return task_slice(task, *keys)
+    # a task that sets `overlap` (no default, so no existing sample reruns) adds it, and with drop its ood sets
+    overlap = [key for key in ("overlap", "ood") if "overlap" in config["tasks"][task]]
     if sample == "instructions":
-        return task_slice(task, *keys, "instructions")
-    return task_slice(task, *keys, demonstrations=demonstration_pool(config, task))
+        return task_slice(task, *keys, "instructions", *overlap)
+    return task_slice(task, *keys, *overlap, demonstrations=demonstration_pool(config, task))
 
 
 def sample_split(wildcards):
