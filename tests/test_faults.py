@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import BIN, REPO, clean_env, fixture_config, run_snakemake, write_config
+from conftest import BIN, REPO, clean_env, fixture_config, planned_jobs, run_snakemake, write_config
 from lmadapt.config import ConfigError, check_config, layer_problems, load_config
 from lmadapt.io import UnreadableFile, read_metadata, read_table
 
@@ -81,6 +81,7 @@ def test_changed_identity_never_replaces_a_prepared_model_or_dataset(tmp_path, t
     run_snakemake(tmp_path, "resources/models/tiny", "resources/data/tweets/train.parquet", "--configfile", str(path))
     model, data = tmp_path / "resources/models/tiny", tmp_path / "resources/data/tweets/train.parquet"
     prepared = files_of(tmp_path / "resources")
+    mtime = os.stat(model / "model.safetensors").st_mtime_ns
     assert not os.stat(model).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)  # write-protected
     assert not os.stat(data).st_mode & stat.S_IWUSR
 
@@ -93,6 +94,15 @@ def test_changed_identity_never_replaces_a_prepared_model_or_dataset(tmp_path, t
             f"id 'facebook/opt-125x'. To prepare that, remove resources/models/tiny") in output(proc)
     assert "tasks.tweets.data.train: resources/data/tweets/train.parquet was fetched from" in output(proc)
     assert files_of(tmp_path / "resources") == prepared and not (tmp_path / "results/metrics").exists()
+
+    # nothing prepared is any job's output: --forceall and --forcerun plan no fetch (as root here, whom file modes
+    # do not stop), and a forced run leaves the folder and the file as they were
+    for force in (["--forceall"], ["--forcerun", "fetch_model", "fetch_data"]):
+        plan = planned_jobs(run_snakemake(tmp_path, "--configfile", str(path), *force, "-n"))
+        assert plan["sample"] and "fetch_model" not in plan and "fetch_data" not in plan
+    run_snakemake(tmp_path, "results/samples/tweets/test.parquet", "--configfile", str(path), "--forceall")
+    assert files_of(tmp_path / "resources") == prepared
+    assert os.stat(model / "model.safetensors").st_mtime_ns == mtime
 
     # a fetch that fails (here: a folder without a model) leaves the prepared folder as it was
     os.chmod(model, 0o755)  # as its owner would, to replace it on purpose

@@ -221,3 +221,21 @@ def test_verbalizers_a_tokenizer_cannot_tell_apart_are_refused_before_the_weight
     with pytest.raises(PromptError, match=r"the verbalizer of 'entailment' \(''\) tokenizes to nothing"):
         run_icl(str(folder), task, None, {}, str(tmp_path / "i.json"), {"patterns": [], "dtype": "float32"},
                 {"task": "rte", "model": "tiny", "k": 0, "seed": 1})
+
+
+def test_validate_config_says_what_the_workflow_would_say_as_it_loads(tmp_path, tiny_opt):
+    import subprocess
+
+    from conftest import BIN, clean_env, fixture_config, write_config
+
+    config = fixture_config(tiny_opt)
+    config["extract"]["layers"] = [1, 99]
+    (tmp_path / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    config["tasks"]["rte"]["data"]["test"]["path"] = str(tmp_path / "dev.tsv")
+    path = write_config(tmp_path / "config.yaml", config)
+    proc = subprocess.run([str(BIN / "lmadapt"), "validate-config", str(path), "--directory", str(tmp_path)],
+                          capture_output=True, text=True, env=clean_env())
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"lmadapt validate-config: error: {path}: invalid configuration:",
+        "  extract.layers: layer 99 is out of range for model tiny, which has 3 layers (0..3, or -1..-4)",
+        f"  tasks.rte.data.test: {tmp_path / 'dev.tsv'}: no data rows (only a header line)"]

@@ -45,7 +45,12 @@ def _task_from_json(name: str, task: dict) -> dict:
 
 
 def cmd_validate_config(args) -> int:
+    from .checks import start_problems
+
     config = load_config(args.config)
+    problems = start_problems(config, args.directory)
+    if problems:  # as the workflow says it when it loads
+        raise ConfigError(f"{args.config}: invalid configuration:\n  " + "\n  ".join(problems))
     n_cells = sum(len(t["k"]) for t in config["tasks"].values()) * len(config["seeds"])
     print(f"{args.config}: valid ({len(config['tasks'])} task(s), {len(config['models'])} model(s), "
           f"{n_cells} training samples)")
@@ -277,8 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     schema = load_schema()  # for the --settings help of each stage
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate-config", help="check a config file against the schema")
+    p = sub.add_parser("validate-config", help="every check the workflow runs as it loads: the schema, the names "
+                       "it cross-references, prompts, data files, prepared models and their layers")
     p.add_argument("config")
+    p.add_argument("--directory", default=".", help="the working directory the workflow runs in (resources/ "
+                   "there holds the prepared models and fetched data)")
     p.add_argument("--show", action="store_true", help="print the config with defaults filled in")
     p.set_defaults(func=cmd_validate_config)
 

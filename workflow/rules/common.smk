@@ -1,6 +1,7 @@
 # Config validation, wildcard constraints and the functions every rule uses (none live in the rule files).
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -18,9 +19,6 @@ from lmadapt.config import (
     ConfigError,
     check_config,
     dataset_identity,
-    layer_problems,
-    model_kind_problems,
-    prepared_problems,
     read_yaml,
     demonstration_needs,
     demonstration_pool,
@@ -32,7 +30,8 @@ from lmadapt.config import (
     root_model,
     stage_config,
 )
-from lmadapt.data import corpus_path, empty_sources, resolve_path
+from lmadapt.checks import start_problems
+from lmadapt.data import corpus_path, resolve_path
 from lmadapt.methods import METHODS, method_pattern
 
 # lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
@@ -42,10 +41,8 @@ for path in workflow.configfiles:
     read_yaml(path)
 config.update(check_config(config, origin="config (config/config.yaml and --configfile/--config)"))
 validate(config, str(SCHEMA_PATH))
-# What the files at hand already tell, before any job: a changed identity of a prepared model or dataset (the
-# fetch would replace it), layers a model does not have, a stage or method a model's kind cannot run (decoder,
-# encoder-decoder, encoder: lmadapt/methods.py), a data file without rows.
-PROBLEMS = prepared_problems(config) + layer_problems(config) + model_kind_problems(config) + empty_sources(config)
+# What the files at hand already tell, before any job (lmadapt/checks.py; `lmadapt validate-config` runs the same).
+PROBLEMS = start_problems(config)
 if PROBLEMS:
     raise ConfigError("invalid configuration:\n  " + "\n  ".join(PROBLEMS))
 
@@ -53,9 +50,21 @@ TASKS = sorted(config["tasks"])
 GRID = grid(config)  # every cell, by stage
 
 
+NAME = "[a-z][a-z0-9_]*"
+
+
+def unprepared(folder, glob):
+    """A wildcard constraint (of a fetch rule's first wildcard below `folder`) that matches no resource already
+    there: what a user prepared or fetched is then no job's output, so neither --forceall, --forcerun nor a
+    changed rule can remove it, not even as root (whom write protection does not stop). To fetch it anew,
+    remove it by hand (README: When an input or a job goes wrong)."""
+    existing = sorted(re.escape(path.relative_to(folder).as_posix()) for path in Path(folder).glob(glob))
+    return f"(?!(?:{'|'.join(existing)})$){NAME}" if existing else NAME
+
+
 wildcard_constraints:
-    task="[a-z][a-z0-9_]*",
-    model="[a-z][a-z0-9_]*",
+    task=NAME,
+    model=NAME,
     k=r"\d+",
     seed=r"\d+",
     role=r"train|test|ood_[a-z][a-z0-9_]*",

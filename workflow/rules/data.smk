@@ -10,6 +10,8 @@ rule fetch_data:
         "results/logs/fetch_data/{task}/{role}.log",
     benchmark:
         "results/benchmarks/fetch_data/{task}/{role}.tsv"
+    wildcard_constraints:
+        task=unprepared("resources/data", "*/*.parquet"),
     localrule: True
     conda:
         CONDA_ENV

@@ -11,6 +11,8 @@ rule fetch_corpus:
         "results/logs/fetch_corpus/{corpus}.log",
     benchmark:
         "results/benchmarks/fetch_corpus/{corpus}.tsv"
+    wildcard_constraints:
+        corpus=unprepared("resources/corpora", "*.parquet"),
     localrule: True
     conda:
         CONDA_ENV

@@ -2,7 +2,8 @@
 # written as safetensors whatever the source, a GGUF file dequantised, so that every later job loads in seconds).
 # Only the model's identity is a param: its gpus, mem_mb or dtype never re-fetch it nor rerun what uses it. The
 # folder is never replaced: a changed identity stops the workflow as it loads, naming the folder to remove
-# (common.smk: prepared_problems), and the folder is write-protected once made (a --forceall stops at it).
+# (lmadapt/checks.py), and once made the folder is no job's output (common.smk: unprepared), so --forceall and
+# --forcerun leave it, even as root; it is write-protected besides.
 
 
 rule fetch_model:
@@ -12,6 +13,8 @@ rule fetch_model:
         "results/logs/fetch_model/{model}.log",
     benchmark:
         "results/benchmarks/fetch_model/{model}.tsv"
+    wildcard_constraints:
+        model=unprepared("resources/models", "*"),
     localrule: True
     conda:
         CONDA_ENV
