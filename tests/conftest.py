@@ -23,6 +23,7 @@ def module_marks(module) -> set[str]:
     return {mark.name for mark in (marks if isinstance(marks, list) else [marks])}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     """For `make test-all`'s two workers (pytest-xdist, --dist loadgroup): a module's tests stay on one worker
     (they share its fixtures), every test of the shared finished run with the worker that built it, and the
