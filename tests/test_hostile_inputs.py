@@ -166,7 +166,7 @@ def test_overlap_drop_leaves_the_shared_rows_out_of_training_and_counts_them(tmp
 
 def test_an_out_of_domain_set_that_repeats_training_texts_is_refused_by_the_preflight(tmp_path):
     from lmadapt.io import read_table
-    from lmadapt.preflight import overlap_problems
+    from lmadapt.preflight import overlap_check
 
     hans = pd.read_csv(FIXTURES / "hans/heuristics_evaluation_set.txt", sep="\t")
     train = pd.read_csv(FIXTURES / "glue_rte/train.tsv", sep="\t")
@@ -183,17 +183,22 @@ def test_an_out_of_domain_set_that_repeats_training_texts_is_refused_by_the_pref
         run_sample("rte", task, inputs, split, samples / f"{split.replace(':', '_')}.parquet", k=k, seed=1)
     (samples / "train.parquet").rename(samples / "train_k7_seed1.parquet")
     (samples / "demos.parquet").rename(samples / "demos_seed1.parquet")
-    problems = overlap_problems(config, tmp_path / "samples", lambda path: read_table(path, "lmadapt")[0])
-    assert problems == [f"tasks.rte: 2 row(s) of {samples / 'train_k7_seed1.parquet'} share their text with "
-                        f"{samples / 'ood_hans.parquet'}; set tasks.rte.overlap: drop to leave such rows out of "
-                        f"training"]  # the pair is in the fixture twice; the demonstration pool holds neither
+    problems, notes = overlap_check(config, tmp_path / "samples", lambda path: read_table(path, "lmadapt")[0])
+    assert not notes and problems == [
+        f"tasks.rte: 2 row(s) of {samples / 'train_k7_seed1.parquet'} share their text with "
+        f"{samples / 'ood_hans.parquet'}; set tasks.rte.overlap: drop to leave such rows out of training"
+    ]  # the pair is in the fixture twice; the demonstration pool holds neither
     # with drop, the training samples' jobs read the out-of-domain set and leave the pair out
     task = check_config({"tasks": {"rte": dict(spec, overlap="drop")}})["tasks"]["rte"]
     meta = run_sample("rte", task, inputs, "train", samples / "train_k5_seed1.parquet", k=5, seed=1)
     assert meta["dropped_overlap"] == {"ood:hans": 2}
-    assert overlap_problems(check_config({"tasks": {"rte": dict(spec, overlap="drop")}}), tmp_path / "samples",
-                            lambda path: read_table(path, "lmadapt")[0])[0].startswith(
-        f"tasks.rte: 2 row(s) of {samples / 'train_k7_seed1.parquet'}")  # the old sample still holds it
+    problems, notes = overlap_check(check_config({"tasks": {"rte": dict(spec, overlap="drop")}}),
+                                    tmp_path / "samples", lambda path: read_table(path, "lmadapt")[0])
+    assert problems == [f"tasks.rte: 2 row(s) of {samples / 'train_k7_seed1.parquet'} share their text with "
+                        f"{samples / 'ood_hans.parquet'}; set tasks.rte.overlap: drop to leave such rows out of "
+                        f"training"]  # the sample drawn before the switch still holds them
+    assert notes == [dict(stage="sample", model="-", task="rte", sample="train_k5_seed1", what="2 training row(s) left "
+                          "out: they share their text with the ood:hans sample (tasks.rte.overlap: drop)")]
 
 
 def test_verbalizers_a_tokenizer_cannot_tell_apart_are_refused_before_the_weights_load(tiny_opt, tmp_path):

@@ -25,7 +25,7 @@ import pandas as pd
 from .config import (ConfigError, demonstration_needs, derived_models, finetune_settings, grid, layer_problems,
                      model_kind_problems, root_model, setting_key, stage_config, unpinned_sources)
 from .data import corpus_path
-from .io import markdown_table, read_table, write_json, write_text
+from .io import markdown_table, read_metadata, read_table, write_json, write_text
 from .methods import METHODS
 from .models import checkpoint_class, load_tokens
 from .prompt import (PREFIX_SHARE, classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix,
@@ -127,11 +127,12 @@ def tokenizer_key(folder: Path) -> str:
     return h.hexdigest()
 
 
-def overlap_problems(config: dict, samples: Path, read) -> list[str]:
-    """Training samples and demonstration pools that share a text (as sample.normalised_texts compares them) with
-    an evaluation sample of their task: a separate test file's (its sample job refuses that too) or an
-    out-of-domain set's (which a training sample's job reads only where the task drops overlaps)."""
-    problems = []
+def overlap_check(config: dict, samples: Path, read) -> tuple[list[str], list[dict]]:
+    """(problems, notes). Problems: training samples and demonstration pools that share a text (as
+    sample.normalised_texts compares them) with an evaluation sample of their task: a separate test file's (its
+    sample job refuses that too) or an out-of-domain set's (which a training sample's job reads only where the task
+    drops overlaps). Notes: the rows each of them left out where the task drops overlaps."""
+    problems, notes = [], []
     for task_name, task in sorted(config["tasks"].items()):
         evaluations = [f"ood_{name}" for name in task["ood"]] + (["test"] if "test" in task["data"] else [])
         evaluations = [sample_file(samples, task_name, name) for name in evaluations]
@@ -144,7 +145,12 @@ def overlap_problems(config: dict, samples: Path, read) -> list[str]:
                 if shared:
                     problems.append(f"tasks.{task_name}: {shared} row(s) of {training} share their text with "
                                     f"{path}; set tasks.{task_name}.overlap: drop to leave such rows out of training")
-    return problems
+            for name, n in read_metadata(training, META_KEY).get("dropped_overlap", {}).items():
+                notes.append(dict(stage="sample", model="-", task=task_name, sample=training.stem,
+                                  what=f"{n} training row(s) left out: they share their text with the {name} sample "
+                                       f"(tasks.{task_name}.overlap: drop)"))
+    return problems, notes
+
 
 def scorer_problems(config: dict, cells: dict, models: list[str], tokens_of) -> list[str]:
     """Every (model, task, pattern) whose labels the model's tokenizer makes impossible to tell apart, by the key
@@ -203,7 +209,9 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
 
     plan.errors += scorer_problems(config, cells, [m for m in config["models"] if m in fetched],
                                    lambda model: tokens_of(model)[1])
-    plan.errors += overlap_problems(config, samples, read)
+    problems, notes = overlap_check(config, samples, read)
+    plan.errors += problems
+    plan.cells += notes
 
     # ------------------------------------------------ extract: one job per (model, task, prompt, sample)
     extract_jobs = set()
