@@ -66,6 +66,7 @@ def without_overlap(pool: pd.DataFrame, evaluations: dict[str, tuple[pd.DataFram
         shared |= hits
     return pool[~shared].reset_index(drop=True), dropped
 
+
 def class_order(pool: pd.DataFrame, label_id: int, seed: int) -> pd.DataFrame:
     """The rows of one class in the seed's order: training samples take its head, demonstrations its tail."""
     members = pool[pool["label"] == label_id]
@@ -177,28 +178,27 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
             test = draw_rows(train.rows, task["n_test"], test_seed)
             sources = [source_meta(train)]
 
-        def evaluations(separate_test: bool) -> dict[str, tuple[pd.DataFrame, str]]:
-            """The samples a training pool must share no text with: the test sample of a separate test file (a
-            carved one has left the pool already) and, where the task drops overlaps, each out-of-domain sample
-            (its file is then an input of the job; otherwise the preflight compares the samples)."""
-            out = {"test": (test, str(test_split.path))} if separate_test else {}
+        def leak_free_pool(carved: pd.DataFrame | None) -> pd.DataFrame:
+            """The training pool (less a carved test sample) less every row that shares a text with the test sample
+            of a separate test file or, where the task drops overlaps, with an out-of-domain sample (its file is
+            then an input of the job; otherwise the preflight compares the samples); rows dropped go in meta."""
+            evaluations = {"test": (test, str(test_split.path))} if "test" in task["data"] else {}
             if task.get("overlap") == "drop":
                 for name, source in task["ood"].items():
                     ood = read(f"ood:{name}", source)
-                    out[f"ood:{name}"] = (draw_rows(ood.rows, source.get("n"), test_seed), str(ood.path))
-            return out
+                    evaluations[f"ood:{name}"] = (draw_rows(ood.rows, source.get("n"), test_seed), str(ood.path))
+            pool, dropped = without_overlap(training_pool(train.rows, carved, fields), evaluations, fields,
+                                            task_name, task, str(train.path))
+            if dropped:
+                meta["dropped_overlap"] = dropped
+            return pool
 
         if split == "test":
             rows = test
         elif split in ("train", "demos"):
             if seed is None or (split == "train" and k is None):
                 raise ConfigError(f"a {split} sample needs a seed" + (" and k" if split == "train" else ""))
-            carved = None if "test" in task["data"] else test
-            pool, dropped = without_overlap(training_pool(train.rows, carved, fields),
-                                            evaluations(separate_test=carved is None),
-                                            fields, task_name, task, str(train.path))
-            if dropped:
-                meta["dropped_overlap"] = dropped
+            pool = leak_free_pool(None if "test" in task["data"] else test)
             if split == "train":
                 rows = draw_balanced(pool, labels, k, seed, str(train.path), f"tasks.{task_name}",
                                      demonstrations=task["demonstrations"])
@@ -209,11 +209,7 @@ def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, o
                 meta.update(seed=seed, per_class=task["demonstrations"])
             sources = [source_meta(train)]
         elif split == "instructions":  # every training row may serve, never a test text (test_seed draws)
-            pool, dropped = without_overlap(training_pool(train.rows, test, fields),
-                                            evaluations(separate_test="test" in task["data"]),
-                                            fields, task_name, task, str(train.path))
-            if dropped:
-                meta["dropped_overlap"] = dropped
+            pool = leak_free_pool(test)
             rows = instruction_rows(draw_rows(pool, task["instructions"]["rows"], test_seed), task)
             sources = [source_meta(train)]
         else:
