@@ -64,11 +64,11 @@ def verbalizer_problems(tokens, pattern: Pattern, first_token: bool) -> list[str
     ids = {label: tokens.encode(pattern.verbalizer[label]) for label in pattern.labels}
     problems = [f"pattern {pattern.name!r}: the verbalizer of {label!r} ({pattern.verbalizer[label]!r}) tokenizes to "
                 f"nothing" for label, label_ids in ids.items() if not label_ids]
-    compared, what = ({label: tuple(v[:1]) for label, v in ids.items() if v}, "first token") if first_token else \
-        ({label: tuple(v) for label, v in ids.items() if v}, "tokens")
+    what = "first token" if first_token else "tokens"
     same: dict[tuple, list[str]] = {}
-    for label, key in compared.items():
-        same.setdefault(key, []).append(label)
+    for label, label_ids in ids.items():
+        if label_ids:
+            same.setdefault(tuple(label_ids[:1] if first_token else label_ids), []).append(label)
     problems += [f"pattern {pattern.name!r}: labels {labels} "
                  f"({', '.join(repr(pattern.verbalizer[label]) for label in labels)}) have the same {what} "
                  f"{list(key)}: the scorer cannot tell them apart" for key, labels in same.items() if len(labels) > 1]
