@@ -151,6 +151,20 @@ def test_a_test_file_that_repeats_training_texts_is_refused_naming_both_files(tm
         assert not (tmp_path / f"{split}.parquet").exists()
 
 
+def test_the_workflow_refuses_the_leak_as_it_loads_before_any_job(tmp_path):
+    from conftest import fixture_config, run_snakemake, write_config
+
+    task, _ = leaky_task(tmp_path)
+    config = fixture_config()
+    config["tasks"]["rte"]["data"]["test"]["path"] = str(tmp_path / "dev.tsv")
+    path = write_config(tmp_path / "config.yaml", config)
+    proc = run_snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    assert proc.returncode != 0 and not (tmp_path / "results").exists()
+    assert (f"tasks.rte: 4 training row(s) of {FIXTURES / 'glue_rte/train.tsv'} share their text with the test sample "
+            f"of {tmp_path / 'dev.tsv'}; a test text in training leaks the answer.") in proc.stdout + proc.stderr
+    assert list((tmp_path / ".snakemake/lmadapt").glob("overlap-*.json"))  # the next plan reads no data
+
+
 def test_overlap_drop_leaves_the_shared_rows_out_of_training_and_counts_them(tmp_path):
     task, inputs = leaky_task(tmp_path, overlap="drop")
     test = pd.read_csv(tmp_path / "dev.tsv", sep="\t")

@@ -49,6 +49,12 @@ def normalised_texts(rows: pd.DataFrame, fields: list[str]) -> np.ndarray:
                      for values in rows[fields].to_numpy()], dtype=object)
 
 
+def overlap_message(task_name: str, n: int, train_path, name: str, path) -> str:
+    return (f"tasks.{task_name}: {n} training row(s) of {train_path} share their text with the {name} sample of "
+            f"{path}; a test text in training leaks the answer. Remove them, or set tasks.{task_name}.overlap: drop "
+            f"to leave them out of training")
+
+
 def without_overlap(pool: pd.DataFrame, evaluations: dict[str, tuple[pd.DataFrame, str]], fields: list[str],
                     task_name: str, task: dict, train_path: str) -> tuple[pd.DataFrame, dict[str, int]]:
     """The training pool less every row that shares its text with an evaluation sample (name -> (rows, file)),
@@ -58,13 +64,32 @@ def without_overlap(pool: pd.DataFrame, evaluations: dict[str, tuple[pd.DataFram
     for name, (rows, path) in evaluations.items():
         hits = np.isin(pool_texts, normalised_texts(rows, fields))
         if hits.any() and task.get("overlap") != "drop":
-            raise DataError(f"tasks.{task_name}: {int(hits.sum())} training row(s) of {train_path} share their text "
-                            f"with the {name} sample of {path}; a test text in training leaks the answer. Remove "
-                            f"them, or set tasks.{task_name}.overlap: drop to leave them out of training")
+            raise DataError(overlap_message(task_name, int(hits.sum()), train_path, name, path))
         if hits.any():
             dropped[name] = int(hits.sum())
         shared |= hits
     return pool[~shared].reset_index(drop=True), dropped
+
+
+def overlap_problems(task_name: str, task: dict, paths: dict[str, str], test_seed: int) -> list[str]:
+    """What the sample jobs of a task would refuse, from its source files (role -> path: train, test, ood:<name>)
+    before any job: training rows sharing a text with the test sample of a separate test file or with an
+    out-of-domain sample (none where the task drops them)."""
+    if task.get("overlap") == "drop" or not ("test" in paths or any(r.startswith("ood:") for r in paths)):
+        return []
+    read = {role: read_split(source, paths[role], task["fields"], task["labels"]) for role, source in
+            [("train", task["data"]["train"]), ("test", task["data"].get("test"))] +
+            [(f"ood:{name}", source) for name, source in task["ood"].items()] if role in paths}
+    pool = normalised_texts(training_pool(read["train"].rows, None, task["fields"]), task["fields"])
+    problems = []
+    for role, split in read.items():
+        if role != "train":
+            n = task["n_test"] if role == "test" else task["ood"][role.removeprefix("ood:")].get("n")
+            sample = normalised_texts(draw_rows(split.rows, n, test_seed), task["fields"])
+            shared = int(np.isin(pool, sample).sum())
+            if shared:
+                problems.append(overlap_message(task_name, shared, read["train"].path, role, split.path))
+    return problems
 
 
 def class_order(pool: pd.DataFrame, label_id: int, seed: int) -> pd.DataFrame:
