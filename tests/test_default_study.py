@@ -30,9 +30,10 @@ def test_default_study_numbers_make_sense(study):
     assert {(t, k) for t, k in zip(icl["task"], icl["k"])} == {(t, k) for t in ("rotten_tomatoes", "tweets")
                                                                 for k in (0, 8)}
     assert {"head", "lora_pattern", "distill"} <= set(test["method"])
-    # the instruction-tuned SmolLM2 is a second model in T1-T3 (probes, ICL on both tasks, head and lora_pattern)
+    # the instruction-tuned SmolLM2 is a second model in T1-T3 (probes without a prompt, ICL on both tasks, LoRA)
     tuned = test[test["model"] == "smollm2_instruct"]
-    assert {"probe_logreg", "probe_mlp", "icl", "head", "lora_pattern"} == set(tuned["method"])
+    assert {"probe_logreg", "probe_mlp", "icl", "lora_pattern"} == set(tuned["method"])
+    assert set(tuned[tuned["method"].str.startswith("probe")]["prompt"]) == {"none"}
     assert set(tuned[tuned["method"] == "icl"]["task"]) == {"rotten_tomatoes", "tweets"}
     assert tuned["model_revision"].str.contains(r"\+instruct:").all()
     for name in ("probes", "icl", "finetune"):

@@ -175,12 +175,16 @@ HEAD_LOADERS = {"classifier": ("classification", "SEQ_CLS"), "verbalizer": ("cau
 
 
 def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
-    spec = METHODS[method]
-    head, peft_task = HEAD_LOADERS[spec.head]
+    head = HEAD_LOADERS[METHODS[method].head][0]
     lm = load_model(model_dir, dtype="float32", head=head,
                     num_labels=n_labels, overrides=dict.fromkeys(DROPOUT_KEYS, settings["dropout"]),
                     device=torch.device("cpu"))
-    model = lm.model
+    return lm, trainable_model(lm.model, method, settings)
+
+
+def trainable_model(model, method: str, settings: dict):
+    """A loaded model made ready for DeepSpeed: gradient checkpointing and LoRA adapters as the settings ask."""
+    spec = METHODS[method]
     if settings["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -190,9 +194,9 @@ def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
         lora = settings["lora"]
         model = get_peft_model(model, LoraConfig(
             r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
-            task_type=peft_task))
+            task_type=HEAD_LOADERS[spec.head][1]))
     model.train()
-    return lm, model
+    return model
 
 
 def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[str, str], out: str,

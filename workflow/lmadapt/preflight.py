@@ -85,6 +85,12 @@ def training_memory(shape: dict, method: str, settings: dict, zero_stage: int, o
     return states + activation_bytes(shape, settings["batch_size"], tokens, settings["gradient_checkpointing"])
 
 
+def training_flops_per_token(method: str, checkpointing: bool) -> int:
+    """FLOPs per trained token and parameter: forward 2, backward 4 (LoRA: 2, no weight gradients of the frozen
+    base), and one more forward (2) when gradient checkpointing recomputes activations."""
+    return (4 if METHODS[method].lora else 6) + (2 if checkpointing else 0)
+
+
 def inference_memory(shape: dict, batch: int, tokens: int) -> float:
     """Bytes on one GPU: 16-bit weights, the batch's key/value cache and a layer's working activations."""
     kv = 2 * shape["layers"] * shape["hidden"] * tokens * batch * BYTES_16BIT
@@ -365,7 +371,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
                                    ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
         shape = shapes[model]
         gpus = config["models"][model]["gpus"]
-        per_token = (4 if METHODS[method].lora else 6) + (2 if ft["gradient_checkpointing"] else 0)
+        per_token = training_flops_per_token(method, ft["gradient_checkpointing"])
         held = ft.get("validation", 0)  # validated (forward only) after every epoch instead of trained on
         flops = shape["parameters"] * ((per_token * (1 - held) + 2 * held) * train["tokens"] * ft["epochs"] +
                                        2 * sum(e["tokens"] for e in evaluated.values()))
@@ -410,7 +416,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
         trained = measure(name, measured_as + ("train",), lambda t: lengths(t, train))
         evaluated = measure(name, measured_as + ("held",), lambda t: lengths(t, held))
         shape, gpus = shapes[name], config["models"][name]["gpus"]
-        per_token = 6 + (2 if settings["gradient_checkpointing"] else 0)
+        per_token = training_flops_per_token("pattern", settings["gradient_checkpointing"])
         flops = shape["parameters"] * (per_token * trained["tokens"] * settings["epochs"] + 2 * 2 * evaluated["tokens"])
         memory = training_memory(shape, "pattern", settings, zero_stage, offload, gpus, trained["longest"])
         plan.job("instruct", name, ",".join(sorted(sets)), gpus, flops, memory, shape)

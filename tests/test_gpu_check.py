@@ -1,0 +1,33 @@
+"""The prepared GPU check (benchmarks/gpu.py) kept working between GPU windows: its CPU smoke run goes through the
+same code paths (lmadapt's training loop under DeepSpeed ZeRO-2 and ZeRO-3, fp32 and bf16, ICL and extraction
+against full recomputation, numerics) on tiny shapes."""
+import json
+import math
+import subprocess
+import sys
+
+from conftest import REPO, clean_env
+
+
+def test_gpu_check_smoke_run_on_cpu(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu.py"), "--cpu-smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=clean_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "gpu-benchmark.json").read_text())
+    finetune = result["finetune"]
+    assert [row.get("error") for row in finetune] == [None] * len(finetune)
+    assert {(row["method"], row["zero"], row["precision"]) for row in finetune} == {
+        ("pattern", "zero3", "fp32"), ("lora_pattern", "zero2", "bf16")}
+    for row in finetune:  # trained through lmadapt's loop, costed by the preflight's models
+        assert row["optimizer_steps"] == 4 and row["tokens_per_s"] > 0 and math.isfinite(row["loss_last"])
+        assert row["predicted_memory_gb"] > 0 and row["flops_per_token"] == (8 if row["method"] == "pattern" else 6) * \
+            row["parameters"]
+    for row in result["icl"]:  # the prefix cache scores as full recomputation does
+        assert row["same_predictions"] == 1.0 and row["max_logprob_difference"] < 1e-4
+    assert [row["shots_requested"] for row in result["icl"]] == [0, 32] and result["icl"][1]["shots"] < 32
+    for row in result["extract"]:
+        assert row["layers"] == 3 and row["max_activation_difference"] < 1e-4
+    fp32, bf16 = result["numerics"]
+    assert fp32["max_logprob_difference"] == 0.0 and fp32["same_predictions"] == 1.0
+    assert 0 < bf16["max_activation_difference"] < 0.1
+    assert "<!-- gpu:start -->" in (tmp_path / "benchmarks.md").read_text()
