@@ -206,7 +206,7 @@ def finetune_cases(smoke: bool, gpu_gb: float | None) -> list[dict]:
     if smoke:  # tiny shapes; fp32 (the paper's "auto" on CPU) and bf16; ZeRO-2 and ZeRO-3
         return [dict(name="full", shape="tiny", model="opt_1_3b", method="pattern", zero="zero3", rows=64, epochs=2),
                 dict(name="lora_zero2_bf16", shape="tiny", model="opt_6_7b", method="lora_pattern", zero="zero2",
-                     rows=32, epochs=2, settings={"precision": "bf16"})]
+                     rows=64, epochs=2, settings={"precision": "bf16"})]
     # effective batch 32: OPT-1.3B 10 steps an epoch, 40 in all; OPT-6.7B LoRA 12, full 6
     cases = [dict(name="opt_1_3b_full", shape="opt_1_3b", model="opt_1_3b", method="pattern", zero="zero3", rows=320,
                   epochs=4),
