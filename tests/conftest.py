@@ -132,15 +132,10 @@ def kill_after_first_checkpoint(cmd, env, checkpoints: Path, output: Path):
     assert not output.exists()
 
 
-# The machine's cores shared among pytest-xdist's workers: two studies side by side with two cores each made
-# four busy processes on two cores, and each ran 2.8x slower than alone instead of 2x.
-CORES = max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-
-
 def run_snakemake(workdir: Path, *args, check=True, env=None):
     env = env or clean_env()
     proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-                           "--cores", str(CORES), *args], capture_output=True, text=True, env=env)
+                           "--cores", "2", *args], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
