@@ -201,7 +201,7 @@ def finetune_case(case: dict, where: Path) -> dict:
     return row
 
 
-def finetune_cases(smoke: bool, gpu_gb: float | None) -> list[dict]:
+def finetune_cases(smoke: bool, gpu_gb: float | None, paper: dict) -> list[dict]:
     """The cases, each run in its own process (DeepSpeed's state and the GPU's memory start clean)."""
     if smoke:  # tiny shapes; fp32 (the paper's "auto" on CPU) and bf16; ZeRO-2 and ZeRO-3
         return [dict(name="full", shape="tiny", model="opt_1_3b", method="pattern", zero="zero3", rows=64, epochs=2),
@@ -215,15 +215,14 @@ def finetune_cases(smoke: bool, gpu_gb: float | None) -> list[dict]:
              dict(name="opt_6_7b_lora", shape="opt_6_7b", model="opt_6_7b", method="lora_pattern", zero="zero3",
                   rows=128, epochs=3)]
     return cases + [dict(name="opt_6_7b_full", shape="opt_6_7b", model="opt_6_7b", method="pattern",
-                         zero=full_6_7b_zero(gpu_gb), rows=64, epochs=2)]
+                         zero=full_6_7b_zero(gpu_gb, paper), rows=64, epochs=2)]
 
 
-def full_6_7b_zero(gpu_gb: float | None) -> str:
+def full_6_7b_zero(gpu_gb: float | None, paper: dict) -> str:
     """The paper's ZeRO stage if the preflight says OPT-6.7B's full fine-tuning fits one GPU, else with offload."""
-    from lmadapt.config import finetune_settings, load_config
+    from lmadapt.config import finetune_settings
     from lmadapt.preflight import model_shape, training_memory
 
-    paper = load_config(REPO / "config/paper.yaml")
     settings = finetune_settings(paper, "pattern", "opt_6_7b")
     with tempfile.TemporaryDirectory() as where:
         shape = model_shape(opt_folder("opt_6_7b", Path(where)))
@@ -235,9 +234,9 @@ def full_6_7b_zero(gpu_gb: float | None) -> str:
     return "zero3_offload"
 
 
-def run_finetune_cases(smoke: bool, gpu_gb: float | None) -> list[dict]:
+def run_finetune_cases(smoke: bool, gpu_gb: float | None, paper: dict) -> list[dict]:
     rows = []
-    cases = finetune_cases(smoke, gpu_gb)
+    cases = finetune_cases(smoke, gpu_gb, paper)
     while cases:
         case = cases.pop(0)
         proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
@@ -494,9 +493,9 @@ def main() -> None:
 
     gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1e9 if device.type == "cuda" else None
     shape = "tiny" if args.cpu_smoke else "opt_1_3b"
-    result = dict(smoke=args.cpu_smoke,
-                  environment=environment(device, load_config(REPO / "config/paper.yaml")["preflight"]["mfu"]))
-    result["finetune"] = run_finetune_cases(args.cpu_smoke, gpu_gb)
+    paper = load_config(REPO / "config/paper.yaml")
+    result = dict(smoke=args.cpu_smoke, environment=environment(device, paper["preflight"]["mfu"]))
+    result["finetune"] = run_finetune_cases(args.cpu_smoke, gpu_gb, paper)
     with tempfile.TemporaryDirectory() as where:
         dtype = torch.float32 if args.cpu_smoke else torch.float16
         lm = loaded(random_model(opt_folder(shape, Path(where)), device, dtype), device, dtype)
