@@ -172,6 +172,17 @@ def test_unreadable_intermediate_is_named_and_moved_aside(tmp_path):
 # --- killed jobs: no partial file under a final name; the rerun equals an uninterrupted run
 
 
+def assert_same_results(run, reference):
+    """Every result of `run` equals the reference's of the same name (the reference may have more seeds: its tables
+    summarise more, so tables are compared by being there)."""
+    ran, expected = comparable(run), comparable(reference)
+    assert set(ran) <= set(expected), sorted(set(ran) - set(expected))
+    cells = sorted(name for name in ran if not name.startswith("results/tables/"))
+    assert len(cells) > 30 and {name: ran[name] for name in cells} == {name: expected[name] for name in cells}
+    assert {name for name in ran if name.startswith("results/tables/")} == {
+        name for name in expected if name.startswith("results/tables/")}
+
+
 HOW_IT_RAN = ("train_seconds", "train_tokens_per_s", "resumed_from_micro_step")  # fine-tuning details: timing
 
 
@@ -195,7 +206,10 @@ def comparable(folder):
 def test_every_stage_killed_while_publishing_reruns_to_the_same_results(tmp_path, finished_run):
     reference, killed = finished_run.workdir, tmp_path / "killed"
     killed.mkdir()
-    write_config(killed / "config.yaml", yaml.safe_load(finished_run.config.read_text()))  # the reference's
+    # the reference's config on its first seed: every stage, 50 jobs instead of 84; each job computes what the
+    # reference's job of the same name did, the tables summarise one seed
+    config = yaml.safe_load(finished_run.config.read_text())
+    write_config(killed / "config.yaml", dict(config, seeds=config["seeds"][:1]))
 
     wrapper = tmp_path / "bin"
     wrapper.mkdir()
@@ -218,7 +232,7 @@ def test_every_stage_killed_while_publishing_reruns_to_the_same_results(tmp_path
                                                  "finetune", "preflight", "aggregate"}
     leftovers = [p for folder in ("results", "resources") for p in (killed / folder).rglob(".*.tmp*")]
     assert not leftovers  # every killed writer's temporary files went with its rerun
-    assert comparable(killed) == comparable(reference)
+    assert_same_results(killed, reference)
     assert files_of(killed / "resources/models/tiny") == files_of(reference / "resources/models/tiny")
 
     # a sample truncated behind the workflow's back: its reader names it and moves it aside; the next run remakes
@@ -231,5 +245,5 @@ def test_every_stage_killed_while_publishing_reruns_to_the_same_results(tmp_path
     assert ("results/samples/rte/train_k2_seed1.parquet: unreadable (not a complete Parquet file: truncated or "
             "overwritten); moved to train_k2_seed1.parquet.corrupt; the next run remakes it (rule sample)") in logs
     run_snakemake(killed, "--configfile", str(killed / "config.yaml"))
-    assert comparable(killed) == comparable(reference)
+    assert_same_results(killed, reference)
     assert pq.read_metadata(sample).num_rows == 4

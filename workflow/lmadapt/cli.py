@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="rehearsal", help="folder for config.yaml, models/, data/ and the run")
     p.add_argument("--seeds", type=int, default=2, help="keep this many of the grid's seeds")
     p.add_argument("--models", nargs="+", help="keep only these models (default: all)")
-    p.add_argument("--k", type=int, nargs="+", help="keep only these k (default: all)")
+    p.add_argument("--k", type=int, nargs="+",
+                   help="keep only these k, and ICL with zero or as many demonstrations (default: all)")
     p.add_argument("--epochs", type=int, help="fine-tuning and instruction-tuning epochs (default: the grid's; "
                                               "fewer cuts time, not shape)")
     p.add_argument("--ppo-steps", type=int, help="PPO steps (default: the grid's; fewer cuts time, not shape)")

@@ -175,9 +175,9 @@ def stand_in(source: dict, table: pd.DataFrame, path: Path) -> None:
 
 def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None = None,
                ks: list[int] | None = None, epochs: int | None = None, ppo_steps: int | None = None) -> dict:
-    """The grid cut down: its first `seeds` seeds, only `models`, only the k in `ks`, `epochs` of fine-tuning
-    and instruction tuning, `ppo_steps` PPO steps (a copy; the same cut applied to the real grid plans the same
-    jobs as the rehearsal)."""
+    """The grid cut down: its first `seeds` seeds, only `models`, only the k in `ks` (ICL: zero-shot and those
+    numbers of demonstrations), `epochs` of fine-tuning and instruction tuning, `ppo_steps` PPO steps (a copy; the
+    same cut applied to the real grid plans the same jobs as the rehearsal)."""
     config = copy.deepcopy(config)
     for section, key, value in (("finetune", "epochs", epochs), ("instruct", "epochs", epochs),
                                 ("ppo", "steps", ppo_steps)):
@@ -199,12 +199,15 @@ def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None 
                 config[stage]["models"] = [m for m in selected if m in models]
                 if not config[stage]["models"]:  # an empty selection would mean every model
                     raise ConfigError(f"the slice keeps none of {stage}.models {selected}; add one to --models")
-    if ks:
+    if ks:  # training samples of these k, and ICL with as many demonstrations (zero-shot needs no sample: kept)
         for task in config["tasks"].values():
             task["k"] = [k for k in task.get("k", [2, 32, 128]) if k in ks]
         for finetune in [config.get("finetune", {})] + [s.get("finetune", {}) for s in config["models"].values()]:
             if finetune.get("k"):
                 finetune["k"] = [k for k in finetune["k"] if k in ks]
+        for icl in [config.get("icl", {})] + [s.get("icl", {}) for s in config["models"].values()]:
+            if icl.get("shots"):
+                icl["shots"] = [n for n in icl["shots"] if n == 0 or n in ks]
     return config
 
 
