@@ -9,7 +9,7 @@ CORES ?= 2
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
-# The paper grid rehearsed here (README: Before you submit): tiny models, hub-shaped data, 2 seeds.
+# The paper grid rehearsed here (docs/cluster.md: Before you submit): tiny models, hub-shaped data, 2 seeds.
 rehearsal: setup
 	$(BIN)/lmadapt rehearsal --paper config/paper.yaml --out rehearsal $(REHEARSAL_ARGS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile rehearsal/config.yaml \

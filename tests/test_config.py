@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from conftest import PATTERNS, REPO, rte_task, write_config
-from lmadapt.config import SCHEMA_PATH, ConfigError, check_config, load_config
+from lmadapt.config import SCHEMA_PATH, ConfigError, check_config, load_config, load_schema
+from lmadapt.methods import METHODS
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
@@ -273,3 +274,23 @@ def test_conda_environment_pins_what_requirements_pin():
     environment = yaml.safe_load((REPO / "envs/lmadapt.yaml").read_text())
     pip = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict))
     assert pip == pins
+
+
+def test_the_configuration_reference_is_written_from_the_schema():
+    """docs/config-reference.md is what `lmadapt config-reference` writes (rerun it after a schema change), and it
+    names every key the schema accepts, with its type, default and description."""
+    from lmadapt.reference import config_reference
+
+    text = config_reference()
+    assert (REPO / "docs/config-reference.md").read_text() == text, \
+        "docs/config-reference.md is stale: run `lmadapt config-reference --out docs/config-reference.md`"
+    assert '| `finetune.lora.target_modules` | list of string (at least 1 item(s)) | `["q_proj", "v_proj"]` |' in text
+    assert "| `n_test` | integer (≥ 1) or \"all\" | `200` | Size of the fixed test sample" in text
+    assert "| `finetune.methods` | list of one of: " + ", ".join(METHODS) in text  # as the workflow loads it
+    schema = load_schema()
+    for section, spec in schema["properties"].items():
+        for key in spec.get("properties", {}):
+            assert f"| `{section}.{key}` |" in text, f"{section}.{key}"
+    for definition in ("task", "model", "source"):
+        for key in schema["$defs"][definition]["properties"]:
+            assert f"| `{key}` |" in text, f"{definition}: {key}"

@@ -235,6 +235,19 @@ def cmd_resolved_config(args) -> int:
     return 0
 
 
+def cmd_config_reference(args) -> int:
+    from .io import write_text
+    from .reference import config_reference
+
+    text = config_reference()
+    if args.out:
+        write_text(text, args.out)
+        print(f"{args.out}: {text.count(chr(10))} lines")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_preflight(args) -> int:
     from .preflight import run_preflight
 
@@ -446,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-json", type=_json_arg, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_resolved_config)
+
+    p = sub.add_parser("config-reference", help="the configuration reference (every key, its type, default and "
+                                                "description) from the schema, as Markdown (docs/config-reference.md)")
+    p.add_argument("--out", help="write it here (default: standard output)")
+    p.set_defaults(func=cmd_config_reference)
 
     for name, func, helptext in (("probe", cmd_probe, "probes on activations of every layer and pooling"),
                                  ("bow", cmd_bow, "bag-of-words baseline on the samples' text")):

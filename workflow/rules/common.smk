@@ -57,7 +57,7 @@ def unprepared(folder, glob):
     """A wildcard constraint (of a fetch rule's first wildcard below `folder`) that matches no resource already
     there: what a user prepared or fetched is then no job's output, so neither --forceall, --forcerun nor a
     changed rule can remove it, not even as root (whom write protection does not stop). To fetch it anew,
-    remove it by hand (README: When an input or a job goes wrong)."""
+    remove it by hand (docs/troubleshooting.md)."""
     existing = sorted(re.escape(path.relative_to(folder).as_posix()) for path in Path(folder).glob(glob))
     return f"(?!(?:{'|'.join(existing)})$){NAME}" if existing else NAME
 
