@@ -35,7 +35,7 @@ TASK = {"fields": ["text"], "labels": ["rotten", "fresh"], "n_test": 2000, "k": 
 
 
 def prepare(workdir: Path, n_max: int) -> dict:
-    from lmadapt.config import check_config
+    from lmadapt.checks import check_config
     from lmadapt.data import resolve_path
     from lmadapt.sample import run_sample
 
@@ -51,7 +51,7 @@ def worker(args) -> None:
     import pandas as pd
     import torch
 
-    from lmadapt.config import resolve_layers
+    from lmadapt.resources import resolve_layers
     from lmadapt.extract import run_extract
     from lmadapt.prompt import prefix_demonstrations
     from lmadapt.forward import pad_batch

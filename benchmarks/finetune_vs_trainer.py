@@ -34,7 +34,7 @@ K = 32  # examples per class: 64 training examples, 16 optimizer steps
 
 
 def prepare() -> tuple[dict, Path]:
-    from lmadapt.config import check_config
+    from lmadapt.checks import check_config
     from lmadapt.data import resolve_path
     from lmadapt.sample import run_sample
 

@@ -123,7 +123,8 @@ def finetune_case(case: dict, where: Path) -> dict:
     """One fine-tuning run through lmadapt's loop: settings from config/paper.yaml's cell, the case's overrides."""
     import deepspeed
 
-    from lmadapt.config import FINETUNE_RUN_SETTINGS, finetune_settings, load_config
+    from lmadapt.checks import load_config
+    from lmadapt.config import FINETUNE_RUN_SETTINGS, finetune_settings
     from lmadapt.finetune import (DROPOUT_KEYS, class_logits, deepspeed_config, init_distributed, learning_rate,
                                   precision, schedule, train_epochs, trainable_model)
     from lmadapt.forward import pad_batch
@@ -489,7 +490,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
     if device.type == "cpu" and not args.cpu_smoke:
         parser.error("no GPU here: run on the GPU machine, or --cpu-smoke")
-    from lmadapt.config import load_config
+    from lmadapt.checks import load_config
 
     gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1e9 if device.type == "cuda" else None
     shape = "tiny" if args.cpu_smoke else "opt_1_3b"

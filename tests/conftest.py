@@ -81,7 +81,7 @@ def rte_samples(tmp_path_factory):
     """RTE samples of the fixture files (the task with PATTERNS), each drawn once per session:
     `rte_samples(k, demonstrations)` is (task, folder) with train.parquet (k per class, seed 1), test.parquet,
     ood_hans.parquet and, with a pool of `demonstrations` per class, demos.parquet (seed 1)."""
-    from lmadapt.config import check_config
+    from lmadapt.checks import check_config
     from lmadapt.sample import run_sample
 
     root, drawn = tmp_path_factory.mktemp("rte_samples"), {}

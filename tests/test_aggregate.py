@@ -5,7 +5,7 @@ import pytest
 
 from conftest import compile_latex_tables
 from lmadapt.aggregate import latex_escape, run_aggregate
-from lmadapt.config import check_config
+from lmadapt.checks import check_config
 from lmadapt.io import UnreadableFile, write_json
 from lmadapt.metrics import classification_record, finish, skipped_record
 

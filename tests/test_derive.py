@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import BIN, FIXTURES, PATTERNS, REPO, clean_env, kill_after_first_checkpoint, rte_task
-from lmadapt.config import MODEL_INFO, check_config
+from lmadapt.checks import check_config
+from lmadapt.resources import MODEL_INFO
 from lmadapt.extract import run_extract
 from lmadapt.icl import run_icl
 from lmadapt.instruct import IGNORE, alpaca_prompt, encode_example, pad_labels, run_instruct

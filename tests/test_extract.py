@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from conftest import EXTRACT_SETTINGS as SETTINGS
-from lmadapt.config import ConfigError, package_folder, resolve_layers
+from lmadapt.config import ConfigError
+from lmadapt.resources import package_folder, resolve_layers
 from lmadapt.extract import run_extract
 from lmadapt.forward import last_positions, pool
 from lmadapt.io import read_metadata

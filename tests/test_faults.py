@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, clean_env, fixture_config, planned_jobs, run_snakemake, write_config
-from lmadapt.config import ConfigError, check_config, layer_problems, load_config
+from lmadapt.checks import check_config, layer_problems, load_config
+from lmadapt.config import ConfigError
 from lmadapt.io import UnreadableFile, read_metadata, read_table
 
 

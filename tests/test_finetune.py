@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import BIN, REPO, clean_env, kill_after_first_checkpoint, rte_task
-from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, check_config, finetune_settings
+from lmadapt.checks import check_config
+from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, finetune_settings
 from lmadapt.finetune import build_model, class_logits, distill_loss, epoch_batches, run_finetune
 from lmadapt.forward import pad_batch
 from lmadapt.methods import DECODER, METHODS

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import FIXTURES, PATTERNS, rte_task
-from lmadapt.config import ConfigError, check_config
+from lmadapt.checks import check_config
+from lmadapt.config import ConfigError
 from lmadapt.data import DataError, read_split
 from lmadapt.models import load_tokens
 from lmadapt.prompt import PromptError, task_pattern, verbalizer_problems

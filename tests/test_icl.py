@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import FIXTURES, PATTERNS, rte_task
-from lmadapt.config import check_config
+from lmadapt.checks import check_config
 from lmadapt.forward import PrefixForward
 from lmadapt.icl import label_logprobs, run_icl
 from lmadapt.models import load_model

@@ -4,7 +4,8 @@ import pytest
 from transformers import BertConfig, GPT2Config, OPTConfig, T5Config
 
 from conftest import PATTERNS, fixture_config, planned_jobs, rte_task, run_snakemake, write_config
-from lmadapt.config import ConfigError, check_config, finetune_settings, load_schema, model_kind_problems
+from lmadapt.checks import check_config, model_kind_problems
+from lmadapt.config import ConfigError, finetune_settings, load_schema
 from lmadapt.figures import KNOWN_METHODS, method_color
 from lmadapt.finetune import build_model
 from lmadapt.methods import DECODER, ENCODER, ENCODER_DECODER, METHODS, model_kind

@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import rte_task
-from lmadapt.config import ConfigError, check_config, model_identity
+from lmadapt.checks import check_config
+from lmadapt.config import ConfigError
+from lmadapt.resources import model_identity
 from lmadapt.models import fetch_model, load_model, load_tokens, weight_files
 from lmadapt.rehearsal import build_model
 

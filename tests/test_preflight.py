@@ -6,7 +6,8 @@ import pytest
 from transformers import OPTConfig
 
 from conftest import FIXTURES, PATTERNS, rte_task
-from lmadapt.config import ConfigError, check_config
+from lmadapt.checks import check_config
+from lmadapt.config import ConfigError
 from lmadapt.preflight import model_shape, run_preflight, training_memory
 from lmadapt.sample import run_sample
 from lmadapt.testing import build_tiny_opt

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import EXTRACT_SETTINGS as SETTINGS, rte_task
-from lmadapt.config import check_config
+from lmadapt.checks import check_config
 from lmadapt.extract import run_extract
 from lmadapt.metrics import KEYS, classification_record
 from lmadapt.probe import MLPProbe, fit_logreg, run_bow, run_probe

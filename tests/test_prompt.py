@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from lmadapt.config import load_config, package_folder, task_sources
+from lmadapt.checks import load_config
+from lmadapt.config import task_sources
+from lmadapt.resources import package_folder
 from lmadapt.data import read_split, resolve_path
 from lmadapt.models import PromptTokens
 from lmadapt.prompt import choose_demonstrations, encode_prompt, prefix_text, task_pattern

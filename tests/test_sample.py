@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FIXTURES, rte_task
-from lmadapt.config import check_config
+from lmadapt.checks import check_config
 from lmadapt.data import DataError
 from lmadapt.io import read_metadata
 from lmadapt.sample import content_fingerprint, run_sample

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import check_stage_settings, check_task_slice, load_config, load_schema, settings_help
+from .config import check_stage_settings, check_task_slice, load_schema, settings_help
 from .errors import ConfigError, DataError, ModelError, PromptError, UnreadableFile
 
 
@@ -45,7 +45,7 @@ def _task_from_json(name: str, task: dict) -> dict:
 
 
 def cmd_validate_config(args) -> int:
-    from .checks import start_problems
+    from .checks import load_config, start_problems
 
     config = load_config(args.config)
     problems = start_problems(config, args.directory)
@@ -203,6 +203,7 @@ def cmd_derived_summary(args) -> int:
 
 def cmd_aggregate(args) -> int:
     from .aggregate import run_aggregate
+    from .checks import load_config
 
     expected = args.expected.read_text().split() if args.expected else []
     metrics = args.metrics or [str(p) for p in sorted(Path("results/metrics").rglob("*.json"))]
@@ -249,6 +250,7 @@ def cmd_config_reference(args) -> int:
 
 
 def cmd_preflight(args) -> int:
+    from .checks import load_config
     from .preflight import run_preflight
 
     config = args.config_json if args.config_json is not None else load_config(args.config)

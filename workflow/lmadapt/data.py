@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import FETCH_KEY, dataset_identity, package_folder, task_sources
+from .config import task_sources
+from .resources import FETCH_KEY, dataset_identity, package_folder
 from .errors import DataError
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import MODEL_INFO, fingerprint
+from .config import fingerprint
+from .resources import MODEL_INFO
 from .io import atomic_path, markdown_table
 
 

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from .config import ConfigError, model_layers, resolve_layers
+from .config import ConfigError
+from .resources import model_layers, resolve_layers
 from .forward import EncoderForward, PrefixForward, batches_by_length, pool
 from .io import activation_column, atomic_path, read_table
 from .methods import DECODER, ENCODER, folder_kind

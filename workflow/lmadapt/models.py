@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import MODEL_INFO, is_local_model, local_model_path, model_identity, model_source, package_version
+from .resources import MODEL_INFO, is_local_model, local_model_path, model_identity, model_source, package_version
 from .errors import ModelError
 from .io import atomic_path
 from .methods import DECODER, ENCODER, ENCODER_DECODER, model_kind

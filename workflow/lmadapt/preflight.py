@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import (ConfigError, demonstration_needs, derived_models, finetune_settings, grid, layer_problems,
-                     model_kind_problems, root_model, setting_key, stage_config, unpinned_sources)
+from .checks import layer_problems, model_kind_problems
+from .config import ConfigError, finetune_settings, setting_key, stage_config
+from .grid import demonstration_needs, derived_models, grid, root_model
+from .resources import unpinned_sources
 from .data import corpus_path
 from .io import markdown_table, read_metadata, read_table, write_json, write_text
 from .methods import METHODS

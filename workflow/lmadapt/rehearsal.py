@@ -23,7 +23,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import ConfigError, check_config, derived_models, is_local_model, stage_config
+from .checks import check_config
+from .config import ConfigError, stage_config
+from .grid import derived_models
+from .resources import is_local_model
 
 # Hub datasets by name: rows per split in the rehearsal, words per text field (mean, spread) as in the real set.
 HUB_SHAPES = {

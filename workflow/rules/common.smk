@@ -11,27 +11,27 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lmadapt's config code only
+from lmadapt.checks import check_config, start_problems
 from lmadapt.config import (
     DERIVED_DIR,
     FINETUNE_RUN_SETTINGS,
     SCHEMA_PATH,
     SELECTIONS,
     ConfigError,
-    check_config,
-    dataset_identity,
+    finetune_settings,
     read_yaml,
+    stage_config,
+)
+from lmadapt.data import corpus_path, resolve_path
+from lmadapt.grid import (
     demonstration_needs,
     demonstration_pool,
     derived_models,
-    finetune_settings,
     grid,
-    model_identity,
     reward_models,
     root_model,
-    stage_config,
 )
-from lmadapt.checks import start_problems
-from lmadapt.data import corpus_path, resolve_path
+from lmadapt.resources import dataset_identity, model_identity
 from lmadapt.methods import METHODS, method_pattern
 
 # lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
