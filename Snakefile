@@ -25,9 +25,9 @@ rule all:
     default_target: True
     input:
         all_targets,
-        "results/plan/preflight.json",
-        "results/plan/config.yaml",
-        "results/plan/runtimes.md",
+        layout.PREFLIGHT_JSON,
+        layout.RESOLVED_CONFIG,
+        layout.RUNTIMES,
         derived_summary_target(),
-        "results/tables",
-        "results/figures",
+        layout.TABLES,
+        layout.FIGURES,

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UnreadableFile
+from .layout import PRODUCERS
 
 
 @contextmanager
@@ -63,8 +64,6 @@ def activation_column(pooling: str, layer: int) -> str:
 
 
 # Which rule makes the files under a folder, for the message that tells the user what will remake it.
-PRODUCERS = {"results/samples": "sample", "results/activations": "extract", "results/teacher": "teacher",
-             **{f"results/metrics/{stage}": stage for stage in ("probe", "bow", "icl", "finetune")}}
 PARQUET_MAGIC = b"PAR1"
 
 

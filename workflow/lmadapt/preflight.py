@@ -27,6 +27,7 @@ from .config import ConfigError, finetune_settings, setting_key, stage_config
 from .grid import demonstration_needs, derived_models, grid, root_model
 from .resources import unpinned_sources
 from .data import corpus_path
+from .layout import SampleName, demonstration_pool, prompt_folder, train_sample
 from .io import markdown_table, read_metadata, read_table, write_json, write_text
 from .methods import METHODS
 from .models import checkpoint_class, load_tokens
@@ -142,11 +143,12 @@ def overlap_check(config: dict, samples: Path, read) -> tuple[list[str], list[di
     drops overlaps). Notes: the rows each of them left out where the task drops overlaps."""
     problems, notes = [], []
     for task_name, task in sorted(config["tasks"].items()):
-        evaluations = [f"ood_{name}" for name in task["ood"]] + (["test"] if "test" in task["data"] else [])
+        evaluations = [str(SampleName("ood", ood=name)) for name in task["ood"]] + (
+            ["test"] if "test" in task["data"] else [])
         evaluations = [sample_file(samples, task_name, name) for name in evaluations]
         texts = {path: set(normalised_texts(read(path), task["fields"])) for path in evaluations if path.is_file()}
-        for training in sorted((samples / task_name).glob("train_k*_seed*.parquet")) + sorted(
-                (samples / task_name).glob("demos_seed*.parquet")):
+        for training in sorted((samples / task_name).glob(str(SampleName("train", "*", "*")) + ".parquet")) + sorted(
+                (samples / task_name).glob(demonstration_pool("*") + ".parquet")):
             own = normalised_texts(read(training), task["fields"])
             for path, evaluated in texts.items():
                 shared = sum(text in evaluated for text in own)
@@ -212,7 +214,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
         return measured[key, what]
 
     def evals(task):
-        splits = ["test"] + [f"ood_{name}" for name in config["tasks"][task]["ood"]]
+        splits = ["test"] + [str(SampleName("ood", ood=name)) for name in config["tasks"][task]["ood"]]
         return {split: read(sample_file(samples, task, split)) for split in splits}
 
     plan.errors += scorer_problems(config, cells, [m for m in config["models"] if m in fetched],
@@ -225,7 +227,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     extract_jobs = set()
     for cell in cells["probe"]:
         seed = cell["seed"] if cell["prompt"] == "fewshot" else None
-        for name in [f"train_k{cell['k']}_seed{cell['seed']}"] + list(evals(cell["task"])):
+        for name in [train_sample(cell["k"], cell["seed"])] + list(evals(cell["task"])):
             extract_jobs.add((cell["model"], cell["task"], seed, name))
     for model, task, seed, name in sorted(extract_jobs, key=str):
         if model not in fetched:
@@ -241,14 +243,14 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
             limit = tokens.prompt_budget(max_length)
             demos = rows.iloc[:0]
             if shots:
-                pool = read(sample_file(samples, task, f"demos_seed{seed}"))
+                pool = read(sample_file(samples, task, demonstration_pool(seed)))
                 demos, _ = prefix_demonstrations(tokens, pattern, pool, len(spec["labels"]), shots, seed, limit)
             prompt_ids = encode_prompt(tokens, pattern, rows, demos, max_length=limit)
             return {"prefix": len(prompt_ids.prefix), "truncated": prompt_ids.truncated, "n": len(rows),
                     "tokens": sum(map(len, prompt_ids.examples)), "shots_used": len(demos)}
 
         counts = measure(model, ("extract", task, seed, name, shots, pattern.name, extract["max_length"]), count)
-        prompt = "none" if seed is None else f"fewshot_seed{seed}"
+        prompt = prompt_folder("none" if seed is None else "fewshot", seed)
         where = dict(stage="extract", model=model, task=task, prompt=prompt, sample=name)
         if counts["shots_used"] < shots:
             plan.cells.append(dict(where, what=f"prefix of {counts['shots_used']} of {shots} demonstrations (a "
@@ -283,7 +285,8 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
             evaluated = measure(model, ("icl", task, name, shots > 0), lengths)
 
             def fit(tokens, pattern=pattern, evaluated=evaluated, task=task, spec=spec, shots=shots, seed=seed):
-                pool = read(sample_file(samples, task, f"demos_seed{seed}")) if shots else evals(task)["test"].iloc[:0]
+                pool = read(sample_file(samples, task, demonstration_pool(seed))) if shots else \
+                    evals(task)["test"].iloc[:0]
                 _, prefix, counts = fit_demonstrations(tokens, pattern, pool, len(spec["labels"]), shots, seed,
                                                        evaluated["needed"], tokens.context(icl["max_length"]),
                                                        icl["fit"])
@@ -319,8 +322,9 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
             from .icl import teacher_demonstrations
             from .prompt import PromptError
 
-            rows = read(sample_file(samples, task, f"train_k{k}_seed{seed}"))
-            pool = read(sample_file(samples, task, f"demos_seed{seed}")) if ft["distill"]["shots"] else rows.iloc[:0]
+            rows = read(sample_file(samples, task, train_sample(k, seed)))
+            pool = read(sample_file(samples, task, demonstration_pool(seed))) if ft["distill"]["shots"] else \
+                rows.iloc[:0]
             try:
                 demos, prefix, counts = teacher_demonstrations(tokens, pattern, rows, pool, len(spec["labels"]),
                                                                ft["distill"]["shots"], seed)
@@ -360,7 +364,7 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
             return {"tokens": sum(map(len, ids)), "longest": max(map(len, ids)), "truncated": truncated,
                     "n": len(ids)}
 
-        name = f"train_k{k}_seed{seed}"
+        name = train_sample(k, seed)
         measured_as = (pattern.name, ft["max_length"])
         train = measure(model, ("finetune", task, name) + measured_as, lambda t: inputs(t, name))
         evaluated = {split: measure(model, ("finetune", task, split) + measured_as, lambda t, s=split: inputs(t, s))

@@ -8,21 +8,21 @@ rule aggregate:
         metrics_targets(),
     output:
         tables=report(
-            directory("results/tables"),
+            directory(layout.TABLES),
             patterns=["{name}.md"],
             caption="../report/tables.rst",
             category="Tables",
         ),
         figures=report(
-            directory("results/figures"),
+            directory(layout.FIGURES),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
         ),
     log:
-        "results/logs/aggregate.log",
+        layout.log("aggregate"),
     benchmark:
-        "results/benchmarks/aggregate/aggregate.tsv"
+        layout.benchmark("aggregate")
     resources:
         mem_mb=4000,
         runtime=30,
@@ -40,12 +40,12 @@ rule runtimes:
     input:
         # written after every other job (the tables after every classification job, the derived models' summary
         # after their training), so every job's benchmark is in
-        "results/tables",
+        layout.TABLES,
         derived_summary_target(),
     output:
-        report("results/plan/runtimes.md", caption="../report/runtimes.rst", category="Plan"),
+        report(layout.RUNTIMES, caption="../report/runtimes.rst", category="Plan"),
     log:
-        "results/logs/runtimes.log",
+        layout.log("runtimes"),
     localrule: True
     conda:
         CONDA_ENV
@@ -55,9 +55,9 @@ rule runtimes:
 
 rule resolved_config:
     output:
-        report("results/plan/config.yaml", caption="../report/config.rst", category="Plan"),
+        report(layout.RESOLVED_CONFIG, caption="../report/config.rst", category="Plan"),
     log:
-        "results/logs/resolved_config.log",
+        layout.log("resolved_config"),
     localrule: True
     conda:
         CONDA_ENV

@@ -11,9 +11,9 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lmadapt's config code only
+from lmadapt import layout
 from lmadapt.checks import check_config, start_problems
 from lmadapt.config import (
-    DERIVED_DIR,
     FINETUNE_RUN_SETTINGS,
     SCHEMA_PATH,
     SELECTIONS,
@@ -53,11 +53,13 @@ GRID = grid(config)  # every cell, by stage
 NAME = "[a-z][a-z0-9_]*"
 
 
-def unprepared(folder, glob):
-    """A wildcard constraint (of a fetch rule's first wildcard below `folder`) that matches no resource already
-    there: what a user prepared or fetched is then no job's output, so neither --forceall, --forcerun nor a
+def unprepared(pattern):
+    """A wildcard constraint (of a fetch rule's first wildcard in its output `pattern`) that matches no resource
+    already there: what a user prepared or fetched is then no job's output, so neither --forceall, --forcerun nor a
     changed rule can remove it, not even as root (whom write protection does not stop). To fetch it anew,
     remove it by hand (docs/troubleshooting.md)."""
+    folder, rest = pattern.split("/{", 1)
+    glob = re.sub(r"\{\w+\}", "*", "{" + rest)
     existing = sorted(re.escape(path.relative_to(folder).as_posix()) for path in Path(folder).glob(glob))
     return f"(?!(?:{'|'.join(existing)})$){NAME}" if existing else NAME
 
@@ -68,7 +70,7 @@ wildcard_constraints:
     k=r"\d+",
     seed=r"\d+",
     role=r"train|test|ood_[a-z][a-z0-9_]*",
-    sample=r"train_k(\d+|all)_seed\d+|demos_seed\d+|test|instructions|ood_[a-z][a-z0-9_]*",
+    sample=layout.SampleName.PATTERN,
 
 
 THREADS = config["threads"]
@@ -174,7 +176,7 @@ def source_file(task, role):
     """Hub datasets are fetched once into resources/; local and package files are read where they are."""
     source = source_entry(task, role)
     if source.get("hub"):
-        return f"resources/data/{task}/{role}.parquet"
+        return layout.DATASET.format(task=task, role=role)
     return str(resolve_path(source))
 
 
@@ -216,15 +218,10 @@ def sample_task(wildcards):
 
 def sample_split(wildcards):
     """The `lmadapt sample` arguments naming the sample: --split (and --k, --seed)."""
-    sample = wildcards.sample
-    if sample.startswith("train_k"):
-        k, seed = sample.removeprefix("train_k").split("_seed")
-        return f"--split train --k {k} --seed {seed}"
-    if sample.startswith("demos_seed"):
-        return f"--split demos --seed {sample.removeprefix('demos_seed')}"
-    if sample.startswith("ood_"):
-        return f"--split ood:{sample.removeprefix('ood_')}"
-    return f"--split {sample}"  # test, instructions
+    name = layout.SampleName.parse(wildcards.sample)
+    return f"--split {name.role}" + "".join(
+        f" --{key} {value}" for key, value in (("k", name.k), ("seed", name.seed)) if value is not None
+    )
 
 
 def sample_roles(wildcards, input):
@@ -233,19 +230,19 @@ def sample_roles(wildcards, input):
 
 def train_samples(task):
     spec = config["tasks"][task]
-    return expand("results/samples/{task}/train_k{k}_seed{seed}.parquet", task=task, k=spec["k"], seed=config["seeds"])
+    return expand(layout.TRAIN_SAMPLE, task=task, k=spec["k"], seed=config["seeds"])
 
 
 def demonstration_samples(task):
     """The seeds' demonstration pools, for a task whose prompts have demonstrations."""
     if not demonstration_pool(config, task):
         return []
-    return [f"results/samples/{task}/demos_seed{seed}.parquet" for seed in config["seeds"]]
+    return [layout.sample_path(task, layout.demonstration_pool(seed)) for seed in config["seeds"]]
 
 
 def demonstration_pool_file(task, seed, shots=1):
     """The pool a few-shot prompt of this seed draws from (none for zero shots)."""
-    return f"results/samples/{task}/demos_seed{seed}.parquet" if int(shots) else []
+    return layout.sample_path(task, layout.demonstration_pool(seed)) if int(shots) else []
 
 
 def eval_splits(task):
@@ -254,7 +251,7 @@ def eval_splits(task):
 
 def eval_samples(task):
     """The in-domain test sample and every out-of-domain set of a task."""
-    return [f"results/samples/{task}/{split}.parquet" for split in eval_splits(task)]
+    return [layout.sample_path(task, split) for split in eval_splits(task)]
 
 
 def task_eval_samples(wildcards):
@@ -274,8 +271,8 @@ def model_dir(model):
     """Every stage loads models from the folder the fetch_model rule prepares (compute jobs stay offline), or the
     one a derived model's rule (derive.smk) trains."""
     if config["models"][model].get("derive"):
-        return f"{DERIVED_DIR}/{model}"
-    return f"resources/models/{model}"
+        return layout.DERIVED_MODEL.format(model=model)
+    return layout.PREPARED_MODEL.format(model=model)
 
 
 def model_folder(wildcards):
@@ -294,15 +291,10 @@ def used_models():
 # ---------------------------------------------------------------- probes
 
 
-def prompt_folder(prompt, seed):
-    """Activations without a prompt are shared by every cell; a few-shot prefix is one per seed's pool."""
-    return "none" if prompt == "none" else f"fewshot_seed{seed}"
-
-
 def extract_demos(wildcards):
     if wildcards.prompt == "none":
         return []
-    return demonstration_pool_file(wildcards.task, wildcards.prompt.removeprefix("fewshot_seed"))
+    return demonstration_pool_file(wildcards.task, layout.prefix_seed(wildcards.prompt))
 
 
 def extract_settings(wildcards):
@@ -316,13 +308,15 @@ def extract_settings(wildcards):
 def extract_demos_arg(wildcards, input):
     if not input.demos:
         return ""
-    return f"--demos {input.demos} --seed {wildcards.prompt.removeprefix('fewshot_seed')}"
+    return f"--demos {input.demos} --seed {layout.prefix_seed(wildcards.prompt)}"
 
 
 def probe_activations(wildcards):
-    folder = f"results/activations/{wildcards.model}/{wildcards.task}/{prompt_folder(wildcards.prompt, wildcards.seed)}"
-    return {"train": f"{folder}/train_k{wildcards.k}_seed{wildcards.seed}.parquet"} | {
-        split: f"{folder}/{split}.parquet" for split in eval_splits(wildcards.task)
+    folder = layout.prompt_folder(wildcards.prompt, wildcards.seed)
+    samples = {"train": layout.train_sample(wildcards.k, wildcards.seed)} | {s: s for s in eval_splits(wildcards.task)}
+    return {
+        role: layout.ACTIVATIONS.format(model=wildcards.model, task=wildcards.task, prompt=folder, sample=sample)
+        for role, sample in samples.items()
     }
 
 
@@ -358,13 +352,11 @@ def bow_cell_keys(wildcards):
 
 
 def probe_targets():
-    return [
-        "results/metrics/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.json".format(**cell) for cell in GRID["probe"]
-    ]
+    return [layout.METRICS["probe"].format(**cell) for cell in GRID["probe"]]
 
 
 def bow_targets():
-    return ["results/metrics/bow/{task}/k{k}_seed{seed}.json".format(**cell) for cell in GRID["bow"]]
+    return [layout.METRICS["bow"].format(**cell) for cell in GRID["bow"]]
 
 
 # ---------------------------------------------------------------- in-context learning
@@ -379,7 +371,7 @@ def icl_demos(wildcards):
 
 
 def icl_targets():
-    return ["results/metrics/icl/{model}/{task}/shots{shots}_seed{seed}.json".format(**cell) for cell in GRID["icl"]]
+    return [layout.METRICS["icl"].format(**cell) for cell in GRID["icl"]]
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -414,7 +406,7 @@ def method_settings(wildcards):
 def teacher_file(wildcards):
     if not METHODS[wildcards.method].teacher:
         return []
-    return f"results/teacher/{wildcards.model}/{wildcards.task}/k{wildcards.k}_seed{wildcards.seed}.parquet"
+    return layout.TEACHER.format(**dict(wildcards.items()))
 
 
 def finetune_launcher(wildcards):
@@ -429,10 +421,7 @@ def launcher_tasks(wildcards):
 
 
 def finetune_targets():
-    return [
-        "results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json".format(**cell)
-        for cell in GRID["finetune"]
-    ]
+    return [layout.METRICS["finetune"].format(**cell) for cell in GRID["finetune"]]
 
 
 # ---------------------------------------------------------------- derived models
@@ -450,7 +439,7 @@ def base_folder(wildcards):
 
 def corpus_file(name):
     """Hub corpora are fetched once into resources/; local and package files are read where they are."""
-    return str(corpus_path(config["corpora"][name], f"resources/corpora/{name}.parquet"))
+    return str(corpus_path(config["corpora"][name], layout.CORPUS.format(corpus=name)))
 
 
 def corpus_source(wildcards):
@@ -461,7 +450,7 @@ def instruction_sets(model):
     """An instruction-tuned model's sets: corpora (corpus_<name>) and tasks' instruction samples (task_<name>)."""
     settings = stage_config(config, "instruct", model)
     return {f"corpus_{name}": corpus_file(name) for name in settings["data"]} | {
-        f"task_{task}": f"results/samples/{task}/instructions.parquet" for task in settings["tasks"]
+        f"task_{task}": layout.sample_path(task, "instructions") for task in settings["tasks"]
     }
 
 
@@ -499,7 +488,7 @@ def classifier_cell(model):
 
 def classifier_train(wildcards):
     task, k, seed = classifier_cell(wildcards.model)
-    return f"results/samples/{task}/train_k{k}_seed{seed}.parquet"
+    return layout.sample_path(task, layout.train_sample(k, seed))
 
 
 def classifier_evals(wildcards):
@@ -600,11 +589,11 @@ def metrics_targets():
 
 
 def derive_targets():
-    return [f"results/derive/{model}/metrics.json" for model in derived_models(config)]
+    return [layout.DERIVE_METRICS.format(model=model) for model in derived_models(config)]
 
 
 def derived_summary_target():
-    return ["results/derive/summary.md"] if derived_models(config) else []
+    return [layout.DERIVE_SUMMARY] if derived_models(config) else []
 
 
 def sample_targets():

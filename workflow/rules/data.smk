@@ -5,13 +5,13 @@
 
 rule fetch_data:
     output:
-        protected("resources/data/{task}/{role}.parquet"),
+        protected(layout.DATASET),
     log:
-        "results/logs/fetch_data/{task}/{role}.log",
+        layout.log("fetch_data"),
     benchmark:
-        "results/benchmarks/fetch_data/{task}/{role}.tsv"
+        layout.benchmark("fetch_data")
     wildcard_constraints:
-        task=unprepared("resources/data", "*/*.parquet"),
+        task=unprepared(layout.DATASET),
     localrule: True
     conda:
         CONDA_ENV
@@ -25,11 +25,11 @@ rule sample:
     input:
         unpack(sample_inputs),
     output:
-        "results/samples/{task}/{sample}.parquet",
+        layout.SAMPLE,
     log:
-        "results/logs/sample/{task}/{sample}.log",
+        layout.log("sample"),
     benchmark:
-        "results/benchmarks/sample/{task}/{sample}.tsv"
+        layout.benchmark("sample")
     priority: 50  # cheap, and the preflight waits for every sample: draw them before the model jobs
     conda:
         CONDA_ENV

@@ -6,13 +6,13 @@
 
 rule fetch_corpus:
     output:
-        protected("resources/corpora/{corpus}.parquet"),
+        protected(layout.CORPUS),
     log:
-        "results/logs/fetch_corpus/{corpus}.log",
+        layout.log("fetch_corpus"),
     benchmark:
-        "results/benchmarks/fetch_corpus/{corpus}.tsv"
+        layout.benchmark("fetch_corpus")
     wildcard_constraints:
-        corpus=unprepared("resources/corpora", "*.parquet"),
+        corpus=unprepared(layout.CORPUS),
     localrule: True
     conda:
         CONDA_ENV
@@ -30,13 +30,13 @@ rule instruct:
         base=base_folder,
         deepspeed=DEEPSPEED_CONFIG,
     output:
-        model=directory("results/models/{model}"),
-        metrics="results/derive/{model}/metrics.json",
-        generations="results/derive/{model}/generations.parquet",
+        model=directory(layout.DERIVED_MODEL),
+        metrics=layout.DERIVE_METRICS,
+        generations=layout.DERIVE_GENERATIONS,
     log:
-        "results/logs/instruct/{model}.log",
+        layout.log("instruct"),
     benchmark:
-        "results/benchmarks/instruct/{model}.tsv"
+        layout.benchmark("instruct")
     wildcard_constraints:
         model=derived_pattern("instruct"),
     priority: 40  # every job of the derived model waits for it: start it first
@@ -53,7 +53,7 @@ rule instruct:
         data=instruction_sets_arg,
         corpora=instruct_corpora,
         launcher=finetune_launcher,
-        work_dir="results/derive/{model}/work",
+        work_dir=layout.DERIVE_WORK,
     shell:
         offline(
             "{params.launcher} instruct --name {wildcards.model} --base-dir {input.base} --data {params.data}"
@@ -71,12 +71,12 @@ rule classifier:
         evals=classifier_evals,
         deepspeed=DEEPSPEED_CONFIG,
     output:
-        model=directory("results/models/{model}"),
-        metrics="results/derive/{model}/metrics.json",
+        model=directory(layout.DERIVED_MODEL),
+        metrics=layout.DERIVE_METRICS,
     log:
-        "results/logs/classifier/{model}.log",
+        layout.log("classifier"),
     benchmark:
-        "results/benchmarks/classifier/{model}.tsv"
+        layout.benchmark("classifier")
     wildcard_constraints:
         model=derived_pattern("classifier"),
     conda:
@@ -93,7 +93,7 @@ rule classifier:
         cell=classifier_keys,
         evals=classifier_eval_arg,
         launcher=finetune_launcher,
-        work_dir="results/derive/{model}/work",
+        work_dir=layout.DERIVE_WORK,
     shell:
         offline(
             "{params.launcher} classifier --name {wildcards.model} --model-dir {input.base} {params.task}"
@@ -110,13 +110,13 @@ rule ppo:
         reward=reward_folder,
         prompts=ppo_prompts,
     output:
-        model=directory("results/models/{model}"),
-        metrics="results/derive/{model}/metrics.json",
-        generations="results/derive/{model}/generations.parquet",
+        model=directory(layout.DERIVED_MODEL),
+        metrics=layout.DERIVE_METRICS,
+        generations=layout.DERIVE_GENERATIONS,
     log:
-        "results/logs/ppo/{model}.log",
+        layout.log("ppo"),
     benchmark:
-        "results/benchmarks/ppo/{model}.tsv"
+        layout.benchmark("ppo")
     wildcard_constraints:
         model=derived_pattern("ppo"),
     conda:
@@ -141,11 +141,11 @@ rule derived_summary:
     input:
         derive_targets(),
     output:
-        report("results/derive/summary.md", caption="../report/derived.rst", category="Derived models"),
+        report(layout.DERIVE_SUMMARY, caption="../report/derived.rst", category="Derived models"),
     log:
-        "results/logs/derived_summary.log",
+        layout.log("derived_summary"),
     benchmark:
-        "results/benchmarks/derived_summary/derived_summary.tsv"
+        layout.benchmark("derived_summary")
     localrule: True
     conda:
         CONDA_ENV

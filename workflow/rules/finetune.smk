@@ -8,14 +8,14 @@
 rule teacher:
     input:
         model=model_folder,
-        train="results/samples/{task}/train_k{k}_seed{seed}.parquet",
+        train=layout.TRAIN_SAMPLE,
         demos=teacher_demos,
     output:
-        "results/teacher/{model}/{task}/k{k}_seed{seed}.parquet",
+        layout.TEACHER,
     log:
-        "results/logs/teacher/{model}/{task}/k{k}_seed{seed}.log",
+        layout.log("teacher"),
     benchmark:
-        "results/benchmarks/teacher/{model}/{task}/k{k}_seed{seed}.tsv"
+        layout.benchmark("teacher")
     conda:
         CONDA_ENV
     threads: THREADS
@@ -37,16 +37,16 @@ rule teacher:
 rule finetune:
     input:
         model=model_folder,
-        train="results/samples/{task}/train_k{k}_seed{seed}.parquet",
+        train=layout.TRAIN_SAMPLE,
         evals=task_eval_samples,
         teacher=teacher_file,
         deepspeed=DEEPSPEED_CONFIG,
     output:
-        "results/metrics/finetune/{model}/{task}/{method}/k{k}_seed{seed}.json",
+        layout.METRICS["finetune"],
     log:
-        "results/logs/finetune/{model}/{task}/{method}/k{k}_seed{seed}.log",
+        layout.log("finetune"),
     benchmark:
-        "results/benchmarks/finetune/{model}/{task}/{method}/k{k}_seed{seed}.tsv"
+        layout.benchmark("finetune")
     wildcard_constraints:
         method=method_pattern(),
     conda:
@@ -64,7 +64,7 @@ rule finetune:
         evals=eval_sample_arg,
         teacher=input_option("teacher", "--teacher"),
         launcher=finetune_launcher,
-        work_dir="results/finetune/{model}/{task}/{method}/k{k}_seed{seed}",
+        work_dir=layout.FINETUNE_WORK,
     shell:
         offline(
             "{params.launcher} finetune --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"

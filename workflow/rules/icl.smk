@@ -9,11 +9,11 @@ rule icl:
         demos=icl_demos,
         evals=task_eval_samples,
     output:
-        "results/metrics/icl/{model}/{task}/shots{shots}_seed{seed}.json",
+        layout.METRICS["icl"],
     log:
-        "results/logs/icl/{model}/{task}/shots{shots}_seed{seed}.log",
+        layout.log("icl"),
     benchmark:
-        "results/benchmarks/icl/{model}/{task}/shots{shots}_seed{seed}.tsv"
+        layout.benchmark("icl")
     wildcard_constraints:
         shots=r"\d+",
     conda:

@@ -8,13 +8,13 @@
 
 rule fetch_model:
     output:
-        protected(directory("resources/models/{model}")),
+        protected(directory(layout.PREPARED_MODEL)),
     log:
-        "results/logs/fetch_model/{model}.log",
+        layout.log("fetch_model"),
     benchmark:
-        "results/benchmarks/fetch_model/{model}.tsv"
+        layout.benchmark("fetch_model")
     wildcard_constraints:
-        model=unprepared("resources/models", "*"),
+        model=unprepared(layout.PREPARED_MODEL),
     localrule: True
     conda:
         CONDA_ENV

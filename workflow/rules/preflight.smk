@@ -9,12 +9,12 @@ rule preflight:
         samples=sample_targets(),
         instructions=preflight_data(),
     output:
-        json="results/plan/preflight.json",
-        md=report("results/plan/preflight.md", caption="../report/preflight.rst", category="Plan"),
+        json=layout.PREFLIGHT_JSON,
+        md=report(layout.PREFLIGHT_MD, caption="../report/preflight.rst", category="Plan"),
     log:
-        "results/logs/preflight.log",
+        layout.log("preflight"),
     benchmark:
-        "results/benchmarks/preflight/preflight.tsv"
+        layout.benchmark("preflight")
     priority: 100
     localrule: True
     conda:

@@ -6,14 +6,14 @@
 rule extract:
     input:
         model=model_folder,
-        sample="results/samples/{task}/{sample}.parquet",
+        sample=layout.SAMPLE,
         demos=extract_demos,
     output:
-        "results/activations/{model}/{task}/{prompt}/{sample}.parquet",
+        layout.ACTIVATIONS,
     log:
-        "results/logs/extract/{model}/{task}/{prompt}/{sample}.log",
+        layout.log("extract"),
     benchmark:
-        "results/benchmarks/extract/{model}/{task}/{prompt}/{sample}.tsv"
+        layout.benchmark("extract")
     wildcard_constraints:
         prompt=r"none|fewshot_seed\d+",
     conda:
@@ -38,11 +38,11 @@ rule probe:
         unpack(probe_activations),
         samples=task_eval_samples,
     output:
-        "results/metrics/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.json",
+        layout.METRICS["probe"],
     log:
-        "results/logs/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.log",
+        layout.log("probe"),
     benchmark:
-        "results/benchmarks/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.tsv"
+        layout.benchmark("probe")
     wildcard_constraints:
         prompt="none|fewshot",
     conda:
@@ -65,14 +65,14 @@ rule probe:
 
 rule bow:
     input:
-        train="results/samples/{task}/train_k{k}_seed{seed}.parquet",
+        train=layout.TRAIN_SAMPLE,
         evals=task_eval_samples,
     output:
-        "results/metrics/bow/{task}/k{k}_seed{seed}.json",
+        layout.METRICS["bow"],
     log:
-        "results/logs/bow/{task}/k{k}_seed{seed}.log",
+        layout.log("bow"),
     benchmark:
-        "results/benchmarks/bow/{task}/k{k}_seed{seed}.tsv"
+        layout.benchmark("bow")
     wildcard_constraints:
         k=r"\d+|all",
     conda:
