@@ -11,6 +11,7 @@ import math
 import string
 from pathlib import Path
 
+from . import layout
 from .config import (DERIVE_KINDS, INHERITED, MODEL_STAGES, ConfigError, check_schema, fingerprint, merge_settings,
                      read_yaml, setting_key, source_file_role, stage_config, task_sources)
 from .data import empty_sources, resolve_path
@@ -27,7 +28,7 @@ def start_problems(config: dict, root: str | Path = ".") -> list[str]:
     identity the config now changes (the fetch would replace it), layers a model does not have, a stage or method
     a model's kind cannot run, a data file without rows, training rows that share a text with a test or
     out-of-domain sample."""
-    models = Path(root) / "resources/models"
+    models = Path(root) / layout.PREPARED_MODELS
     return (prepared_problems(config, root) + layer_problems(config, models) + model_kind_problems(config, models)
             + empty_sources(config) + leak_problems(config, root))
 
@@ -41,7 +42,7 @@ def leak_problems(config: dict, root: str | Path = ".") -> list[str]:
         paths = {}
         for key, source in task_sources(task).items():
             role = source_file_role(key)
-            path = Path(root) / "resources/data" / task_name / f"{role}.parquet" if source.get("hub") else \
+            path = Path(root) / layout.DATASET.format(task=task_name, role=role) if source.get("hub") else \
                 resolve_path(source)
             if path.exists():
                 paths[role.replace("ood_", "ood:", 1)] = path
@@ -278,7 +279,7 @@ def _batch_problems(config: dict) -> list[str]:
     return problems
 
 
-def layer_problems(config: dict, models_dir: str | Path = "resources/models") -> list[str]:
+def layer_problems(config: dict, models_dir: str | Path = layout.PREPARED_MODELS) -> list[str]:
     """extract.layers checked against each extracted model whose config.json can be read now."""
     problems = []
     for name in stage_models(config, "extract"):
@@ -292,7 +293,7 @@ def layer_problems(config: dict, models_dir: str | Path = "resources/models") ->
     return problems
 
 
-def model_kind_problems(config: dict, models_dir: str | Path = "resources/models") -> list[str]:
+def model_kind_problems(config: dict, models_dir: str | Path = layout.PREPARED_MODELS) -> list[str]:
     """Cells a model cannot run by its kind (decoder, encoder-decoder, encoder: lmadapt/methods.py), for every
     model whose config.json can be read now; each names the config key that asks for it."""
     kinds = {}

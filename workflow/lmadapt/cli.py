@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import layout
 from .config import check_stage_settings, check_task_slice, load_schema, settings_help
 from .errors import ConfigError, DataError, ModelError, PromptError, UnreadableFile
 
@@ -206,7 +207,7 @@ def cmd_aggregate(args) -> int:
     from .checks import load_config
 
     expected = args.expected.read_text().split() if args.expected else []
-    metrics = args.metrics or [str(p) for p in sorted(Path("results/metrics").rglob("*.json"))]
+    metrics = args.metrics or [str(p) for p in sorted(Path(layout.METRICS_DIR).rglob("*.json"))]
     settings = args.settings or load_config(args.config)["aggregate"]
     summary = run_aggregate(metrics, expected, args.tables, args.figures, settings)
     print(f"{summary['rows']} rows from {summary['files']} metrics files; {len(summary['tables'])} table files, "
@@ -418,10 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preflight", help="check and cost every cell before submitting (after fetch and sample)")
     p.add_argument("--config", default="config/config.yaml", help="a config file (validated)")
     p.add_argument("--config-json", type=_json_arg, help="an already validated config, as JSON (the rule's way)")
-    p.add_argument("--samples", default="results/samples", help="the sample files (results/samples)")
-    p.add_argument("--models", default="resources/models", help="the prepared model folders (resources/models)")
-    p.add_argument("--out-json", default="results/plan/preflight.json")
-    p.add_argument("--out-md", default="results/plan/preflight.md")
+    p.add_argument("--samples", default=layout.SAMPLES, help=f"the sample files ({layout.SAMPLES})")
+    p.add_argument("--models", default=layout.PREPARED_MODELS,
+                   help=f"the prepared model folders ({layout.PREPARED_MODELS})")
+    p.add_argument("--out-json", default=layout.PREFLIGHT_JSON)
+    p.add_argument("--out-md", default=layout.PREFLIGHT_MD)
     p.set_defaults(func=cmd_preflight)
 
     p = sub.add_parser("rehearsal", help="write a rehearsal of a grid: tiny models, hub-shaped local data")
@@ -439,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rehearsal)
 
     p = sub.add_parser("check-skips", help="compare the preflight's expected skipped cells with a run's")
-    p.add_argument("--plan", default="results/plan/preflight.json")
-    p.add_argument("--tidy", default="results/tables/all.parquet")
+    p.add_argument("--plan", default=layout.PREFLIGHT_JSON)
+    p.add_argument("--tidy", default=layout.TIDY)
     p.set_defaults(func=cmd_check_skips)
 
     p = sub.add_parser("aggregate", help="every metrics file -> tidy table, paper tables and figures")
@@ -448,12 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expected", type=Path, help="a file listing every metrics file of the grid (to report missing)")
     p.add_argument("--settings", type=_json_arg, help="the aggregate config section, as JSON")
     p.add_argument("--config", default="config/config.yaml", help="take the aggregate settings from this config")
-    p.add_argument("--tables", default="results/tables")
-    p.add_argument("--figures", default="results/figures")
+    p.add_argument("--tables", default=layout.TABLES)
+    p.add_argument("--figures", default=layout.FIGURES)
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("runtimes", help="each rule's runtime and memory from the jobs' benchmark files")
-    p.add_argument("--benchmarks", default="results/benchmarks", help="the folder of Snakemake benchmark files")
+    p.add_argument("--benchmarks", default=layout.BENCHMARKS, help="the folder of Snakemake benchmark files")
     p.add_argument("--out", required=True, help="the Markdown summary")
     p.set_defaults(func=cmd_runtimes)
 

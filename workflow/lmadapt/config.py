@@ -44,11 +44,11 @@ def load_schema() -> dict:
 # on, and how fine-tuning jobs run (the DeepSpeed config, checkpoint cadence).
 MODEL_STAGES = ("extract", "icl", "finetune")
 # Derived models (models.<name>: {base, derive}): trained from their base by the rule of their kind into
-# DERIVED_DIR/<name>, a folder like a fetched one. instruct and ppo settings have a section (and a model's own
-# over it); a classifier's are the finetune section's, with the task it learns in models.<name>.classifier.
+# results/models/<name> (layout.DERIVED_MODEL), a folder like a fetched one. instruct and ppo settings have a
+# section (and a model's own over it); a classifier's are the finetune section's, with the task it learns in
+# models.<name>.classifier.
 DERIVE_KINDS = ("instruct", "ppo", "classifier")
 DERIVE_STAGES = ("instruct", "ppo")
-DERIVED_DIR = "results/models"
 INHERITED = ("gpus", "mem_mb", "dtype") + MODEL_STAGES  # what a derived model takes from its base unless it sets it
 FINETUNE_RUN_SETTINGS = ("checkpoint_every", "keep_checkpoint")  # how a job runs, never what it computes
 GRID_WIDE = ("models", "zero") + FINETUNE_RUN_SETTINGS

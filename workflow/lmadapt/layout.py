@@ -13,13 +13,16 @@ from dataclasses import dataclass
 # fetched and prepared resources (login node; never replaced)
 DATASET = "resources/data/{task}/{role}.parquet"
 CORPUS = "resources/corpora/{corpus}.parquet"
-PREPARED_MODEL = "resources/models/{model}"
+PREPARED_MODELS = "resources/models"
+PREPARED_MODEL = PREPARED_MODELS + "/{model}"
 DERIVED_MODEL = "results/models/{model}"
 # per cell
-SAMPLE = "results/samples/{task}/{sample}.parquet"
+SAMPLES = "results/samples"
+SAMPLE = SAMPLES + "/{task}/{sample}.parquet"
 TRAIN_SAMPLE = SAMPLE.replace("{sample}", "train_k{k}_seed{seed}")  # a rule's input, by its k and seed
 ACTIVATIONS = "results/activations/{model}/{task}/{prompt}/{sample}.parquet"
 TEACHER = "results/teacher/{model}/{task}/k{k}_seed{seed}.parquet"
+METRICS_DIR = "results/metrics"
 METRICS = {
     "probe": "results/metrics/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.json",
     "bow": "results/metrics/bow/{task}/k{k}_seed{seed}.json",

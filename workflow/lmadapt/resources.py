@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+from . import layout
 from .config import ConfigError, source_file_role, task_sources
 from .grid import root_model
 
@@ -84,7 +85,7 @@ def prepared_problems(config: dict, root: str | Path = ".") -> list[str]:
     root = Path(root)
     problems = []
     for name, spec in config["models"].items():
-        info_path = root / "resources/models" / name / MODEL_INFO
+        info_path = root / layout.PREPARED_MODEL.format(model=name) / MODEL_INFO
         if spec.get("derive") or not info_path.is_file():
             continue
         info = json.loads(info_path.read_text())
@@ -97,7 +98,7 @@ def prepared_problems(config: dict, root: str | Path = ".") -> list[str]:
                             f"{info_path.parent} (or give the model a new name)")
     for task_name, task in config["tasks"].items():
         for key, source in task_sources(task).items():
-            path = root / "resources/data" / task_name / f"{source_file_role(key)}.parquet"
+            path = root / layout.DATASET.format(task=task_name, role=source_file_role(key))
             if not source.get("hub") or not path.is_file():
                 continue
             recorded = _fetched_identity(path)
