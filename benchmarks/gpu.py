@@ -128,7 +128,7 @@ def finetune_case(case: dict, where: Path) -> dict:
     from lmadapt.finetune import (DROPOUT_KEYS, class_logits, deepspeed_config, init_distributed, learning_rate,
                                   precision, schedule, train_epochs, trainable_model)
     from lmadapt.forward import pad_batch
-    from lmadapt.preflight import model_shape, training_flops_per_token, training_memory
+    from lmadapt.costs import model_shape, training_flops_per_token, training_memory
 
     init_distributed()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,7 +222,7 @@ def finetune_cases(smoke: bool, gpu_gb: float | None, paper: dict) -> list[dict]
 def full_6_7b_zero(gpu_gb: float | None, paper: dict) -> str:
     """The paper's ZeRO stage if the preflight says OPT-6.7B's full fine-tuning fits one GPU, else with offload."""
     from lmadapt.config import finetune_settings
-    from lmadapt.preflight import model_shape, training_memory
+    from lmadapt.costs import model_shape, training_memory
 
     settings = finetune_settings(paper, "pattern", "opt_6_7b")
     with tempfile.TemporaryDirectory() as where:

@@ -8,7 +8,8 @@ from transformers import OPTConfig
 from conftest import FIXTURES, PATTERNS, rte_task
 from lmadapt.checks import check_config
 from lmadapt.config import ConfigError
-from lmadapt.preflight import model_shape, run_preflight, training_memory
+from lmadapt.costs import model_shape, training_memory
+from lmadapt.preflight import run_preflight
 from lmadapt.sample import run_sample
 from lmadapt.testing import build_tiny_opt
 

@@ -18,87 +18,26 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .checks import layer_problems, model_kind_problems
 from .config import ConfigError, finetune_settings, setting_key, stage_config
+from .costs import (BYTES_16BIT, Zero, inference_memory, model_shape, training_flops_per_token,
+                    training_memory)
 from .grid import demonstration_needs, derived_models, grid, root_model
 from .resources import unpinned_sources
 from .data import corpus_path
 from .layout import SampleName, demonstration_pool, prompt_folder, train_sample
 from .io import markdown_table, read_metadata, read_table, write_json, write_text
 from .methods import METHODS
-from .models import checkpoint_class, load_tokens
+from .models import load_tokens
 from .prompt import (PREFIX_SHARE, classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix,
                      prefix_demonstrations, task_pattern, verbalizer_problems)
 from .sample import META_KEY, normalised_texts
-
-BYTES_16BIT = 2
-
-
-# ---------------------------------------------------------------- model sizes and costs
-
-
-def model_shape(folder: str | Path, lora: dict | None = None) -> dict:
-    """Parameters, layers, hidden size of a prepared model (instantiated on the meta device: no weights read),
-    and the parameters LoRA adds with the config's target modules."""
-    import torch
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(folder)
-    cls = checkpoint_class(config)
-    with torch.device("meta"):
-        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    params = sum(p.numel() for p in model.parameters())
-    lora_params = 0
-    if lora:
-        for name, module in model.named_modules():  # a projection: Linear, or GPT-2's Conv1D (weight [in, out])
-            weight = getattr(module, "weight", None)
-            if name.split(".")[-1] in lora["target_modules"] and weight is not None and weight.dim() == 2:
-                lora_params += lora["r"] * sum(weight.shape)
-    text = config.get_text_config()
-    return {"parameters": params, "lora_parameters": lora_params, "layers": text.num_hidden_layers,
-            "hidden": text.hidden_size, "heads": text.num_attention_heads}
-
-
-def activation_bytes(shape: dict, batch: int, tokens: int, checkpointing: bool) -> float:
-    """Training activations of a transformer in 16-bit (Korthikanti et al. 2022: 34·s·b·h + 5·a·s²·b bytes per
-    layer); with gradient checkpointing, one layer's worth plus a kept input per layer."""
-    per_layer = tokens * batch * shape["hidden"] * 34 + 5 * shape["heads"] * tokens ** 2 * batch
-    if checkpointing:
-        return per_layer + shape["layers"] * tokens * batch * shape["hidden"] * BYTES_16BIT
-    return per_layer * shape["layers"]
-
-
-def training_memory(shape: dict, method: str, settings: dict, zero_stage: int, offload: bool, gpus: int,
-                    tokens: int) -> float:
-    """Bytes on one GPU: mixed-precision AdamW keeps 16 bytes a trained parameter (16-bit weight and gradient,
-    fp32 master weight and two moments), partitioned by ZeRO over the GPUs; LoRA trains only its adapters."""
-    n, g = shape["parameters"], max(gpus, 1)
-    if METHODS[method].lora:
-        states = BYTES_16BIT * n + 16 * shape["lora_parameters"]
-    elif offload:
-        states = BYTES_16BIT * n / g
-    elif zero_stage == 3:
-        states = 16 * n / g
-    else:
-        states = BYTES_16BIT * n + 14 * n / g
-    return states + activation_bytes(shape, settings["batch_size"], tokens, settings["gradient_checkpointing"])
-
-
-def training_flops_per_token(method: str, checkpointing: bool) -> int:
-    """FLOPs per trained token and parameter: forward 2, backward 4 (LoRA: 2, no weight gradients of the frozen
-    base), and one more forward (2) when gradient checkpointing recomputes activations."""
-    return (4 if METHODS[method].lora else 6) + (2 if checkpointing else 0)
-
-
-def inference_memory(shape: dict, batch: int, tokens: int) -> float:
-    """Bytes on one GPU: 16-bit weights, the batch's key/value cache and a layer's working activations."""
-    kv = 2 * shape["layers"] * shape["hidden"] * tokens * batch * BYTES_16BIT
-    return BYTES_16BIT * shape["parameters"] + kv + 16 * batch * tokens * shape["hidden"]
-
 
 # ---------------------------------------------------------------- the plan
 
@@ -187,230 +126,230 @@ def scorer_problems(config: dict, cells: dict, models: list[str], tokens_of) -> 
     return problems
 
 
-def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str, out_md: str) -> dict:
-    start = time.time()
-    samples, models = Path(samples_dir), Path(models_dir)
-    plan = Plan(config)
-    plan.errors += layer_problems(config, models) + model_kind_problems(config, models)
-    cells = grid(config)
-    read = _cached(lambda path: read_table(path, META_KEY)[0])
-    # a derived model is counted and costed by its root model's folder (its tokenizer and shape)
-    fetched = {m: models / root_model(config, m) for m in config["models"]
-               if (models / root_model(config, m) / "config.json").is_file()}
-    shapes = {m: model_shape(folder, stage_config(config, "finetune", m)["lora"]) for m, folder in fetched.items()}
-    tokens_by_key: dict[str, object] = {}
-    measured: dict[tuple, dict] = {}  # (tokenizer, what) -> counts, shared by models with one tokenizer
+@dataclass
+class Measuring:
+    """What every stage's check reads: the config, the samples and the fetched models (a derived model is
+    measured and costed by its root model's folder: its tokenizer and shape), and counts measured once per
+    tokenizer and question (models that share a tokenizer and context, like the OPT family, share them)."""
 
-    def tokens_of(model):
-        key = tokenizer_key(fetched[model])
-        if key not in tokens_by_key:
-            tokens_by_key[key] = load_tokens(fetched[model])
-        return key, tokens_by_key[key]
+    config: dict
+    samples: Path
+    fetched: dict[str, Path]
+    shapes: dict[str, dict]
+    plan: Plan
+    read: Callable = field(default_factory=lambda: _cached(lambda path: read_table(path, META_KEY)[0]))
+    tokenizers: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
 
-    def measure(model, what, compute):
-        key, tokens = tokens_of(model)
-        if (key, what) not in measured:
-            measured[key, what] = compute(tokens)
-        return measured[key, what]
+    def tokens_of(self, model: str):
+        key = tokenizer_key(self.fetched[model])
+        if key not in self.tokenizers:
+            self.tokenizers[key] = load_tokens(self.fetched[model])
+        return key, self.tokenizers[key]
 
-    def evals(task):
-        splits = ["test"] + [str(SampleName("ood", ood=name)) for name in config["tasks"][task]["ood"]]
-        return {split: read(sample_file(samples, task, split)) for split in splits}
+    def measure(self, model: str, what: tuple, compute):
+        key, tokens = self.tokens_of(model)
+        if (key, what) not in self.measured:
+            self.measured[key, what] = compute(tokens)
+        return self.measured[key, what]
 
-    plan.errors += scorer_problems(config, cells, [m for m in config["models"] if m in fetched],
-                                   lambda model: tokens_of(model)[1])
-    problems, notes = overlap_check(config, samples, read)
-    plan.errors += problems
-    plan.cells += notes
+    def sample(self, task: str, name: str) -> pd.DataFrame:
+        return self.read(sample_file(self.samples, task, name))
 
-    # ------------------------------------------------ extract: one job per (model, task, prompt, sample)
-    extract_jobs = set()
+    def evals(self, task: str) -> dict[str, pd.DataFrame]:
+        splits = ["test"] + [str(SampleName("ood", ood=name)) for name in self.config["tasks"][task]["ood"]]
+        return {split: self.sample(task, split) for split in splits}
+
+    def inference_gpus(self, model: str) -> int:
+        return min(self.config["models"][model]["gpus"], 1)
+
+
+def plan_extract(m: Measuring, cells: dict) -> None:
+    """One job per (model, task, prompt, sample): its prefix's demonstrations, its truncated inputs, its cost."""
+    jobs = set()
     for cell in cells["probe"]:
         seed = cell["seed"] if cell["prompt"] == "fewshot" else None
-        for name in [train_sample(cell["k"], cell["seed"])] + list(evals(cell["task"])):
-            extract_jobs.add((cell["model"], cell["task"], seed, name))
-    for model, task, seed, name in sorted(extract_jobs, key=str):
-        if model not in fetched:
+        for name in [train_sample(cell["k"], cell["seed"])] + list(m.evals(cell["task"])):
+            jobs.add((cell["model"], cell["task"], seed, name))
+    for model, task, seed, name in sorted(jobs, key=str):
+        if model not in m.fetched:
             continue
-        spec = config["tasks"][task]
-        extract = stage_config(config, "extract", model)
+        spec, extract = m.config["tasks"][task], stage_config(m.config, "extract", model)
         pattern = task_pattern(spec, extract["pattern"])
         shots = extract["shots"] if seed is not None else 0
 
         def count(tokens, task=task, seed=seed, name=name, shots=shots, pattern=pattern, spec=spec,
                   max_length=extract["max_length"]):
-            rows = read(sample_file(samples, task, name))
+            rows = m.sample(task, name)
             limit = tokens.prompt_budget(max_length)
             demos = rows.iloc[:0]
             if shots:
-                pool = read(sample_file(samples, task, demonstration_pool(seed)))
-                demos, _ = prefix_demonstrations(tokens, pattern, pool, len(spec["labels"]), shots, seed, limit)
+                demos, _ = prefix_demonstrations(tokens, pattern, m.sample(task, demonstration_pool(seed)),
+                                                 len(spec["labels"]), shots, seed, limit)
             prompt_ids = encode_prompt(tokens, pattern, rows, demos, max_length=limit)
             return {"prefix": len(prompt_ids.prefix), "truncated": prompt_ids.truncated, "n": len(rows),
                     "tokens": sum(map(len, prompt_ids.examples)), "shots_used": len(demos)}
 
-        counts = measure(model, ("extract", task, seed, name, shots, pattern.name, extract["max_length"]), count)
+        counts = m.measure(model, ("extract", task, seed, name, shots, pattern.name, extract["max_length"]), count)
         prompt = prompt_folder("none" if seed is None else "fewshot", seed)
         where = dict(stage="extract", model=model, task=task, prompt=prompt, sample=name)
         if counts["shots_used"] < shots:
-            plan.cells.append(dict(where, what=f"prefix of {counts['shots_used']} of {shots} demonstrations (a "
-                                               f"prefix takes at most {PREFIX_SHARE:.0%} of the context)"))
+            m.plan.cells.append(dict(where, what=f"prefix of {counts['shots_used']} of {shots} demonstrations (a "
+                                                 f"prefix takes at most {PREFIX_SHARE:.0%} of the context)"))
         if counts["truncated"]:
-            plan.cells.append(dict(where, what=f"{counts['truncated']} of {counts['n']} inputs truncated "
-                                               "(they keep their end)"))
-        shape = shapes[model]
+            m.plan.cells.append(dict(where, what=f"{counts['truncated']} of {counts['n']} inputs truncated "
+                                                 "(they keep their end)"))
+        shape = m.shapes[model]
         length = counts["prefix"] + counts["tokens"] // max(counts["n"], 1)
-        plan.job("extract", model, task, min(config["models"][model]["gpus"], 1),
-                 2 * shape["parameters"] * (counts["tokens"] + counts["prefix"]),
-                 inference_memory(shape, extract["batch_size"], length), shape, prompt=prompt, sample=name)
+        m.plan.job("extract", model, task, m.inference_gpus(model),
+                   2 * shape["parameters"] * (counts["tokens"] + counts["prefix"]),
+                   inference_memory(shape, extract["batch_size"], length), shape, prompt=prompt, sample=name)
 
-    # ------------------------------------------------ icl
+
+def plan_icl(m: Measuring, cells: dict) -> None:
+    """Every (cell, pattern): whether its prompt fits the context (else a skipped cell, as the job records it),
+    with how many demonstrations, and its cost."""
     for cell in cells["icl"]:
         model, task, shots, seed = cell["model"], cell["task"], cell["shots"], cell["seed"]
-        if model not in fetched:
+        if model not in m.fetched:
             continue
-        icl = stage_config(config, "icl", model)
-        spec = config["tasks"][task]
+        icl, spec = stage_config(m.config, "icl", model), m.config["tasks"][task]
         for name in icl["patterns"] or list(spec["prompt"]["patterns"]):
             pattern = task_pattern(spec, name)
 
-            def lengths(tokens, pattern=pattern, task=task, spec=spec, joined=shots > 0):  # not per shots and seed
+            def evaluation(tokens, pattern=pattern, task=task, spec=spec, joined=shots > 0):  # per task and pattern
                 encoded = [encode_prompt(tokens, pattern, rows, rows.iloc[:0], after_demonstrations=joined)
-                           for rows in evals(task).values()]
+                           for rows in m.evals(task).values()]
                 return {"needed": max(needed_after_prefix(e.examples, e.verbalizers) for e in encoded),
                         "tokens": sum(len(ids) for e in encoded for ids in e.examples),
                         "n": sum(len(e.examples) for e in encoded), "labels": len(spec["labels"]),
                         "multi": max(map(len, encoded[0].verbalizers)) > 1}
 
-            evaluated = measure(model, ("icl", task, name, shots > 0), lengths)
+            evaluated = m.measure(model, ("icl", task, name, shots > 0), evaluation)
 
             def fit(tokens, pattern=pattern, evaluated=evaluated, task=task, spec=spec, shots=shots, seed=seed):
-                pool = read(sample_file(samples, task, demonstration_pool(seed))) if shots else \
-                    evals(task)["test"].iloc[:0]
+                pool = m.sample(task, demonstration_pool(seed)) if shots else m.evals(task)["test"].iloc[:0]
                 _, prefix, counts = fit_demonstrations(tokens, pattern, pool, len(spec["labels"]), shots, seed,
                                                        evaluated["needed"], tokens.context(icl["max_length"]),
                                                        icl["fit"])
                 return counts | evaluated | {"runs": prefix is not None}
 
-            counts = measure(model, ("icl", task, name, shots, seed, icl["fit"], icl["max_length"]), fit)
+            counts = m.measure(model, ("icl", task, name, shots, seed, icl["fit"], icl["max_length"]), fit)
             where = dict(stage="icl", model=model, task=task, pattern=name, shots=shots, seed=seed)
             if not counts["runs"]:
-                plan.cells.append(dict(where, what="skipped: prompt does not fit the context",
-                                       prefix_tokens=counts["prefix_tokens"],
-                                       tokens_after_prefix=counts["tokens_after_prefix"], context=counts["context"]))
+                m.plan.cells.append(dict(where, what="skipped: prompt does not fit the context",
+                                         prefix_tokens=counts["prefix_tokens"],
+                                         tokens_after_prefix=counts["tokens_after_prefix"], context=counts["context"]))
                 continue
             if counts["shots_used"] < shots:
-                plan.cells.append(dict(where, what=f"runs with {counts['shots_used']} of {shots} demonstrations"))
-            shape = shapes[model]
+                m.plan.cells.append(dict(where, what=f"runs with {counts['shots_used']} of {shots} demonstrations"))
+            shape = m.shapes[model]
             scored = counts["tokens"] * (counts["labels"] if counts["multi"] else 1)
-            flops = 2 * shape["parameters"] * (counts["prefix_tokens"] + scored)
-            length = counts["prefix_tokens"] + counts["tokens_after_prefix"]
-            plan.job("icl", model, task, min(config["models"][model]["gpus"], 1), flops,
-                     inference_memory(shape, icl["batch_size"], length), shape, shots=shots, seed=seed, pattern=name)
+            m.plan.job("icl", model, task, m.inference_gpus(model),
+                       2 * shape["parameters"] * (counts["prefix_tokens"] + scored),
+                       inference_memory(shape, icl["batch_size"], counts["prefix_tokens"] +
+                                        counts["tokens_after_prefix"]), shape, shots=shots, seed=seed, pattern=name)
 
-    # ------------------------------------------------ teacher + finetune
-    teachers = sorted({(c["model"], c["task"], c["k"], c["seed"]) for c in cells["finetune"]
-                       if METHODS[c["method"]].teacher})
-    for model, task, k, seed in teachers:
-        if model not in fetched:
+
+def plan_teachers(m: Measuring, cells: dict) -> None:
+    """One teacher per training sample a distilling method needs: its demonstrations (an error where even none
+    leave room for the longest training input) and its cost."""
+    for model, task, k, seed in sorted({(c["model"], c["task"], c["k"], c["seed"]) for c in cells["finetune"]
+                                        if METHODS[c["method"]].teacher}):
+        if model not in m.fetched:
             continue
-        spec = config["tasks"][task]
-        ft = stage_config(config, "finetune", model)
+        spec, ft = m.config["tasks"][task], stage_config(m.config, "finetune", model)
         pattern = task_pattern(spec, ft["pattern"])
 
-        def teach(tokens, pattern=pattern, ft=ft):
+        def teach(tokens, pattern=pattern, ft=ft, task=task, k=k, seed=seed, spec=spec):
             from .icl import teacher_demonstrations
             from .prompt import PromptError
 
-            rows = read(sample_file(samples, task, train_sample(k, seed)))
-            pool = read(sample_file(samples, task, demonstration_pool(seed))) if ft["distill"]["shots"] else \
-                rows.iloc[:0]
+            rows = m.sample(task, train_sample(k, seed))
+            pool = m.sample(task, demonstration_pool(seed)) if ft["distill"]["shots"] else rows.iloc[:0]
             try:
                 demos, prefix, counts = teacher_demonstrations(tokens, pattern, rows, pool, len(spec["labels"]),
                                                                ft["distill"]["shots"], seed)
             except PromptError as e:
                 return {"error": str(e)}
-            examples = encode_prompt(tokens, pattern, rows, rows.iloc[:0]).examples
-            return dict(counts, tokens=sum(map(len, examples)))
+            return dict(counts, tokens=sum(map(len, encode_prompt(tokens, pattern, rows, rows.iloc[:0]).examples)))
 
-        counts = measure(model, ("teacher", task, k, seed, pattern.name, ft["distill"]["shots"]), teach)
-        where = dict(stage="teacher", model=model, task=task, k=k, seed=seed)
+        counts = m.measure(model, ("teacher", task, k, seed, pattern.name, ft["distill"]["shots"]), teach)
         if "error" in counts:
-            plan.errors.append(f"tasks.{task}: teacher of model {model}, k={k}, seed {seed}: {counts['error']}")
+            m.plan.errors.append(f"tasks.{task}: teacher of model {model}, k={k}, seed {seed}: {counts['error']}")
             continue
         if counts["shots_used"] < counts["shots_requested"]:
-            plan.cells.append(dict(where, what=f"teacher uses {counts['shots_used']} of {counts['shots_requested']} "
-                                               f"demonstrations (the longest training input must fit)"))
-        shape = shapes[model]
-        plan.job("teacher", model, task, min(config["models"][model]["gpus"], 1),
-                 2 * shape["parameters"] * (counts["prefix_tokens"] + counts["tokens"]),
-                 inference_memory(shape, ft["distill"]["batch_size"], counts["prefix_tokens"] +
-                                  counts["tokens_after_prefix"]), shape, k=k, seed=seed)
+            m.plan.cells.append(dict(stage="teacher", model=model, task=task, k=k, seed=seed,
+                                     what=f"teacher uses {counts['shots_used']} of {counts['shots_requested']} "
+                                          f"demonstrations (the longest training input must fit)"))
+        shape = m.shapes[model]
+        m.plan.job("teacher", model, task, m.inference_gpus(model),
+                   2 * shape["parameters"] * (counts["prefix_tokens"] + counts["tokens"]),
+                   inference_memory(shape, ft["distill"]["batch_size"], counts["prefix_tokens"] +
+                                    counts["tokens_after_prefix"]), shape, k=k, seed=seed)
 
-    zero_name = config["finetune"]["zero"]
-    zero = json.loads((Path(__file__).resolve().parents[2] / "config/deepspeed" / f"{zero_name}.json").read_text())
-    zero_stage = zero["zero_optimization"]["stage"]
-    offload = "offload_param" in zero["zero_optimization"]
+
+def plan_finetune(m: Measuring, cells: dict, zero: Zero) -> None:
+    """Every fine-tuning cell: its truncated inputs, FLOPs and memory under ZeRO (an error where it does not fit),
+    and LoRA modules the model does not have."""
+    config = m.config
     for cell in cells["finetune"]:
         model, task, method, k, seed = (cell[key] for key in ("model", "task", "method", "k", "seed"))
-        if model not in fetched:
+        if model not in m.fetched:
             continue
-        spec = config["tasks"][task]
         ft = stage_config(config, "finetune", model)
-        pattern = task_pattern(spec, ft["pattern"])
+        pattern = task_pattern(config["tasks"][task], ft["pattern"])
 
-        def inputs(tokens, name, pattern=pattern, max_length=ft["max_length"]):
-            ids, truncated = classifier_inputs(tokens, pattern, read(sample_file(samples, task, name)), max_length)
+        def inputs(tokens, name, pattern=pattern, max_length=ft["max_length"], task=task):
+            ids, truncated = classifier_inputs(tokens, pattern, m.sample(task, name), max_length)
             return {"tokens": sum(map(len, ids)), "longest": max(map(len, ids)), "truncated": truncated,
                     "n": len(ids)}
 
-        name = train_sample(k, seed)
-        measured_as = (pattern.name, ft["max_length"])
-        train = measure(model, ("finetune", task, name) + measured_as, lambda t: inputs(t, name))
-        evaluated = {split: measure(model, ("finetune", task, split) + measured_as, lambda t, s=split: inputs(t, s))
-                     for split in evals(task)}
-        where = dict(stage="finetune", model=model, task=task, method=method, k=k, seed=seed)
+        name, measured_as = train_sample(k, seed), (pattern.name, ft["max_length"])
+        train = m.measure(model, ("finetune", task, name) + measured_as, lambda t: inputs(t, name))
+        evaluated = {split: m.measure(model, ("finetune", task, split) + measured_as, lambda t, s=split: inputs(t, s))
+                     for split in m.evals(task)}
         truncated = {"train": train["truncated"]} | {s: e["truncated"] for s, e in evaluated.items()}
         if any(truncated.values()) and method == ft["methods"][0]:
-            key = setting_key(config, "finetune", model, "max_length")
-            plan.cells.append(dict(where, method="every method", what=f"inputs truncated to {key}: " +
-                                   ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
-        shape = shapes[model]
-        gpus = config["models"][model]["gpus"]
+            m.plan.cells.append(dict(stage="finetune", model=model, task=task, method="every method", k=k, seed=seed,
+                                     what=f"inputs truncated to {setting_key(config, 'finetune', model, 'max_length')}"
+                                          f": " + ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
+        shape, gpus = m.shapes[model], config["models"][model]["gpus"]
         per_token = training_flops_per_token(method, ft["gradient_checkpointing"])
         held = ft.get("validation", 0)  # validated (forward only) after every epoch instead of trained on
         flops = shape["parameters"] * ((per_token * (1 - held) + 2 * held) * train["tokens"] * ft["epochs"] +
                                        2 * sum(e["tokens"] for e in evaluated.values()))
-        memory = training_memory(shape, method, finetune_settings(config, method, model), zero_stage, offload, gpus,
-                                 train["longest"])
-        plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
+        memory = training_memory(shape, method, finetune_settings(config, method, model), zero.stage, zero.offload,
+                                 gpus, train["longest"])
+        m.plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
         if METHODS[method].lora and not shape["lora_parameters"]:
-            plan.errors.append(f"{setting_key(config, 'finetune', model, 'lora', 'target_modules')}: "
-                               f"{ft['lora']['target_modules']} name no projection of model {model}; {method} "
-                               f"would adapt nothing (give the model's own, e.g. [q, v] for T5)")
-        if memory / 1e9 > plan.cluster["gpu_memory_gb"]:
-            plan.errors.append(f"models.{model}.gpus: {method} fine-tuning needs about {memory / 1e9:.0f} GB per GPU "
-                               f"under {zero_name} on {max(gpus, 1)} GPU(s), more than "
-                               f"preflight.gpu_memory_gb ({plan.cluster['gpu_memory_gb']}); add GPUs, use "
-                               f"zero3/zero3_offload, or lower {setting_key(config, 'finetune', model, 'batch_size')}")
+            m.plan.errors.append(f"{setting_key(config, 'finetune', model, 'lora', 'target_modules')}: "
+                                 f"{ft['lora']['target_modules']} name no projection of model {model}; {method} "
+                                 f"would adapt nothing (give the model's own, e.g. [q, v] for T5)")
+        m.plan.errors += zero.too_big(m.plan, memory, gpus, f"models.{model}.gpus: {method} fine-tuning",
+                                      setting_key(config, "finetune", model, "batch_size"))
 
-    # ------------------------------------------------ instruction tuning: its tokens, FLOPs and memory
+
+def plan_instruct(m: Measuring, corpora: Path, zero: Zero) -> None:
+    """Every instruction-tuned model on its real instruction sets: tokens, FLOPs, memory, examples cut."""
     from .instruct import alpaca_prompt, read_instructions, split_rows  # torch: only where instructions are costed
+
+    config = m.config
     for name in derived_models(config, "instruct"):
-        if name not in fetched:
+        if name not in m.fetched:
             continue
         settings = stage_config(config, "instruct", name)
-        sets = {corpus: corpus_path(config["corpora"][corpus], models.parent / "corpora" / f"{corpus}.parquet")
-                  for corpus in settings["data"]}
-        sets |= {task: sample_file(samples, task, "instructions") for task in settings["tasks"]}
+        sets = {corpus: corpus_path(config["corpora"][corpus], corpora / f"{corpus}.parquet")
+                for corpus in settings["data"]}
+        sets |= {task: sample_file(m.samples, task, "instructions") for task in settings["tasks"]}
+        where = dict(stage="instruct", model=name, task=",".join(sorted(sets)))
         absent = sorted(str(path) for path in sets.values() if not Path(path).is_file())
         if absent:
-            plan.cells.append(dict(stage="instruct", model=name, task=",".join(sorted(sets)),
-                                   what=f"not costed: {', '.join(absent)} not there yet"))
+            m.plan.cells.append(dict(where, what=f"not costed: {', '.join(absent)} not there yet"))
             continue
         train, held = split_rows(read_instructions({k: str(v) for k, v in sets.items()}, config["corpora"]), settings)
 
-        def lengths(tokens, frame):
+        def instruction_lengths(tokens, frame):
             prompts = tokens.encode_many([alpaca_prompt(i, x) for i, x in frame[["instruction", "input"]].to_numpy()])
             responses = tokens.encode_many(list(frame["output"]))
             full = [len(tokens.leading_special_ids()) + len(p) + len(r) + 1 for p, r in zip(prompts, responses)]
@@ -419,28 +358,45 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
 
         measured_as = ("instruct", tuple(sorted(sets)), settings["seed"], settings["held_out"], settings["max_rows"],
                        settings["max_length"])
-        trained = measure(name, measured_as + ("train",), lambda t: lengths(t, train))
-        evaluated = measure(name, measured_as + ("held",), lambda t: lengths(t, held))
-        shape, gpus = shapes[name], config["models"][name]["gpus"]
+        trained = m.measure(name, measured_as + ("train",), lambda t: instruction_lengths(t, train))
+        evaluated = m.measure(name, measured_as + ("held",), lambda t: instruction_lengths(t, held))
+        shape, gpus = m.shapes[name], config["models"][name]["gpus"]
         per_token = training_flops_per_token("pattern", settings["gradient_checkpointing"])
         flops = shape["parameters"] * (per_token * trained["tokens"] * settings["epochs"] + 2 * 2 * evaluated["tokens"])
-        memory = training_memory(shape, "pattern", settings, zero_stage, offload, gpus, trained["longest"])
-        plan.job("instruct", name, ",".join(sorted(sets)), gpus, flops, memory, shape)
+        memory = training_memory(shape, "pattern", settings, zero.stage, zero.offload, gpus, trained["longest"])
+        m.plan.job("instruct", name, where["task"], gpus, flops, memory, shape)
         if trained["cut"]:
-            plan.cells.append(dict(stage="instruct", model=name, task=",".join(sorted(sets)),
-                                   what=f"{trained['cut']} of {len(train)} training examples cut to "
-                                        f"{setting_key(config, 'instruct', name, 'max_length')}"))
-        if memory / 1e9 > plan.cluster["gpu_memory_gb"]:
-            plan.errors.append(f"models.{name}.gpus: instruction tuning needs about {memory / 1e9:.0f} GB per GPU "
-                               f"under {zero_name} on {max(gpus, 1)} GPU(s), more than preflight.gpu_memory_gb "
-                               f"({plan.cluster['gpu_memory_gb']}); add GPUs, use zero3/zero3_offload, or lower "
-                               f"{setting_key(config, 'instruct', name, 'batch_size')}")
+            m.plan.cells.append(dict(where, what=f"{trained['cut']} of {len(train)} training examples cut to "
+                                                 f"{setting_key(config, 'instruct', name, 'max_length')}"))
+        m.plan.errors += zero.too_big(m.plan, memory, gpus, f"models.{name}.gpus: instruction tuning",
+                                      setting_key(config, "instruct", name, "batch_size"))
 
+
+def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str, out_md: str) -> dict:
+    start = time.time()
+    samples, models = Path(samples_dir), Path(models_dir)
+    plan = Plan(config)
+    plan.errors += layer_problems(config, models) + model_kind_problems(config, models)
+    cells = grid(config)
+    fetched = {m: models / root_model(config, m) for m in config["models"]
+               if (models / root_model(config, m) / "config.json").is_file()}
+    shapes = {m: model_shape(folder, stage_config(config, "finetune", m)["lora"]) for m, folder in fetched.items()}
+    measuring = Measuring(config, samples, fetched, shapes, plan)
+    plan.errors += scorer_problems(config, cells, [m for m in config["models"] if m in fetched],
+                                   lambda model: measuring.tokens_of(model)[1])
+    problems, notes = overlap_check(config, samples, measuring.read)
+    plan.errors += problems
+    plan.cells += notes
+    zero = Zero.of(config)
+    plan_extract(measuring, cells)
+    plan_icl(measuring, cells)
+    plan_teachers(measuring, cells)
+    plan_finetune(measuring, cells, zero)
+    plan_instruct(measuring, models.parent / "corpora", zero)
     for source in unpinned_sources(config, models.parent):
         got = f"its fetch got {source['commit']}: pin it" if source["commit"] else "fetch it and pin the commit"
         plan.cells.append(dict(stage="fetch", model="", task="", what=f"{source['key']}: {source['revision']!r} is not "
                                                                       f"a commit; {got}"))
-
     result = {"seconds": round(time.time() - start, 2), "models_fetched": sorted(fetched),
               "models_not_fetched": sorted(set(config["models"]) - set(fetched)),
               "cells": {stage: len(c) for stage, c in cells.items()},

@@ -1,0 +1,97 @@
+"""The cost model the preflight plans with (and benchmarks/gpu.py checks on a GPU): a model's shape read from its
+config.json on the meta device, FLOPs per trained token, bytes on one GPU for training under ZeRO and for
+inference."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .methods import METHODS
+from .models import checkpoint_class
+
+BYTES_16BIT = 2
+
+
+
+def model_shape(folder: str | Path, lora: dict | None = None) -> dict:
+    """Parameters, layers, hidden size of a prepared model (instantiated on the meta device: no weights read),
+    and the parameters LoRA adds with the config's target modules."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    cls = checkpoint_class(config)
+    with torch.device("meta"):
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    params = sum(p.numel() for p in model.parameters())
+    lora_params = 0
+    if lora:
+        for name, module in model.named_modules():  # a projection: Linear, or GPT-2's Conv1D (weight [in, out])
+            weight = getattr(module, "weight", None)
+            if name.split(".")[-1] in lora["target_modules"] and weight is not None and weight.dim() == 2:
+                lora_params += lora["r"] * sum(weight.shape)
+    text = config.get_text_config()
+    return {"parameters": params, "lora_parameters": lora_params, "layers": text.num_hidden_layers,
+            "hidden": text.hidden_size, "heads": text.num_attention_heads}
+
+
+def activation_bytes(shape: dict, batch: int, tokens: int, checkpointing: bool) -> float:
+    """Training activations of a transformer in 16-bit (Korthikanti et al. 2022: 34·s·b·h + 5·a·s²·b bytes per
+    layer); with gradient checkpointing, one layer's worth plus a kept input per layer."""
+    per_layer = tokens * batch * shape["hidden"] * 34 + 5 * shape["heads"] * tokens ** 2 * batch
+    if checkpointing:
+        return per_layer + shape["layers"] * tokens * batch * shape["hidden"] * BYTES_16BIT
+    return per_layer * shape["layers"]
+
+
+def training_memory(shape: dict, method: str, settings: dict, zero_stage: int, offload: bool, gpus: int,
+                    tokens: int) -> float:
+    """Bytes on one GPU: mixed-precision AdamW keeps 16 bytes a trained parameter (16-bit weight and gradient,
+    fp32 master weight and two moments), partitioned by ZeRO over the GPUs; LoRA trains only its adapters."""
+    n, g = shape["parameters"], max(gpus, 1)
+    if METHODS[method].lora:
+        states = BYTES_16BIT * n + 16 * shape["lora_parameters"]
+    elif offload:
+        states = BYTES_16BIT * n / g
+    elif zero_stage == 3:
+        states = 16 * n / g
+    else:
+        states = BYTES_16BIT * n + 14 * n / g
+    return states + activation_bytes(shape, settings["batch_size"], tokens, settings["gradient_checkpointing"])
+
+
+def training_flops_per_token(method: str, checkpointing: bool) -> int:
+    """FLOPs per trained token and parameter: forward 2, backward 4 (LoRA: 2, no weight gradients of the frozen
+    base), and one more forward (2) when gradient checkpointing recomputes activations."""
+    return (4 if METHODS[method].lora else 6) + (2 if checkpointing else 0)
+
+
+def inference_memory(shape: dict, batch: int, tokens: int) -> float:
+    """Bytes on one GPU: 16-bit weights, the batch's key/value cache and a layer's working activations."""
+    kv = 2 * shape["layers"] * shape["hidden"] * tokens * batch * BYTES_16BIT
+    return BYTES_16BIT * shape["parameters"] + kv + 16 * batch * tokens * shape["hidden"]
+
+
+
+@dataclass(frozen=True)
+class Zero:
+    """The grid's DeepSpeed config (finetune.zero), as the memory model reads it."""
+
+    name: str
+    stage: int
+    offload: bool
+
+    @classmethod
+    def of(cls, config: dict) -> Zero:
+        name = config["finetune"]["zero"]
+        zero = json.loads((Path(__file__).resolve().parents[2] / "config/deepspeed" / f"{name}.json").read_text())
+        return cls(name, zero["zero_optimization"]["stage"], "offload_param" in zero["zero_optimization"])
+
+    def too_big(self, plan, memory: float, gpus: int, what: str, batch_key: str) -> list[str]:
+        """An error where a job's memory per GPU exceeds the GPUs the preflight assumes."""
+        if memory / 1e9 <= plan.cluster["gpu_memory_gb"]:
+            return []
+        return [f"{what} needs about {memory / 1e9:.0f} GB per GPU under {self.name} on {max(gpus, 1)} GPU(s), more "
+                f"than preflight.gpu_memory_gb ({plan.cluster['gpu_memory_gb']}); add GPUs, use zero3/zero3_offload, "
+                f"or lower {batch_key}"]
