@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout
@@ -286,201 +288,156 @@ def cmd_check_skips(args) -> int:
     return 0 if predicted == recorded else 1
 
 
-def _model_task_args(parser: argparse.ArgumentParser) -> None:
-    """The arguments of every stage that runs a model on a task."""
-    parser.add_argument("--model-dir", required=True, help="a folder prepared by fetch-model")
-    parser.add_argument("--task", required=True, help="task name")
-    parser.add_argument("--task-config", type=_json_arg, required=True, help="the task's config entry, as JSON")
+# ---------------------------------------------------------------- the verbs and their arguments
+
+
+def _arg(flag: str, **options) -> tuple[str, dict]:
+    return flag, options
+
+
+def _settings(stage: str) -> tuple[str, dict]:
+    """--settings of a stage: its help lists the stage's fields, from the schema."""
+    return _arg("--settings", type=_json_arg, required=True, settings_of=stage)
+
+
+def _keys(what: str = "task, model, k, seed, ...") -> tuple[str, dict]:
+    return _arg("--keys", type=_json_arg, required=True, help=f"the cell's keys: {what}")
+
+
+OUT = _arg("--out", required=True)
+EVAL = _arg("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
+TRAIN = _arg("--train", required=True)
+MODEL_TASK = (_arg("--model-dir", required=True, help="a folder prepared by fetch-model"),
+              _arg("--task", required=True, help="task name"),
+              _arg("--task-config", type=_json_arg, required=True, help="the task's config entry, as JSON"))
+DERIVED = (_arg("--name", required=True, help="the derived model's name"),)
+DERIVED_OUT = (_arg("--out-model", required=True, help="the derived model folder"),)
+TRAINING = (_arg("--deepspeed-config", required=True, help="config/deepspeed/<zero>.json"),
+            _arg("--work-dir", required=True, help="checkpoints (kept across restarts)"))
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    args: tuple = ()
+
+
+VERBS = (
+    Verb("validate-config", cmd_validate_config, "every check the workflow runs as it loads: the schema, the names it "
+         "cross-references, prompts, data files, prepared models and their layers", (
+             _arg("config"),
+             _arg("--directory", default=".", help="the working directory the workflow runs in (resources/ there "
+                  "holds the prepared models and fetched data)"),
+             _arg("--show", action="store_true", help="print the config with defaults filled in"))),
+    Verb("fetch-data", cmd_fetch_data, "download a hub dataset split to Parquet (login node)", (
+        _arg("--source", type=_json_arg, required=True, help="the source entry of the config, as JSON"), OUT)),
+    Verb("sample", cmd_sample, "draw a training, test or out-of-domain sample", (
+        *MODEL_TASK[1:],
+        _arg("--input", nargs="+", metavar="ROLE=PATH", required=True, help="source files: train=..., test=..., "
+             "ood:NAME=..."),
+        _arg("--split", required=True, help="train, demos, test, instructions or ood:NAME"),
+        _arg("--k", type=_k_arg, help="examples per class, or all: the full training set (train)"),
+        _arg("--seed", type=int, help="data seed (train, demos)"), _arg("--test-seed", type=int, default=0), OUT)),
+    Verb("fetch-model", cmd_fetch_model, "prepare a model folder: download a hub id, or dequantise a GGUF file", (
+        _arg("--name", required=True), _arg("--model", type=_json_arg, required=True,
+                                            help="the model's config entry, as JSON"), OUT)),
+    Verb("extract", cmd_extract, "hidden states of a sample, with or without a few-shot prefix", (
+        *MODEL_TASK, _arg("--sample", nargs="+", required=True, help="sample files, all with the same prefix"),
+        _arg("--demos", help="the seed's demonstration pool the few-shot prefix is drawn from"),
+        _arg("--seed", type=int, help="seed of the demonstration draw"), _settings("extract"),
+        _arg("--out", nargs="+", required=True, help="one activation file per sample, in order"))),
+    Verb("icl", cmd_icl, "in-context learning with k demonstrations, every pattern of the task", (
+        *MODEL_TASK, _arg("--train", help="the seed's demonstration pool (not needed for 0 shots)"), EVAL,
+        _settings("icl"), _keys("task, model, k (shots), seed"), OUT)),
+    Verb("teacher", cmd_teacher, "the prompted model's label distribution on the training inputs", (
+        *MODEL_TASK, TRAIN, _arg("--demos", help="the seed's demonstration pool (not needed for 0 shots)"),
+        _arg("--seed", type=int, required=True, help="seed of the demonstration draw"), _settings("teacher"), OUT)),
+    Verb("finetune", cmd_finetune, "DeepSpeed fine-tuning of one method on one training sample, then evaluation", (
+        *MODEL_TASK, TRAIN, EVAL, _arg("--teacher", help="teacher label distributions (method distill)"),
+        _settings("finetune"),
+        _arg("--run-settings", type=_json_arg, default={}, help="checkpoint_every, keep_checkpoint, as JSON (how it "
+             "runs; never part of a checkpoint's hash)"),
+        *TRAINING, _keys("task, model, method, k, seed"), OUT)),
+    Verb("classifier", cmd_classifier, "derive a classifier: a task's head fine-tuned, saved as a model folder", (
+        *MODEL_TASK, *DERIVED, TRAIN, EVAL, _settings("finetune"),
+        _arg("--run-settings", type=_json_arg, default={}, help="checkpoint_every, keep_checkpoint, as JSON"),
+        *TRAINING, _keys("task, model, method, k, seed"), *DERIVED_OUT,
+        _arg("--metrics", required=True, help="its evaluation, as a fine-tuning cell's metrics file"))),
+    Verb("instruct", cmd_instruct, "derive an instruction-tuned model (Alpaca layout, response-only loss)", (
+        *DERIVED, _arg("--base-dir", required=True, help="the base model's folder"),
+        _arg("--data", nargs="+", required=True, metavar="NAME=PATH",
+             help="instruction sets: corpora (read through --corpora) and tasks' instruction samples"),
+        _arg("--corpora", type=_json_arg, default={}, help="the corpora entries of the config, as JSON"),
+        _settings("instruct"), _arg("--run-settings", type=_json_arg, default={}, help="checkpoint_every, as JSON"),
+        *TRAINING, *DERIVED_OUT, _arg("--metrics", required=True),
+        _arg("--generations", required=True, help="held-out instructions answered, as Parquet"))),
+    Verb("ppo", cmd_ppo, "derive a model by RL against a reward classifier (RLOO with PPO clipping)", (
+        *DERIVED, _arg("--base-dir", required=True, help="the policy's starting model folder"),
+        _arg("--reward-dir", required=True, help="the reward classifier's model folder"),
+        _arg("--prompts", required=True, help="the corpus file the prompts come from"),
+        _arg("--corpus", type=_json_arg, required=True, help="that corpus's config entry, as JSON"),
+        _settings("ppo"), *DERIVED_OUT, _arg("--metrics", required=True),
+        _arg("--generations", required=True, help="held-out completions before and after, as Parquet"))),
+    Verb("derived-summary", cmd_derived_summary, "a Markdown table of the derived models' before/after metrics", (
+        _arg("--metrics", nargs="*", default=[], help="the derived models' metrics.json files"), OUT)),
+    Verb("preflight", cmd_preflight, "check and cost every cell before submitting (after fetch and sample)", (
+        _arg("--config", default="config/config.yaml", help="a config file (validated)"),
+        _arg("--config-json", type=_json_arg, help="an already validated config, as JSON (the rule's way)"),
+        _arg("--samples", default=layout.SAMPLES, help=f"the sample files ({layout.SAMPLES})"),
+        _arg("--models", default=layout.PREPARED_MODELS,
+             help=f"the prepared model folders ({layout.PREPARED_MODELS})"),
+        _arg("--out-json", default=layout.PREFLIGHT_JSON), _arg("--out-md", default=layout.PREFLIGHT_MD))),
+    Verb("rehearsal", cmd_rehearsal, "write a rehearsal of a grid: tiny models, hub-shaped local data", (
+        _arg("--paper", default="config/paper.yaml", help="the grid to rehearse"),
+        _arg("--out", default="rehearsal", help="folder for config.yaml, models/, data/ and the run"),
+        _arg("--seeds", type=int, default=2, help="keep this many of the grid's seeds"),
+        _arg("--models", nargs="+", help="keep only these models (default: all)"),
+        _arg("--k", type=int, nargs="+", help="keep only these k, and ICL with zero or as many demonstrations "
+             "(default: all)"),
+        _arg("--epochs", type=int, help="fine-tuning and instruction-tuning epochs (default: the grid's; fewer cuts "
+             "time, not shape)"),
+        _arg("--ppo-steps", type=int, help="PPO steps (default: the grid's; fewer cuts time, not shape)"),
+        _arg("--hans-rows", type=int, default=3000, help="a stratified subset of HANS's 30,000 rows (0 = all of "
+             "them)"))),
+    Verb("check-skips", cmd_check_skips, "compare the preflight's expected skipped cells with a run's", (
+        _arg("--plan", default=layout.PREFLIGHT_JSON), _arg("--tidy", default=layout.TIDY))),
+    Verb("aggregate", cmd_aggregate, "every metrics file -> tidy table, paper tables and figures", (
+        _arg("--metrics", nargs="*", help=f"metrics files (default: every JSON under {layout.METRICS_DIR})"),
+        _arg("--expected", type=Path, help="a file listing every metrics file of the grid (to report missing)"),
+        _arg("--settings", type=_json_arg, help="the aggregate config section, as JSON"),
+        _arg("--config", default="config/config.yaml", help="take the aggregate settings from this config"),
+        _arg("--tables", default=layout.TABLES), _arg("--figures", default=layout.FIGURES))),
+    Verb("runtimes", cmd_runtimes, "each rule's runtime and memory from the jobs' benchmark files", (
+        _arg("--benchmarks", default=layout.BENCHMARKS, help="the folder of Snakemake benchmark files"),
+        _arg("--out", required=True, help="the Markdown summary"))),
+    Verb("resolved-config", cmd_resolved_config, "write the config the results depend on (defaults filled in) as "
+         "YAML", (_arg("--config-json", type=_json_arg, required=True), OUT)),
+    Verb("config-reference", cmd_config_reference, "the configuration reference (every key, its type, default and "
+         "description) from the schema, as Markdown (docs/config-reference.md)", (
+             _arg("--out", help="write it here (default: standard output)"),)),
+    Verb("probe", cmd_probe, "probes on activations of every layer and pooling", (
+        _arg("--train", required=True, help="training activations"), EVAL,
+        _arg("--eval-sample", nargs="+", required=True, metavar="SPLIT=PATH",
+             help="the evaluation samples (for per-heuristic scores)"), _settings("probe"), _keys(), OUT)),
+    Verb("bow", cmd_bow, "bag-of-words baseline on the samples' text", (
+        _arg("--train", required=True, help="the training sample"), EVAL, _settings("bow"), _keys(), OUT)),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmadapt", description=__doc__.splitlines()[0])
     schema = load_schema()  # for the --settings help of each stage
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("validate-config", help="every check the workflow runs as it loads: the schema, the names "
-                       "it cross-references, prompts, data files, prepared models and their layers")
-    p.add_argument("config")
-    p.add_argument("--directory", default=".", help="the working directory the workflow runs in (resources/ "
-                   "there holds the prepared models and fetched data)")
-    p.add_argument("--show", action="store_true", help="print the config with defaults filled in")
-    p.set_defaults(func=cmd_validate_config)
-
-    p = sub.add_parser("fetch-data", help="download a hub dataset split to Parquet (login node)")
-    p.add_argument("--source", type=_json_arg, required=True, help="the source entry of the config, as JSON")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_fetch_data)
-
-    p = sub.add_parser("sample", help="draw a training, test or out-of-domain sample")
-    p.add_argument("--task", required=True, help="task name")
-    p.add_argument("--task-config", type=_json_arg, required=True, help="the task's config entry, as JSON")
-    p.add_argument("--input", nargs="+", metavar="ROLE=PATH", required=True,
-                   help="source files: train=..., test=..., ood:NAME=...")
-    p.add_argument("--split", required=True, help="train, demos, test, instructions or ood:NAME")
-    p.add_argument("--k", type=_k_arg, help="examples per class, or all: the full training set (train)")
-    p.add_argument("--seed", type=int, help="data seed (train, demos)")
-    p.add_argument("--test-seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_sample)
-
-    p = sub.add_parser("fetch-model", help="prepare a model folder: download a hub id, or dequantise a GGUF file")
-    p.add_argument("--name", required=True)
-    p.add_argument("--model", type=_json_arg, required=True, help="the model's config entry, as JSON")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_fetch_model)
-
-    p = sub.add_parser("extract", help="hidden states of a sample, with or without a few-shot prefix")
-    _model_task_args(p)
-    p.add_argument("--sample", nargs="+", required=True, help="sample files, all with the same prefix")
-    p.add_argument("--demos", help="the seed's demonstration pool the few-shot prefix is drawn from")
-    p.add_argument("--seed", type=int, help="seed of the demonstration draw")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("extract", schema))
-    p.add_argument("--out", nargs="+", required=True, help="one activation file per sample, in order")
-    p.set_defaults(func=cmd_extract)
-
-    p = sub.add_parser("icl", help="in-context learning with k demonstrations, every pattern of the task")
-    _model_task_args(p)
-    p.add_argument("--train", help="the seed's demonstration pool (not needed for 0 shots)")
-    p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("icl", schema))
-    p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, k (shots), seed")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_icl)
-
-    p = sub.add_parser("teacher", help="the prompted model's label distribution on the training inputs")
-    _model_task_args(p)
-    p.add_argument("--train", required=True)
-    p.add_argument("--demos", help="the seed's demonstration pool (not needed for 0 shots)")
-    p.add_argument("--seed", type=int, required=True, help="seed of the demonstration draw")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("teacher", schema))
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_teacher)
-
-    p = sub.add_parser("finetune", help="DeepSpeed fine-tuning of one method on one training sample, then evaluation")
-    _model_task_args(p)
-    p.add_argument("--train", required=True)
-    p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
-    p.add_argument("--teacher", help="teacher label distributions (method distill)")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("finetune", schema))
-    p.add_argument("--run-settings", type=_json_arg, default={},
-                   help="checkpoint_every, keep_checkpoint, as JSON (how it runs; never part of a checkpoint's hash)")
-    p.add_argument("--deepspeed-config", required=True, help="config/deepspeed/<zero>.json")
-    p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, method, k, seed")
-    p.add_argument("--work-dir", required=True, help="checkpoints (kept across restarts) and saved adapters")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_finetune)
-
-    p = sub.add_parser("classifier", help="derive a classifier: a task's head fine-tuned, saved as a model folder")
-    _model_task_args(p)
-    p.add_argument("--name", required=True, help="the derived model's name")
-    p.add_argument("--train", required=True)
-    p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("finetune", schema))
-    p.add_argument("--run-settings", type=_json_arg, default={}, help="checkpoint_every, keep_checkpoint, as JSON")
-    p.add_argument("--deepspeed-config", required=True)
-    p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys: task, model, method, k, seed")
-    p.add_argument("--work-dir", required=True)
-    p.add_argument("--out-model", required=True, help="the derived model folder")
-    p.add_argument("--metrics", required=True, help="its evaluation, as a fine-tuning cell's metrics file")
-    p.set_defaults(func=cmd_classifier)
-
-    p = sub.add_parser("instruct", help="derive an instruction-tuned model (Alpaca layout, response-only loss)")
-    p.add_argument("--name", required=True, help="the derived model's name")
-    p.add_argument("--base-dir", required=True, help="the base model's folder")
-    p.add_argument("--data", nargs="+", required=True, metavar="NAME=PATH",
-                   help="instruction sets: corpora (read through --corpora) and tasks' instruction samples")
-    p.add_argument("--corpora", type=_json_arg, default={}, help="the corpora entries of the config, as JSON")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("instruct", schema))
-    p.add_argument("--run-settings", type=_json_arg, default={}, help="checkpoint_every, as JSON")
-    p.add_argument("--deepspeed-config", required=True)
-    p.add_argument("--work-dir", required=True, help="checkpoints, kept across restarts")
-    p.add_argument("--out-model", required=True, help="the derived model folder")
-    p.add_argument("--metrics", required=True)
-    p.add_argument("--generations", required=True, help="held-out instructions answered, as Parquet")
-    p.set_defaults(func=cmd_instruct)
-
-    p = sub.add_parser("ppo", help="derive a model by RL against a reward classifier (RLOO with PPO clipping)")
-    p.add_argument("--name", required=True, help="the derived model's name")
-    p.add_argument("--base-dir", required=True, help="the policy's starting model folder")
-    p.add_argument("--reward-dir", required=True, help="the reward classifier's model folder")
-    p.add_argument("--prompts", required=True, help="the corpus file the prompts come from")
-    p.add_argument("--corpus", type=_json_arg, required=True, help="that corpus's config entry, as JSON")
-    p.add_argument("--settings", type=_json_arg, required=True, help=settings_help("ppo", schema))
-    p.add_argument("--out-model", required=True, help="the derived model folder")
-    p.add_argument("--metrics", required=True)
-    p.add_argument("--generations", required=True, help="held-out completions before and after, as Parquet")
-    p.set_defaults(func=cmd_ppo)
-
-    p = sub.add_parser("derived-summary", help="a Markdown table of the derived models' before/after metrics")
-    p.add_argument("--metrics", nargs="*", default=[], help="results/derive/<model>/metrics.json files")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_derived_summary)
-
-    p = sub.add_parser("preflight", help="check and cost every cell before submitting (after fetch and sample)")
-    p.add_argument("--config", default="config/config.yaml", help="a config file (validated)")
-    p.add_argument("--config-json", type=_json_arg, help="an already validated config, as JSON (the rule's way)")
-    p.add_argument("--samples", default=layout.SAMPLES, help=f"the sample files ({layout.SAMPLES})")
-    p.add_argument("--models", default=layout.PREPARED_MODELS,
-                   help=f"the prepared model folders ({layout.PREPARED_MODELS})")
-    p.add_argument("--out-json", default=layout.PREFLIGHT_JSON)
-    p.add_argument("--out-md", default=layout.PREFLIGHT_MD)
-    p.set_defaults(func=cmd_preflight)
-
-    p = sub.add_parser("rehearsal", help="write a rehearsal of a grid: tiny models, hub-shaped local data")
-    p.add_argument("--paper", default="config/paper.yaml", help="the grid to rehearse")
-    p.add_argument("--out", default="rehearsal", help="folder for config.yaml, models/, data/ and the run")
-    p.add_argument("--seeds", type=int, default=2, help="keep this many of the grid's seeds")
-    p.add_argument("--models", nargs="+", help="keep only these models (default: all)")
-    p.add_argument("--k", type=int, nargs="+",
-                   help="keep only these k, and ICL with zero or as many demonstrations (default: all)")
-    p.add_argument("--epochs", type=int, help="fine-tuning and instruction-tuning epochs (default: the grid's; "
-                                              "fewer cuts time, not shape)")
-    p.add_argument("--ppo-steps", type=int, help="PPO steps (default: the grid's; fewer cuts time, not shape)")
-    p.add_argument("--hans-rows", type=int, default=3000,
-                   help="a stratified subset of HANS's 30,000 rows (0 = all of them)")
-    p.set_defaults(func=cmd_rehearsal)
-
-    p = sub.add_parser("check-skips", help="compare the preflight's expected skipped cells with a run's")
-    p.add_argument("--plan", default=layout.PREFLIGHT_JSON)
-    p.add_argument("--tidy", default=layout.TIDY)
-    p.set_defaults(func=cmd_check_skips)
-
-    p = sub.add_parser("aggregate", help="every metrics file -> tidy table, paper tables and figures")
-    p.add_argument("--metrics", nargs="*", help="metrics files (default: every JSON under results/metrics)")
-    p.add_argument("--expected", type=Path, help="a file listing every metrics file of the grid (to report missing)")
-    p.add_argument("--settings", type=_json_arg, help="the aggregate config section, as JSON")
-    p.add_argument("--config", default="config/config.yaml", help="take the aggregate settings from this config")
-    p.add_argument("--tables", default=layout.TABLES)
-    p.add_argument("--figures", default=layout.FIGURES)
-    p.set_defaults(func=cmd_aggregate)
-
-    p = sub.add_parser("runtimes", help="each rule's runtime and memory from the jobs' benchmark files")
-    p.add_argument("--benchmarks", default=layout.BENCHMARKS, help="the folder of Snakemake benchmark files")
-    p.add_argument("--out", required=True, help="the Markdown summary")
-    p.set_defaults(func=cmd_runtimes)
-
-    p = sub.add_parser("resolved-config", help="write the config the results depend on (defaults filled in) as YAML")
-    p.add_argument("--config-json", type=_json_arg, required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_resolved_config)
-
-    p = sub.add_parser("config-reference", help="the configuration reference (every key, its type, default and "
-                                                "description) from the schema, as Markdown (docs/config-reference.md)")
-    p.add_argument("--out", help="write it here (default: standard output)")
-    p.set_defaults(func=cmd_config_reference)
-
-    for name, func, helptext in (("probe", cmd_probe, "probes on activations of every layer and pooling"),
-                                 ("bow", cmd_bow, "bag-of-words baseline on the samples' text")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--train", required=True, help="training activations (probe) or sample (bow)")
-        p.add_argument("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
-        if name == "probe":
-            p.add_argument("--eval-sample", nargs="+", required=True, metavar="SPLIT=PATH",
-                           help="the evaluation samples (for per-heuristic scores)")
-        p.add_argument("--settings", type=_json_arg, required=True, help=settings_help(name, schema))
-        p.add_argument("--keys", type=_json_arg, required=True, help="the cell's keys (task, model, k, seed, ...)")
-        p.add_argument("--out", required=True)
-        p.set_defaults(func=func)
+    for verb in VERBS:
+        p = sub.add_parser(verb.name, help=verb.help)
+        for flag, options in verb.args:
+            if "settings_of" in options:
+                options = dict(options, help=settings_help(options["settings_of"], schema))
+                del options["settings_of"]
+            p.add_argument(flag, **options)
+        p.set_defaults(func=verb.run)
     return parser
 
 
