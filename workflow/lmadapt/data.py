@@ -30,7 +30,7 @@ class Layout:
     keep: tuple[str, ...] = ()
 
 
-LAYOUTS = {
+OFFICIAL_FORMATS = {
     # GLUE RTE: index, sentence1, sentence2, label (entailment / not_entailment)
     "glue_rte": Layout("tsv", ("sentence1", "sentence2"), "label", "index"),
     # HANS heuristics_evaluation_set.txt: gold_label, parses, sentence1, sentence2, pairID, heuristic, subcase, template
@@ -187,8 +187,8 @@ def reader_of(source: dict, path: Path) -> str:
     fmt = source.get("format", "auto")
     if source.get("hub"):
         return "parquet"  # the fetch rule stores hub datasets as Parquet
-    if fmt in LAYOUTS:
-        return LAYOUTS[fmt].reader
+    if fmt in OFFICIAL_FORMATS:
+        return OFFICIAL_FORMATS[fmt].reader
     if fmt != "auto":
         return fmt
     suffixes = [s for s in path.suffixes if s in READERS_BY_SUFFIX]
@@ -238,29 +238,35 @@ def empty_sources(config: dict) -> list[str]:
     return problems
 
 
+def _columns(source: dict, path: Path, fields: list[str], present: list[str]):
+    """The source columns of the task's fields, the label, the id (or None) and the kept columns: the official
+    format's, where it has one, under the source's own `columns`; each one checked to be in the file."""
+    fmt = source.get("format", "auto")
+    official = OFFICIAL_FORMATS.get(fmt)
+    columns = dict(source.get("columns") or {})
+    if official and len(official.text) != len(fields) and not all(f in columns for f in fields):
+        raise DataError(f"{path}: layout {fmt} has {len(official.text)} text column(s) {list(official.text)} "
+                        f"but the task has fields {fields}; map them with `columns`")
+    text_columns = {f: columns.get(f, official.text[i] if official else f) for i, f in enumerate(fields)}
+    label_column = columns.get("label", official.label if official else "label")
+    id_column = columns.get("id", official.id if official else None)
+    keep = list(source.get("keep_columns") or (official.keep if official else ()))
+    needed = list(text_columns.values()) + [label_column] + ([id_column] if id_column else []) + keep
+    missing = [c for c in needed if c not in present]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {present}")
+    return text_columns, label_column, id_column, keep
+
+
 def read_split(source: dict, path: str | Path, fields: list[str], labels: list[str]) -> Split:
     """Read the file at `path` (already fetched or resolved) as described by `source` into the uniform table."""
     path = Path(path)
-    fmt = source.get("format", "auto")
-    layout = LAYOUTS.get(fmt)
     reader = reader_of(source, path)
     encoding = source.get("encoding", "utf-8")
     raw = _read_raw(path, reader, encoding)
     if raw.empty:
         raise DataError(f"{path}: no data rows" + (" (only a header line)" if len(raw.columns) else ""))
-
-    columns = dict(source.get("columns") or {})
-    if layout and len(layout.text) != len(fields) and not all(f in columns for f in fields):
-        raise DataError(f"{path}: layout {fmt} has {len(layout.text)} text column(s) {list(layout.text)} "
-                        f"but the task has fields {fields}; map them with `columns`")
-    text_columns = {f: columns.get(f, layout.text[i] if layout else f) for i, f in enumerate(fields)}
-    label_column = columns.get("label", layout.label if layout else "label")
-    id_column = columns.get("id", layout.id if layout else None)
-    keep = list(source.get("keep_columns") or (layout.keep if layout else ()))
-    needed = list(text_columns.values()) + [label_column] + ([id_column] if id_column else []) + keep
-    missing = [c for c in needed if c not in raw.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the file has {list(raw.columns)}")
+    text_columns, label_column, id_column, keep = _columns(source, path, fields, list(raw.columns))
 
     raw_labels = raw[label_column].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else
                                        str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v))
