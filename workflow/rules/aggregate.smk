@@ -5,7 +5,7 @@
 
 rule aggregate:
     input:
-        metrics_targets(),
+        JOBS.inputs("aggregate", {})["metrics"],
     output:
         tables=report(
             directory(layout.TABLES),
@@ -27,7 +27,7 @@ rule aggregate:
         mem_mb=4000,
         runtime=30,
     params:
-        settings=as_arg(config["aggregate"]),
+        **job_params("aggregate"),
     run:
         with listed(input) as expected:
             shell(
@@ -62,6 +62,6 @@ rule resolved_config:
     conda:
         CONDA_ENV
     params:
-        config=results_config,
+        **job_params("resolved_config"),
     shell:
         "lmadapt resolved-config --config-json {params.config} --out {output} > {log} 2>&1"

@@ -16,14 +16,14 @@ rule fetch_data:
     conda:
         CONDA_ENV
     params:
-        source=dataset_source,
+        **job_params("fetch_data"),
     shell:
         "lmadapt fetch-data --source {params.source} --out {output} > {log} 2>&1"
 
 
 rule sample:
     input:
-        unpack(sample_inputs),
+        unpack(job_inputs("sample")),
     output:
         layout.SAMPLE,
     log:
@@ -37,10 +37,8 @@ rule sample:
         mem_mb=per_attempt(4000),
         runtime=10,
     params:
-        task=sample_task,
-        split=sample_split,
+        **job_params("sample"),
         inputs=sample_roles,
-        test_seed=config["test_seed"],
     shell:
         "lmadapt sample --task {wildcards.task} --task-config {params.task} --input {params.inputs}"
         " {params.split} --test-seed {params.test_seed} --out {output} > {log} 2>&1"

@@ -17,7 +17,7 @@ rule fetch_corpus:
     conda:
         CONDA_ENV
     params:
-        source=corpus_source,
+        **job_params("fetch_corpus"),
     shell:
         "lmadapt fetch-data --source {params.source} --out {output} > {log} 2>&1"
 
@@ -26,8 +26,7 @@ rule fetch_corpus:
 # finetune; checkpoints in the work folder let a restarted job resume.
 rule instruct:
     input:
-        unpack(instruct_inputs),
-        base=base_folder,
+        unpack(job_inputs("instruct")),
         deepspeed=DEEPSPEED_CONFIG,
     output:
         model=directory(layout.DERIVED_MODEL),
@@ -48,11 +47,9 @@ rule instruct:
         runtime=per_attempt(1440),
         tasks=launcher_tasks,
     params:
-        settings=instruct_settings,
+        **job_params("instruct"),
         run=instruct_run_settings,
         data=instruction_sets_arg,
-        corpora=instruct_corpora,
-        launcher=finetune_launcher,
         work_dir=layout.DERIVE_WORK,
     shell:
         offline(
@@ -66,9 +63,7 @@ rule instruct:
 # A classifier (e.g. a reward model): method head on a task's training sample, evaluated like a fine-tuning cell.
 rule classifier:
     input:
-        base=base_folder,
-        train=classifier_train,
-        evals=classifier_evals,
+        unpack(job_inputs("classifier")),
         deepspeed=DEEPSPEED_CONFIG,
     output:
         model=directory(layout.DERIVED_MODEL),
@@ -87,12 +82,8 @@ rule classifier:
         runtime=per_attempt(240),
         tasks=launcher_tasks,
     params:
-        task=classifier_task,
-        settings=classifier_settings,
+        **job_params("classifier"),
         run=classifier_run_settings,
-        cell=classifier_keys,
-        evals=classifier_eval_arg,
-        launcher=finetune_launcher,
         work_dir=layout.DERIVE_WORK,
     shell:
         offline(
@@ -106,9 +97,7 @@ rule classifier:
 # RL against a reward classifier: one process on one GPU (policy, reference and reward model side by side).
 rule ppo:
     input:
-        base=base_folder,
-        reward=reward_folder,
-        prompts=ppo_prompts,
+        unpack(job_inputs("ppo")),
     output:
         model=directory(layout.DERIVED_MODEL),
         metrics=layout.DERIVE_METRICS,
@@ -126,8 +115,7 @@ rule ppo:
         **model_resources(scale=3),
         runtime=per_attempt(1440),
     params:
-        settings=ppo_settings,
-        corpus=ppo_corpus,
+        **job_params("ppo"),
     shell:
         offline(
             "lmadapt ppo --name {wildcards.model} --base-dir {input.base} --reward-dir {input.reward}"
@@ -139,7 +127,7 @@ rule ppo:
 # The derived models' before/after metrics as one table, for the report.
 rule derived_summary:
     input:
-        derive_targets(),
+        JOBS.inputs("derived_summary", {})["metrics"],
     output:
         report(layout.DERIVE_SUMMARY, caption="../report/derived.rst", category="Derived models"),
     log:

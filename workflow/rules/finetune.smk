@@ -7,9 +7,8 @@
 
 rule teacher:
     input:
-        model=model_folder,
+        unpack(job_inputs("teacher")),
         train=layout.TRAIN_SAMPLE,
-        demos=teacher_demos,
     output:
         layout.TEACHER,
     log:
@@ -23,8 +22,7 @@ rule teacher:
         **model_resources(),
         runtime=60,
     params:
-        task=task_prompting,
-        settings=teacher_settings_arg,
+        **job_params("teacher"),
         demos=input_option("demos", "--demos"),
     shell:
         offline(
@@ -36,10 +34,8 @@ rule teacher:
 
 rule finetune:
     input:
-        model=model_folder,
+        unpack(job_inputs("finetune")),
         train=layout.TRAIN_SAMPLE,
-        evals=task_eval_samples,
-        teacher=teacher_file,
         deepspeed=DEEPSPEED_CONFIG,
     output:
         layout.METRICS["finetune"],
@@ -57,13 +53,9 @@ rule finetune:
         runtime=per_attempt(240),
         tasks=launcher_tasks,
     params:
-        task=task_prompting,
-        settings=method_settings,
+        **job_params("finetune"),
         run=run_setting({key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}),
-        cell=cell_keys,
-        evals=eval_sample_arg,
         teacher=input_option("teacher", "--teacher"),
-        launcher=finetune_launcher,
         work_dir=layout.FINETUNE_WORK,
     shell:
         offline(

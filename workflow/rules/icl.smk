@@ -5,9 +5,7 @@
 
 rule icl:
     input:
-        model=model_folder,
-        demos=icl_demos,
-        evals=task_eval_samples,
+        unpack(job_inputs("icl")),
     output:
         layout.METRICS["icl"],
     log:
@@ -23,11 +21,8 @@ rule icl:
         **model_resources(),
         runtime=240,
     params:
-        task=task_prompting,
-        settings=icl_settings,
-        cell=cell_keys,
+        **job_params("icl"),
         demos=input_option("demos", "--train"),
-        evals=eval_sample_arg,
     shell:
         offline(
             "lmadapt icl --model-dir {input.model} --task {wildcards.task} --task-config {params.task} {params.demos}"

@@ -19,6 +19,6 @@ rule fetch_model:
     conda:
         CONDA_ENV
     params:
-        model=fetched_model,
+        **job_params("fetch_model"),
     shell:
         "lmadapt fetch-model --name {wildcards.model} --model {params.model} --out {output} > {log} 2>&1"

@@ -5,9 +5,7 @@
 
 rule preflight:
     input:
-        models=used_model_dirs(),
-        samples=sample_targets(),
-        instructions=preflight_data(),
+        **JOBS.inputs("preflight", {}),
     output:
         json=layout.PREFLIGHT_JSON,
         md=report(layout.PREFLIGHT_MD, caption="../report/preflight.rst", category="Plan"),
@@ -20,7 +18,7 @@ rule preflight:
     conda:
         CONDA_ENV
     params:
-        config=preflight_config,
+        **job_params("preflight"),
     shell:
         "lmadapt preflight --config-json {params.config} --samples results/samples --models resources/models"
         " --out-json {output.json} --out-md {output.md} > {log} 2>&1"

@@ -5,9 +5,8 @@
 
 rule extract:
     input:
-        model=model_folder,
+        unpack(job_inputs("extract")),
         sample=layout.SAMPLE,
-        demos=extract_demos,
     output:
         layout.ACTIVATIONS,
     log:
@@ -23,8 +22,7 @@ rule extract:
         **model_resources(),
         runtime=240,
     params:
-        task=task_prompting,
-        settings=extract_settings,
+        **job_params("extract"),
         demos=extract_demos_arg,
     shell:
         offline(
@@ -35,8 +33,7 @@ rule extract:
 
 rule probe:
     input:
-        unpack(probe_activations),
-        samples=task_eval_samples,
+        unpack(job_inputs("probe")),
     output:
         layout.METRICS["probe"],
     log:
@@ -52,10 +49,8 @@ rule probe:
         mem_mb=per_attempt(4000),
         runtime=60,
     params:
-        settings=as_arg(config["probe"]),
-        cell=cell_keys,
+        **job_params("probe"),
         evals=probe_evals,
-        samples=eval_sample_arg,
     shell:
         offline(
             "lmadapt probe --train {input.train} --eval {params.evals} --eval-sample {params.samples}"
@@ -65,8 +60,8 @@ rule probe:
 
 rule bow:
     input:
+        unpack(job_inputs("bow")),
         train=layout.TRAIN_SAMPLE,
-        evals=task_eval_samples,
     output:
         layout.METRICS["bow"],
     log:
@@ -81,9 +76,7 @@ rule bow:
         mem_mb=per_attempt(2000),
         runtime=30,
     params:
-        settings=bow_settings,
-        cell=bow_cell_keys,
-        evals=eval_sample_arg,
+        **job_params("bow"),
     shell:
         "lmadapt bow --train {input.train} --eval {params.evals} --settings {params.settings} --keys {params.cell}"
         " --out {output} > {log} 2>&1"
