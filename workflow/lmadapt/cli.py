@@ -42,11 +42,6 @@ def _pairs(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _task_from_json(name: str, task: dict) -> dict:
-    """Check a task slice against the schema (direct CLI use gets the same checks as the workflow)."""
-    return check_task_slice(name, task)
-
-
 def cmd_validate_config(args) -> int:
     from .checks import load_config, start_problems
 
@@ -73,7 +68,7 @@ def cmd_fetch_data(args) -> int:
 def cmd_sample(args) -> int:
     from .sample import run_sample
 
-    task = _task_from_json(args.task, args.task_config)
+    task = check_task_slice(args.task, args.task_config)
     meta = run_sample(args.task, task, _pairs(args.input), args.split, args.out, k=args.k, seed=args.seed,
                       test_seed=args.test_seed)
     print(f"{args.out}: {meta['n']} rows {meta['class_counts']}")
@@ -91,7 +86,7 @@ def cmd_fetch_model(args) -> int:
 def cmd_extract(args) -> int:
     from .extract import run_extract
 
-    task = _task_from_json(args.task, args.task_config)
+    task = check_task_slice(args.task, args.task_config)
     if len(args.sample) != len(args.out):
         raise SystemExit("lmadapt extract: give one --out per --sample")
     settings = check_stage_settings("extract", args.settings)
@@ -122,7 +117,7 @@ def cmd_bow(args) -> int:
 def cmd_icl(args) -> int:
     from .icl import run_icl
 
-    task = _task_from_json(args.task, args.task_config)
+    task = check_task_slice(args.task, args.task_config)
     result = run_icl(args.model_dir, task, args.train, _pairs(args.eval), args.out,
                      check_stage_settings("icl", args.settings), args.keys)
     for r in result["records"]:
@@ -135,7 +130,7 @@ def cmd_icl(args) -> int:
 def cmd_teacher(args) -> int:
     from .icl import run_teacher
 
-    task = _task_from_json(args.task, args.task_config)
+    task = check_task_slice(args.task, args.task_config)
     meta = run_teacher(args.model_dir, task, args.train, args.demos, args.out,
                        check_stage_settings("teacher", args.settings), args.seed)
     print(f"{args.out}: teacher with {meta['shots']} demonstrations, accuracy on the training inputs "
@@ -146,11 +141,10 @@ def cmd_teacher(args) -> int:
 def cmd_finetune(args) -> int:
     from .finetune import run_finetune
 
-    task = _task_from_json(args.task, args.task_config)
+    task = check_task_slice(args.task, args.task_config)
     settings = check_stage_settings("finetune", dict(args.settings, **args.run_settings), args.keys.get("method"))
     result = run_finetune(args.model_dir, task, args.train, _pairs(args.eval), args.out, settings, args.keys,
-                          args.work_dir, args.deepspeed_config,
-                          teacher_path=args.teacher)
+                          args.work_dir, args.deepspeed_config, teacher_path=args.teacher)
     for r in (result or {"records": []})["records"]:
         print(f"{r['method']} k={r['k']} seed={r['seed']} {r['split']}: accuracy {r['accuracy']:.3f}"
               + (" DEGENERATE" if r["degenerate"] else "")
@@ -161,7 +155,7 @@ def cmd_finetune(args) -> int:
 def cmd_classifier(args) -> int:
     from .finetune import run_classifier
 
-    task = _task_from_json(args.task, args.task_config)
+    task = check_task_slice(args.task, args.task_config)
     settings = check_stage_settings("finetune", dict(args.settings, **args.run_settings), "head")
     result = run_classifier(args.name, args.model_dir, task, args.train, _pairs(args.eval), settings, args.keys,
                             args.work_dir, args.deepspeed_config, args.out_model, args.metrics)
@@ -277,7 +271,7 @@ def cmd_rehearsal(args) -> int:
 def cmd_check_skips(args) -> int:
     import pandas as pd
 
-    from .preflight import skipped_cells
+    from .plan import skipped_cells
 
     predicted, recorded = skipped_cells(json.loads(Path(args.plan).read_text()), pd.read_parquet(args.tidy))
     print(f"skipped cells: {len(predicted)} predicted by the preflight, {len(recorded)} recorded by the run")
@@ -327,10 +321,9 @@ class Verb:
 VERBS = (
     Verb("validate-config", cmd_validate_config, "every check the workflow runs as it loads: the schema, the names it "
          "cross-references, prompts, data files, prepared models and their layers", (
-             _arg("config"),
+             _arg("config"), _arg("--show", action="store_true", help="print the config with defaults filled in"),
              _arg("--directory", default=".", help="the working directory the workflow runs in (resources/ there "
-                  "holds the prepared models and fetched data)"),
-             _arg("--show", action="store_true", help="print the config with defaults filled in"))),
+                  "holds the prepared models and fetched data)"))),
     Verb("fetch-data", cmd_fetch_data, "download a hub dataset split to Parquet (login node)", (
         _arg("--source", type=_json_arg, required=True, help="the source entry of the config, as JSON"), OUT)),
     Verb("sample", cmd_sample, "draw a training, test or out-of-domain sample", (
@@ -409,11 +402,10 @@ VERBS = (
         _arg("--settings", type=_json_arg, help="the aggregate config section, as JSON"),
         _arg("--config", default="config/config.yaml", help="take the aggregate settings from this config"),
         _arg("--tables", default=layout.TABLES), _arg("--figures", default=layout.FIGURES))),
-    Verb("runtimes", cmd_runtimes, "each rule's runtime and memory from the jobs' benchmark files", (
-        _arg("--benchmarks", default=layout.BENCHMARKS, help="the folder of Snakemake benchmark files"),
-        _arg("--out", required=True, help="the Markdown summary"))),
-    Verb("resolved-config", cmd_resolved_config, "write the config the results depend on (defaults filled in) as "
-         "YAML", (_arg("--config-json", type=_json_arg, required=True), OUT)),
+    Verb("runtimes", cmd_runtimes, "each rule's runtime and memory from the jobs' benchmark files, as Markdown", (
+        _arg("--benchmarks", default=layout.BENCHMARKS, help="the folder of Snakemake benchmark files"), OUT)),
+    Verb("resolved-config", cmd_resolved_config, "the config the results depend on (defaults filled in), as YAML",
+         (_arg("--config-json", type=_json_arg, required=True), OUT)),
     Verb("config-reference", cmd_config_reference, "the configuration reference (every key, its type, default and "
          "description) from the schema, as Markdown (docs/config-reference.md)", (
              _arg("--out", help="write it here (default: standard output)"),)),

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,40 +25,18 @@ import pandas as pd
 
 from .checks import layer_problems, model_kind_problems
 from .config import ConfigError, finetune_settings, setting_key, stage_config
-from .costs import (BYTES_16BIT, Zero, inference_memory, model_shape, training_flops_per_token,
-                    training_memory)
-from .grid import demonstration_needs, derived_models, grid, root_model
-from .resources import unpinned_sources
+from .costs import Zero, inference_memory, model_shape, training_flops_per_token, training_memory
 from .data import corpus_path
+from .grid import demonstration_needs, derived_models, grid, root_model
+from .io import read_metadata, read_table, write_json, write_text
 from .layout import SampleName, demonstration_pool, prompt_folder, train_sample
-from .io import markdown_table, read_metadata, read_table, write_json, write_text
 from .methods import METHODS
 from .models import load_tokens
+from .plan import Plan, to_markdown
 from .prompt import (PREFIX_SHARE, classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix,
                      prefix_demonstrations, task_pattern, verbalizer_problems)
+from .resources import unpinned_sources
 from .sample import META_KEY, normalised_texts
-
-# ---------------------------------------------------------------- the plan
-
-
-class Plan:
-    """Rows of the plan, errors, and the cost of every job."""
-
-    def __init__(self, config: dict):
-        self.config = config
-        self.cluster = config["preflight"]
-        self.jobs: list[dict] = []
-        self.cells: list[dict] = []  # skipped, reduced or truncated cells, and what each does
-        self.errors: list[str] = []
-
-    def job(self, stage: str, model: str, task: str, gpus: int, flops: float, memory: float, shape: dict, **cell):
-        load = BYTES_16BIT * shape["parameters"] / (self.cluster["load_gb_per_s"] * 1e9)
-        compute = flops / (max(gpus, 1) * self.cluster["gpu_tflops"] * 1e12 * self.cluster["mfu"])
-        self.jobs.append(dict(stage=stage, model=model, task=task, gpus=gpus, flops=flops,
-                              memory_gb=memory / 1e9, fits=memory / 1e9 <= self.cluster["gpu_memory_gb"],
-                              load_seconds=load, compute_seconds=compute,
-                              gpu_hours=(load + compute) * max(gpus, 1) / 3600, **cell))
-
 
 def sample_file(samples: Path, task: str, name: str) -> Path:
     return samples / task / f"{name}.parquet"
@@ -414,15 +391,6 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     return result
 
 
-def skipped_cells(plan: dict, tidy: pd.DataFrame) -> tuple[set, set]:
-    """(predicted, recorded) skipped ICL cells as (model, task, pattern, shots, seed): the preflight's list
-    against the skipped records of a finished run (results/tables/all.parquet)."""
-    predicted = {(c["model"], c["task"], c["pattern"], c["shots"], c["seed"]) for c in plan["expected_skipped"]}
-    rows = tidy[(tidy["method"] == "icl") & tidy["skipped"].notna() & tidy["group"].isna()]
-    recorded = {(r.model, r.task, r.prompt, int(r.k), int(r.seed)) for r in rows.itertuples()}
-    return predicted, recorded
-
-
 def _cached(function):
     cache = {}
 
@@ -432,60 +400,3 @@ def _cached(function):
         return cache[path]
 
     return wrapper
-
-
-# ---------------------------------------------------------------- the page a person reads
-
-
-def to_markdown(result: dict) -> str:
-    cluster = result["cluster"]
-    lines = ["# Preflight", "",
-             f"Checked in {result['seconds']} s. Models measured with their own tokenizer: "
-             f"{', '.join(result['models_fetched']) or 'none'}"
-             + (f"; not fetched yet (static checks only): {', '.join(result['models_not_fetched'])}"
-                if result["models_not_fetched"] else "") + ".", ""]
-    if result["errors"]:
-        lines += ["## Errors: these cells cannot run", ""] + [f"- {e}" for e in result["errors"]] + [""]
-    lines += ["## Cells", ""] + markdown_table(["stage", "cells"], [[s, n] for s, n in result["cells"].items()]) + [""]
-    if result["demonstrations"]:
-        lines += ["## Demonstrations (from each seed's pool, disjoint from every training sample)", ""]
-        lines += markdown_table(["config key", "task", "shots", "per class", "pool per class"],
-                                [[d["key"], d["task"], d["shots"], d["per_class"], d["pool_per_class"]]
-                                 for d in result["demonstrations"]]) + [""]
-    skipped = result["expected_skipped"]
-    lines += [f"## Expected skipped cells ({len(skipped)})", "",
-              "ICL cells whose prompt (prefix + longest evaluation example + label word) does not fit the context; "
-              "they are recorded as skipped with these counts, never truncated.", ""]
-    if skipped:
-        header = ["model", "task", "pattern", "shots", "seed", "prefix tokens", "after prefix", "context"]
-        lines += markdown_table(header, [[c["model"], c["task"], c["pattern"], c["shots"], c["seed"],
-                                          c["prefix_tokens"], c["tokens_after_prefix"], c["context"]]
-                                         for c in skipped]) + [""]
-    notes = [c for c in result["notes"] if not c["what"].startswith("skipped")]
-    if notes:
-        cell_keys = ("pattern", "method", "prompt", "sample", "shots", "k", "seed")
-        lines += [f"## Reduced or truncated ({len(notes)})", ""]
-        lines += markdown_table(["stage", "model", "task", "cell", "what"],
-                                [[c["stage"], c["model"], c["task"],
-                                  ", ".join(f"{k}={c[k]}" for k in cell_keys if c.get(k) is not None), c["what"]]
-                                 for c in notes]) + [""]
-    by = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "memory": 0.0, "flops": 0.0, "fits": True, "gpus": 0})
-    for job in result["jobs"]:
-        row = by[job["model"], job["stage"]]
-        row["jobs"] += 1
-        row["gpu_hours"] += job["gpu_hours"]
-        row["flops"] += job["flops"]
-        row["memory"] = max(row["memory"], job["memory_gb"])
-        row["fits"] &= job["fits"]
-        row["gpus"] = job["gpus"]
-    lines += ["## Cost", "",
-              f"Assumed: one GPU has {cluster['gpu_memory_gb']} GB and {cluster['gpu_tflops']} TFLOP/s at "
-              f"{cluster['mfu']:.0%} utilisation; weights load at {cluster['load_gb_per_s']} GB/s "
-              f"(config key `preflight`). Memory is the estimated peak on one GPU (16-bit weights; fine-tuning: "
-              f"AdamW states under ZeRO, activations of the longest input).", ""]
-    lines += markdown_table(["model", "stage", "jobs", "GPUs per job", "peak GB per GPU", "fits", "PFLOP", "GPU-hours"],
-                            [[m, s, r["jobs"], r["gpus"], f"{r['memory']:.1f}", "yes" if r["fits"] else "**no**",
-                              f"{r['flops'] / 1e15:.2f}", f"{r['gpu_hours']:.2f}"] for (m, s), r in sorted(by.items())])
-    lines += ["", f"**Estimated total: {result['gpu_hours']:.1f} GPU-hours** for {len(result['jobs'])} model jobs.",
-              ""]
-    return "\n".join(lines)
