@@ -36,6 +36,11 @@ def test_logs_and_benchmarks_follow_each_rule_s_cell():
         assert pattern.endswith(layout.CELLS[stage] + ".json")
 
 
+def test_a_fetch_rule_s_pattern_gives_the_folder_and_glob_of_what_it_prepared():
+    assert layout.folder_and_glob(layout.DATASET) == ("resources/data", "*/*.parquet")
+    assert layout.folder_and_glob(layout.PREPARED_MODEL) == ("resources/models", "*")
+
+
 def code_lines(path):
     """A file's lines without comments (a comment may name a path to explain it)."""
     return [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if not line.lstrip().startswith("#")]

@@ -59,6 +59,13 @@ PRODUCERS = {"results/samples": "sample", "results/activations": "extract", "res
              **{pattern.split("/{")[0]: stage for stage, pattern in METRICS.items()}}
 
 
+def folder_and_glob(pattern: str) -> tuple[str, str]:
+    """The folder of a pattern's files and the glob of every file it names below it (fields as *):
+    resources/data/{task}/{role}.parquet -> (resources/data, */*.parquet)."""
+    folder, rest = pattern.split("/{", 1)
+    return folder, re.sub(r"\{\w+\}", "*", "{" + rest)
+
+
 def log(rule: str) -> str:
     cell = CELLS[rule]
     return f"results/logs/{rule}/{cell}.log" if cell else f"results/logs/{rule}.log"

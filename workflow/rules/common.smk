@@ -41,8 +41,7 @@ def unprepared(pattern):
     already there: what a user prepared or fetched is then no job's output, so neither --forceall, --forcerun nor a
     changed rule can remove it, not even as root (whom write protection does not stop). To fetch it anew,
     remove it by hand (docs/troubleshooting.md)."""
-    folder, rest = pattern.split("/{", 1)
-    glob = re.sub(r"\{\w+\}", "*", "{" + rest)
+    folder, glob = layout.folder_and_glob(pattern)
     existing = sorted(re.escape(path.relative_to(folder).as_posix()) for path in Path(folder).glob(glob))
     return f"(?!(?:{'|'.join(existing)})$){NAME}" if existing else NAME
 
