@@ -86,7 +86,7 @@ class Jobs:
             {key: value for key, value in self.stage(stage, model).items() if key not in SELECTIONS} | extra))
 
     def eval_splits(self, task: str) -> list[str]:
-        return ["test"] + [str(SampleName("ood", ood=name)) for name in self.config["tasks"][task]["ood"]]
+        return layout.eval_splits(self.config["tasks"][task])
 
     def eval_samples(self, task: str) -> list[str]:
         """The in-domain test sample and every out-of-domain set of a task."""

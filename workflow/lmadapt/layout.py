@@ -122,6 +122,11 @@ def demonstration_pool(seed) -> str:
     return str(SampleName("demos", seed=seed))
 
 
+def eval_splits(task: dict) -> list[str]:
+    """A task's evaluation samples by name: the test sample, then each out-of-domain set."""
+    return ["test"] + [str(SampleName("ood", ood=name)) for name in task["ood"]]
+
+
 def sample_path(task: str, name: SampleName | str) -> str:
     return SAMPLE.format(task=task, sample=name)
 

@@ -29,7 +29,7 @@ from .costs import Zero, inference_memory, model_shape, training_flops_per_token
 from .data import corpus_path
 from .grid import demonstration_needs, derived_models, grid, root_model
 from .io import read_metadata, read_table, write_json, write_text
-from .layout import SampleName, demonstration_pool, prompt_folder, train_sample
+from .layout import SampleName, demonstration_pool, eval_splits, prompt_folder, train_sample
 from .methods import METHODS
 from .models import load_tokens
 from .plan import Plan, to_markdown
@@ -134,8 +134,7 @@ class Measuring:
         return self.read(sample_file(self.samples, task, name))
 
     def evals(self, task: str) -> dict[str, pd.DataFrame]:
-        splits = ["test"] + [str(SampleName("ood", ood=name)) for name in self.config["tasks"][task]["ood"]]
-        return {split: self.sample(task, split) for split in splits}
+        return {split: self.sample(task, split) for split in eval_splits(self.config["tasks"][task])}
 
     def inference_gpus(self, model: str) -> int:
         return min(self.config["models"][model]["gpus"], 1)
