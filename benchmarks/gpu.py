@@ -125,10 +125,11 @@ def finetune_case(case: dict, where: Path) -> dict:
 
     from lmadapt.checks import load_config
     from lmadapt.config import FINETUNE_RUN_SETTINGS, finetune_settings
-    from lmadapt.finetune import (DROPOUT_KEYS, class_logits, deepspeed_config, init_distributed, learning_rate,
-                                  precision, schedule, train_epochs, trainable_model)
+    from lmadapt.finetune import (DROPOUT_KEYS, deepspeed_config, init_distributed, precision, schedule,
+                                  train_epochs, trainable_model)
     from lmadapt.forward import pad_batch
-    from lmadapt.costs import model_shape, training_flops_per_token, training_memory
+    from lmadapt.costs import model_shape, training_memory
+    from lmadapt.methods import METHODS
 
     init_distributed()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -147,7 +148,8 @@ def finetune_case(case: dict, where: Path) -> dict:
     labels = torch.tensor(rng.integers(0, len(VERBALIZER_IDS), len(examples)))
     dtype = precision(settings["precision"])
     accum, order_length, total_steps = schedule(len(examples), settings, 1)
-    config = deepspeed_config(str(zero_file), settings, learning_rate(settings, method), accum, total_steps, dtype)
+    config = deepspeed_config(str(zero_file), settings, METHODS[method].learning_rate(settings), accum,
+                              total_steps, dtype)
     predicted_memory = training_memory(shape, method, settings, zero["stage"], "offload_param" in zero, 1,
                                        max(map(len, examples)))
     row = dict(case=case["name"], model=case["model"], method=method, zero=case["zero"], precision=dtype,
@@ -166,8 +168,8 @@ def finetune_case(case: dict, where: Path) -> dict:
 
         def batch_loss(batch):
             ids, mask = pad_batch([examples[i] for i in batch], OPT_COMMON["pad_token_id"], engine.device)
-            logits = class_logits(engine.module, method, ids, mask, VERBALIZER_IDS).float()
-            return torch.nn.functional.cross_entropy(logits, labels[batch].to(engine.device)), mask
+            return METHODS[method].loss(engine.module, ids, mask, labels[batch].to(engine.device),
+                                        [[token] for token in VERBALIZER_IDS], settings), mask
 
         def after_epoch(epoch, state):
             synchronize(device)
@@ -182,7 +184,7 @@ def finetune_case(case: dict, where: Path) -> dict:
     # the first epoch warms up (kernels, allocator); the rate is the later epochs'
     (t0, tokens0, micro0), (t1, tokens1, micro1) = marks[1 if len(marks) > 2 else 0], marks[-1]
     seconds, tokens, steps = t1 - t0, tokens1 - tokens0, (micro1 - micro0) / accum
-    per_token = training_flops_per_token(method, settings["gradient_checkpointing"])
+    per_token = METHODS[method].flops_per_token(settings["gradient_checkpointing"])
     peak = peak_tflops(device)
     step_seconds = seconds / max(steps, 1e-9)
     tokens_per_step = tokens / max(steps, 1e-9)

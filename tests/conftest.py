@@ -245,3 +245,21 @@ def finished_run(tmp_path_factory, tiny_opt, tiny_bert) -> FinishedRun:
     config = write_config(workdir / "config.yaml", fixture_config(tiny_opt, tiny_bert))
     run_snakemake(workdir, "--configfile", str(config))
     return FinishedRun(workdir, config)
+
+
+@pytest.fixture(scope="session")
+def short_context(tmp_path_factory):
+    """A tiny OPT with a 256-token context, and fixture RTE samples laid out as the rules write them."""
+    from lmadapt.checks import check_config
+    from lmadapt.sample import run_sample
+    from lmadapt.testing import build_tiny_opt
+
+    root = tmp_path_factory.mktemp("preflight")
+    build_tiny_opt(root / "models/tiny", max_positions=256)
+    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}, demonstrations=3)}})["tasks"]["rte"]
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv"),
+              "ood:hans": str(FIXTURES / "hans/heuristics_evaluation_set.txt")}
+    for name, split, kwargs in (("train_k2_seed1", "train", {"k": 2, "seed": 1}), ("demos_seed1", "demos", {"seed": 1}),
+                                ("test", "test", {}), ("ood_hans", "ood:hans", {})):
+        run_sample("rte", task, inputs, split, root / f"samples/rte/{name}.parquet", **kwargs)
+    return root

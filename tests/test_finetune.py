@@ -13,9 +13,9 @@ import torch
 from conftest import BIN, REPO, clean_env, kill_after_first_checkpoint, rte_task
 from lmadapt.checks import check_config
 from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, finetune_settings
-from lmadapt.finetune import build_model, class_logits, distill_loss, epoch_batches, run_finetune
+from lmadapt.finetune import build_model, epoch_batches, run_finetune
 from lmadapt.forward import pad_batch
-from lmadapt.methods import DECODER, METHODS
+from lmadapt.methods import DECODER, METHODS, distill_loss
 from lmadapt.icl import run_teacher
 from lmadapt.models import load_tokens
 from lmadapt.prompt import classifier_inputs, encode_prompt, task_pattern
@@ -185,7 +185,7 @@ def test_distillation_kl_is_zero_for_the_same_model_on_the_same_input(tiny_opt, 
     prompt = encode_prompt(lm, task_pattern(task), train, train.iloc[:0])
     ids, mask = pad_batch([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
-        student = class_logits(model, "distill", ids, mask, [v[0] for v in prompt.verbalizers])
+        student = METHODS["distill"].head.logits(model, ids, mask, prompt.verbalizers)
     teacher_probs = torch.tensor(np.stack(pd.read_parquet(teacher)["probs"].to_numpy()))
     _, kl, _ = distill_loss(student, teacher_probs, torch.tensor(train["label"].to_numpy()), 1.0, 0.5, 0.5)
     assert abs(kl.item()) < 1e-5
@@ -215,7 +215,7 @@ def test_saved_model_predicts_the_same_in_a_new_process(tiny_opt, rte, tmp_path)
     script = f"""
 import json, sys, pandas as pd, torch
 from lmadapt.models import load_model
-from lmadapt.finetune import class_logits
+from lmadapt.methods import METHODS
 from lmadapt.forward import pad_batch
 from lmadapt.prompt import encode_prompt, task_pattern
 task = json.loads(sys.argv[1])
@@ -224,7 +224,7 @@ rows = pd.read_parquet("{folder / 'test.parquet'}")
 prompt = encode_prompt(lm, task_pattern(task), rows, rows.iloc[:0], max_length=512)
 ids, mask = pad_batch([lm.leading_special_ids() + e for e in prompt.examples], lm.tokenizer.pad_token_id, "cpu")
 with torch.no_grad():
-    logits = class_logits(lm.model, "pattern", ids, mask, [v[0] for v in prompt.verbalizers])
+    logits = METHODS["pattern"].head.logits(lm.model, ids, mask, prompt.verbalizers)
     print(json.dumps(logits.argmax(-1).tolist()))
 """
     out = subprocess.run([sys.executable, "-c", script, json.dumps(task)], env=env, check=True, capture_output=True,

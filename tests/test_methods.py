@@ -1,14 +1,20 @@
 """The method registry (lmadapt/methods.py) is what every place that lists methods reads, and a model's kind,
 read from its checkpoint's config, refuses the stages and methods it cannot run before any job."""
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 from transformers import BertConfig, GPT2Config, OPTConfig, T5Config
 
-from conftest import PATTERNS, fixture_config, planned_jobs, rte_task, run_snakemake, write_config
+from conftest import PATTERNS, REPO, fixture_config, planned_jobs, rte_task, run_snakemake, write_config
 from lmadapt.checks import check_config, model_kind_problems
-from lmadapt.config import ConfigError, finetune_settings, load_schema
+from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, check_stage_settings, finetune_settings, load_schema
+from lmadapt.costs import model_shape
 from lmadapt.figures import KNOWN_METHODS, method_color
-from lmadapt.finetune import build_model
-from lmadapt.methods import DECODER, ENCODER, ENCODER_DECODER, METHODS, model_kind
+from lmadapt.finetune import build_model, run_finetune
+from lmadapt.methods import (DECODER, ENCODER, ENCODER_DECODER, METHODS, ClassifierHead, Method, kind_problems,
+                             method_pattern, model_kind)
+from lmadapt.preflight import run_preflight
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -43,7 +49,7 @@ def test_every_place_that_lists_methods_reads_the_registry(tmp_path, tiny_opt, t
                                                           lora=lora))
         core = model.get_base_model() if spec.lora else model
         assert hasattr(model, "peft_config") == spec.lora
-        assert type(core).__name__.endswith(classes[spec.head]), name
+        assert type(core).__name__.endswith(classes[spec.head.name]), name
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert all("lora_" in n or "score" in n for n in trainable) == spec.lora, name
 
@@ -110,3 +116,72 @@ def test_a_stage_or_method_a_model_cannot_run_is_refused_naming_the_key(tmp_path
     assert proc.returncode != 0 and not (tmp_path / "results").exists()
     assert "icl.models: icl runs on decoder and encoder-decoder models; bert is an encoder model" in (
         proc.stdout + proc.stderr), proc.stdout[-2000:]
+
+
+class MeanPooled(torch.nn.Module):
+    """A model body under a linear layer over its mean-pooled last hidden states."""
+
+    def __init__(self, body, n_labels: int):
+        super().__init__()
+        self.body = body
+        self.score = torch.nn.Linear(body.get_input_embeddings().embedding_dim, n_labels)
+
+
+class MeanPooledHead(ClassifierHead):
+    """A head no built-in method has: the classes scored from the mean of every real position's last state."""
+
+    name, loads = "mean_pooled", "base"
+
+    def load(self, model_dir, n_labels, overrides):
+        lm = super().load(model_dir, n_labels, overrides)
+        lm.model = MeanPooled(lm.model, n_labels)
+        return lm
+
+    def logits(self, model, ids, mask, verbalizers):
+        hidden = model.body(input_ids=ids, attention_mask=mask).last_hidden_state
+        return model.score((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+
+
+def test_a_method_with_a_new_head_is_one_entry_and_is_checked_trained_costed_and_planned(
+        monkeypatch, tmp_path, rte_samples, short_context):
+    monkeypatch.setitem(METHODS, "mean_pooled", Method(MeanPooledHead(), lora=False, teacher=False, kinds=(DECODER,),
+                                                       summary="every weight and a head over mean-pooled states"))
+    assert "mean_pooled" in method_pattern().split("|")  # the rules' {method} wildcard
+    run = {"epochs": 6, "batch_size": 4, "effective_batch": 4, "lr": 1e-3, "warmup": 0.0, "dropout": 0.0,
+           "gradient_checkpointing": False}
+    config = check_config({"seeds": [1], "tasks": {"rte": rte_task(k=[2], prompt={"patterns": PATTERNS},
+                                                                   demonstrations=3)},
+                           "extract": {"shots": 2}, "icl": {"shots": [0]},
+                           "models": {"tiny": {"id": str(short_context / "models/tiny"), "gpus": 0}},
+                           "finetune": {"methods": ["mean_pooled"], "models": ["tiny"], **run}})
+    # the config checks take its settings; an encoder-decoder is refused by its kinds
+    run_settings = {key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}
+    settings = finetune_settings(config, "mean_pooled") | run_settings
+    check_stage_settings("finetune", settings, "mean_pooled")
+    assert kind_problems({"finetune": [{"model": "t5", "method": "mean_pooled"}]}, {"t5": ENCODER_DECODER}) == [
+        "finetune.methods: method mean_pooled runs on decoder models; t5 is an encoder-decoder model"]
+
+    # trains and predicts: the loss falls on RTE's 16 training rows, every test row is predicted
+    task, folder = rte_samples(8)
+    result = run_finetune(str(short_context / "models/tiny"), task, str(folder / "train.parquet"),
+                          {"test": str(folder / "test.parquet")}, str(tmp_path / "metrics.json"), config["finetune"],
+                          {"task": "rte", "model": "tiny", "method": "mean_pooled", "k": 8, "seed": 1},
+                          str(tmp_path / "work"), str(REPO / "config/deepspeed/zero2.json"))
+    record = result["records"][0]
+    losses = record["details"]["loss_per_step"]
+    assert len(losses) == 6 * 4 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05
+    predictions = pd.read_parquet(tmp_path / "work/predictions_test.parquet")
+    assert len(predictions) == record["n"] and set(predictions["prediction"]) <= {0, 1}
+    model = MeanPooledHead().load(str(short_context / "models/tiny"), 2, {}).model
+    trained = sum(p.numel() for p in model.parameters())
+    assert record["details"]["trainable_parameters"] == trained  # the body and the new layer
+
+    # costed and planned: the preflight plans its jobs with the method's own cost
+    plan = run_preflight(config, short_context / "samples", short_context / "models", tmp_path / "plan.json",
+                         tmp_path / "plan.md")
+    [job] = [job for job in plan["jobs"] if job["stage"] == "finetune"]
+    shape = model_shape(short_context / "models/tiny")
+    assert job["method"] == "mean_pooled" and job["memory_gb"] * 1e9 > METHODS["mean_pooled"].state_bytes(
+        shape, 2, False, 0)
+    per_token = METHODS["mean_pooled"].flops_per_token(config["finetune"]["gradient_checkpointing"])
+    assert job["flops"] > per_token * shape["parameters"] * 6 * 4  # six epochs of four examples' tokens at least

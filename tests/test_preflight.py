@@ -5,13 +5,11 @@ import json
 import pytest
 from transformers import OPTConfig
 
-from conftest import FIXTURES, PATTERNS, rte_task
+from conftest import PATTERNS, rte_task
 from lmadapt.checks import check_config
 from lmadapt.config import ConfigError
 from lmadapt.costs import model_shape, training_memory
 from lmadapt.preflight import run_preflight
-from lmadapt.sample import run_sample
-from lmadapt.testing import build_tiny_opt
 
 
 def test_costs_of_opt_6_7b_from_its_config(tmp_path):
@@ -26,20 +24,6 @@ def test_costs_of_opt_6_7b_from_its_config(tmp_path):
     assert gb("head", 2, 1) > 100  # 16 bytes a parameter: no single 80 GB GPU holds full fine-tuning
     assert gb("head", 3, 4) < 30 < gb("head", 2, 4) < gb("head", 2, 1)  # ZeRO-3 partitions the weights too
     assert 13 < gb("lora_pattern", 2, 1) < 20  # 16-bit frozen weights and small adapters
-
-
-@pytest.fixture(scope="module")
-def short_context(tmp_path_factory):
-    """A tiny OPT with a 256-token context, and fixture RTE samples laid out as the rules write them."""
-    root = tmp_path_factory.mktemp("preflight")
-    build_tiny_opt(root / "models/tiny", max_positions=256)
-    task = check_config({"tasks": {"rte": rte_task(prompt={"patterns": PATTERNS}, demonstrations=3)}})["tasks"]["rte"]
-    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv"),
-              "ood:hans": str(FIXTURES / "hans/heuristics_evaluation_set.txt")}
-    for name, split, kwargs in (("train_k2_seed1", "train", {"k": 2, "seed": 1}), ("demos_seed1", "demos", {"seed": 1}),
-                                ("test", "test", {}), ("ood_hans", "ood:hans", {})):
-        run_sample("rte", task, inputs, split, root / f"samples/rte/{name}.parquet", **kwargs)
-    return root
 
 
 def config(root, **stages):

@@ -191,8 +191,7 @@ def check_stage_settings(stage: str, settings: dict, method: str | None = None) 
     if stage == "finetune" and method is not None:
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
-        needed = ["lora"] if METHODS[method].lora else ["lr"]
-        missing = [key for key in needed + (["distill"] if METHODS[method].teacher else []) if key not in settings]
+        missing = [key for key in METHODS[method].needs() if key not in settings]
         if missing:
             raise ConfigError(f"--settings: method {method} needs finetune.{', '.join(missing)}")
     return settings
@@ -225,15 +224,9 @@ def finetune_settings(config: dict, method: str, model: str | None = None) -> di
     the LoRA methods and `distill` for distillation, so a LoRA setting reruns only LoRA jobs. With `model`, the
     model's own finetune settings over the section's."""
     finetune = stage_config(config, "finetune", model)
-    settings = {key: value for key, value in finetune.items()
-                if key not in FINETUNE_SELECTION + FINETUNE_RUN_SETTINGS + ("lora", "distill", "lr")}
-    if METHODS[method].lora:
-        settings["lora"] = finetune["lora"]
-    else:
-        settings["lr"] = finetune["lr"]
-    if METHODS[method].teacher:
-        settings["distill"] = {key: finetune["distill"][key] for key in ("temperature", "kl_weight", "ce_weight")}
-    return settings
+    shared = {key: value for key, value in finetune.items()
+              if key not in FINETUNE_SELECTION + FINETUNE_RUN_SETTINGS + ("lora", "distill", "lr")}
+    return shared | METHODS[method].own_settings(finetune)
 
 
 class _StrictLoader(yaml.SafeLoader):

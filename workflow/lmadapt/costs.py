@@ -7,11 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .methods import METHODS
+from .methods import BYTES_16BIT, METHODS
 from .models import checkpoint_class
-
-BYTES_16BIT = 2
-
 
 
 def model_shape(folder: str | Path, lora: dict | None = None) -> dict:
@@ -47,24 +44,10 @@ def activation_bytes(shape: dict, batch: int, tokens: int, checkpointing: bool) 
 
 def training_memory(shape: dict, method: str, settings: dict, zero_stage: int, offload: bool, gpus: int,
                     tokens: int) -> float:
-    """Bytes on one GPU: mixed-precision AdamW keeps 16 bytes a trained parameter (16-bit weight and gradient,
-    fp32 master weight and two moments), partitioned by ZeRO over the GPUs; LoRA trains only its adapters."""
-    n, g = shape["parameters"], max(gpus, 1)
-    if METHODS[method].lora:
-        states = BYTES_16BIT * n + 16 * shape["lora_parameters"]
-    elif offload:
-        states = BYTES_16BIT * n / g
-    elif zero_stage == 3:
-        states = 16 * n / g
-    else:
-        states = BYTES_16BIT * n + 14 * n / g
-    return states + activation_bytes(shape, settings["batch_size"], tokens, settings["gradient_checkpointing"])
-
-
-def training_flops_per_token(method: str, checkpointing: bool) -> int:
-    """FLOPs per trained token and parameter: forward 2, backward 4 (LoRA: 2, no weight gradients of the frozen
-    base), and one more forward (2) when gradient checkpointing recomputes activations."""
-    return (4 if METHODS[method].lora else 6) + (2 if checkpointing else 0)
+    """Bytes on one GPU: the method's weights, gradients and optimizer states (methods.Method.state_bytes) and
+    the training activations of a micro-batch of `tokens`-long inputs."""
+    return (METHODS[method].state_bytes(shape, zero_stage, offload, gpus) +
+            activation_bytes(shape, settings["batch_size"], tokens, settings["gradient_checkpointing"]))
 
 
 def inference_memory(shape: dict, batch: int, tokens: int) -> float:

@@ -9,25 +9,26 @@ steps; a killed run resumes from the last one when started again.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 
-from .forward import last_positions, pad_batch
+from .forward import pad_batch
 from .config import FINETUNE_RUN_SETTINGS, ConfigError, fingerprint
-from .icl import check_verbalizers, seq2seq_label_logprobs
+from .icl import check_verbalizers
 from .io import read_table, write_json, write_parquet
-from .methods import METHODS, folder_kind, kind_problems
+from .methods import METHODS, Method, folder_kind, kind_problems
 from .metrics import Cost, classification_record, finish, group_columns, provenance
-from .models import load_model, model_record
+from .models import model_record
 from .prompt import classifier_inputs, task_pattern
 from .sample import META_KEY, validation_split
 
@@ -77,10 +78,6 @@ def schedule(n_examples: int, settings: dict, world: int) -> tuple[int, int, int
     return accum, order_length, -(-micro_per_epoch * settings["epochs"] // accum)
 
 
-def learning_rate(settings: dict, method: str) -> float:
-    return settings["lora"]["lr"] if METHODS[method].lora else settings["lr"]
-
-
 def deepspeed_config(base_path: str, settings: dict, lr: float, accum: int, total_steps: int, dtype: str) -> dict:
     """The DeepSpeed config of a training job (finetune, instruct): the ZeRO file with batch, AdamW, warmup-decay
     schedule and precision."""
@@ -103,36 +100,6 @@ def deepspeed_config(base_path: str, settings: dict, lr: float, accum: int, tota
             if key in config.get("zero_optimization", {}):
                 config["zero_optimization"][key]["pin_memory"] = False
     return config
-
-
-def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
-                 temperature: float, kl_weight: float, ce_weight: float):
-    """kl_weight * T^2 * KL(teacher || student at temperature T) + ce_weight * CE(gold); returns (loss, kl, ce)."""
-    student = (student_logits / temperature).log_softmax(-1)
-    teacher = teacher_probs.clamp_min(1e-12)
-    if temperature != 1.0:
-        teacher = (teacher.log() / temperature).softmax(-1)
-    kl = (teacher * (teacher.log() - student)).sum(-1).mean()
-    ce = torch.nn.functional.cross_entropy(student_logits, labels)
-    return kl_weight * temperature ** 2 * kl + ce_weight * ce, kl, ce
-
-
-def class_logits(model, method: str, input_ids, mask, verbalizer_ids: list[int]) -> torch.Tensor:
-    """[B, C]: the classification head's logits, or the LM head's logits of the verbalizers' first tokens at
-    the last real position (computed on that position only)."""
-    if METHODS[method].head == "classifier":
-        return model(input_ids=input_ids, attention_mask=mask).logits
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = core.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_positions(mask)]
-    return core.get_output_embeddings()(last)[:, verbalizer_ids]
-
-
-def seq2seq_targets(verbalizers: list[list[int]], gold: torch.Tensor, device) -> torch.Tensor:
-    """[B, L] decoder targets: each example's gold verbalizer, right-padded with -100 (ignored by the loss)."""
-    width = max(map(len, verbalizers))
-    rows = [verbalizers[label] + [-100] * (width - len(verbalizers[label])) for label in gold.tolist()]
-    return torch.tensor(rows, device=device)
 
 
 def epoch_batches(lengths: np.ndarray, order_length: int, seed: int, epoch: int, rank: int, world: int,
@@ -169,16 +136,9 @@ def discard_foreign_checkpoints(checkpoints: Path, job_hash: str, rank: int) -> 
 DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate")
 
 
-# The model class and the peft task of each kind of head (lmadapt/methods.py).
-HEAD_LOADERS = {"classifier": ("classification", "SEQ_CLS"), "verbalizer": ("causal", "CAUSAL_LM"),
-                "seq2seq": ("seq2seq", "SEQ_2_SEQ_LM")}
-
-
 def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
-    head = HEAD_LOADERS[METHODS[method].head][0]
-    lm = load_model(model_dir, dtype="float32", head=head,
-                    num_labels=n_labels, overrides=dict.fromkeys(DROPOUT_KEYS, settings["dropout"]),
-                    device=torch.device("cpu"))
+    """The method's model (its head's loader) with the job's dropout, made trainable."""
+    lm = METHODS[method].head.load(model_dir, n_labels, dict.fromkeys(DROPOUT_KEYS, settings["dropout"]))
     return lm, trainable_model(lm.model, method, settings)
 
 
@@ -194,9 +154,106 @@ def trainable_model(model, method: str, settings: dict):
         lora = settings["lora"]
         model = get_peft_model(model, LoraConfig(
             r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
-            task_type=HEAD_LOADERS[spec.head][1]))
+            task_type=spec.head.peft_task))
     model.train()
     return model
+
+
+def checked_method(model_dir: str, keys: dict) -> Method:
+    """The cell's method, refused before the weights load where it is unknown or the model's kind cannot run it."""
+    if keys["method"] not in METHODS:
+        raise ConfigError(f"unknown method {keys['method']!r}: one of {', '.join(METHODS)}")
+    kind_problem = kind_problems({"finetune": [keys]}, {keys["model"]: folder_kind(model_dir)})
+    if kind_problem:
+        raise ConfigError(kind_problem[0])
+    return METHODS[keys["method"]]
+
+
+@dataclass
+class TrainingSample:
+    """A job's training sample as the method trains on it: the rows it learns from and those it validates on
+    (study 2: a share of each label's rows validates after every epoch), their encoded inputs and gold labels, and
+    a distillation method's teacher distribution over them."""
+
+    rows: pd.DataFrame
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    examples: list[list[int]]
+    truncated: int
+    targets: torch.Tensor
+    teacher: torch.Tensor | None
+    teacher_meta: dict | None
+    meta: dict
+
+    @classmethod
+    def read(cls, path: str, lm, pattern, method: Method, settings: dict, seed: int,
+             teacher_path: str | None) -> TrainingSample:
+        rows, meta = read_table(path, META_KEY)
+        held = validation_split(rows["label"].to_numpy(), settings.get("validation", 0), seed)
+        train, validation = rows[~held], rows[held]
+        examples, truncated = classifier_inputs(lm, pattern, train, settings["max_length"])
+        teacher, teacher_meta = None, None
+        if method.teacher:
+            if teacher_path is None:
+                raise ConfigError("a distillation method needs the teacher's label distribution (--teacher)")
+            teacher_rows, teacher_meta = read_table(teacher_path, "lmadapt")
+            teacher_rows = teacher_rows.set_index("id").loc[train["id"]]
+            teacher = torch.tensor(np.stack(teacher_rows["probs"].to_numpy()), dtype=torch.float32)
+        return cls(rows, train, validation, examples, truncated, torch.tensor(train["label"].to_numpy()), teacher,
+                   teacher_meta, meta)
+
+
+@dataclass
+class Trainee:
+    """A fine-tuning job's model under DeepSpeed, with what its method scores and where it checkpoints."""
+
+    engine: object
+    lm: object
+    method: Method
+    pattern: object
+    verbalizers: list[list[int]]  # each label's verbalizer tokens, as encode_prompt (icl) has them
+    settings: dict
+    checkpoints: Path
+    job_hash: str
+    rank: int
+
+    def predict(self, rows, desc: str) -> tuple[np.ndarray, int]:
+        """Predicted label ids of rows (and how many inputs were cut): each one's likeliest class."""
+        inputs, truncated = classifier_inputs(self.lm, self.pattern, rows, self.settings["max_length"])
+        return self.method.head.predict(self.engine.module, inputs, self.lm.tokenizer.pad_token_id, self.verbalizers,
+                                        self.settings["eval_batch_size"], desc), truncated
+
+    def batch_loss(self, sample: TrainingSample, batch):
+        device = self.engine.device
+        ids, mask = pad_batch([sample.examples[i] for i in batch], self.lm.tokenizer.pad_token_id, device)
+        teacher = None if sample.teacher is None else sample.teacher[batch].to(device)
+        return self.method.loss(self.engine.module, ids, mask, sample.targets[batch].to(device), self.verbalizers,
+                                self.settings, teacher), mask
+
+    def validate(self, validation, epoch: int, state: dict) -> None:
+        """After an epoch: accuracy on the validation rows; the best epoch's weights kept (tag "best")."""
+        history = state["validation"]
+        if len(validation) and len(history) == epoch:  # a resumed run has the epochs before its step
+            self.engine.eval()
+            predicted, _ = self.predict(validation, f"validate epoch {epoch + 1}")
+            self.engine.train()
+            history.append(float((predicted == validation["label"].to_numpy()).mean()))
+            if history[-1] > max(history[:-1], default=-1.0):
+                save_checkpoint(self.engine, self.checkpoints, self.job_hash, self.rank, tag="best",
+                                client_state={"epoch": epoch})
+
+    def evaluate(self, splits: dict, keys: dict, labels: list[str], examples: int, work_dir: Path):
+        """A record per split (and each example's prediction, for error analysis); the inputs cut per split."""
+        records, truncated = [], {}
+        for split, rows in splits.items():
+            predicted, truncated[split] = self.predict(rows, f"evaluate {split}")
+            records.append(classification_record(dict(keys, split=split, layer=None, prompt=self.pattern.name,
+                                                      examples=examples), labels, rows["label"].to_numpy(),
+                                                 predicted, group_columns(rows, rows["id"])))
+            if self.rank == 0:
+                write_parquet(pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),
+                                        "prediction": predicted.tolist()}), work_dir / f"predictions_{split}.parquet")
+        return records, truncated
 
 
 def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[str, str], out: str,
@@ -206,141 +263,72 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     import deepspeed
 
     rank, world = init_distributed()
-    method, seed = keys["method"], keys["seed"]
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
-    cost = Cost()
-    torch.manual_seed(seed)
-    labels = task["labels"]
-    kind_problem = kind_problems({"finetune": [keys]}, {keys["model"]: folder_kind(model_dir)})
-    if kind_problem:
-        raise ConfigError(kind_problem[0])
+    method, cost, work = checked_method(model_dir, keys), Cost(), Path(work_dir)
+    torch.manual_seed(keys["seed"])
     pattern = task_pattern(task, settings.get("pattern"))
-    if METHODS[method].head != "classifier":  # pattern-based methods score the verbalizers' first tokens
-        check_verbalizers(model_dir, [pattern], first_token=METHODS[method].head == "verbalizer")
-    lm, model = build_model(model_dir, method, len(labels), settings)
+    if method.head.verbalizer is not None:  # refused where the tokenizer cannot tell the labels apart
+        check_verbalizers(model_dir, [pattern], first_token=method.head.verbalizer == "first")
+    lm, model = build_model(model_dir, keys["method"], len(task["labels"]), settings)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
-    sample, train_meta = read_table(train_path, META_KEY)
-    share = settings.get("validation", 0)  # study 2: 0.2 of the sample validates each epoch; the best one is kept
-    held = validation_split(sample["label"].to_numpy(), share, seed)
-    train, validation = sample[~held], sample[held]
-    examples, truncated_train = classifier_inputs(lm, pattern, train, settings["max_length"])
-    verbalizers = [lm.encode(pattern.verbalizer[label]) for label in labels]  # as encode_prompt (icl) has them
-    verbalizer_ids = [verbalizer[0] for verbalizer in verbalizers]  # each verbalizer's first token
-    seq2seq = METHODS[method].head == "seq2seq"
-    targets = torch.tensor(train["label"].to_numpy())
-    teacher, teacher_meta = None, None
-    if METHODS[method].teacher:
-        if teacher_path is None:
-            raise ConfigError("method distill needs the teacher's label distribution (--teacher)")
-        teacher_rows, teacher_meta = read_table(teacher_path, "lmadapt")
-        teacher_rows = teacher_rows.set_index("id").loc[train["id"]]
-        teacher = torch.tensor(np.stack(teacher_rows["probs"].to_numpy()), dtype=torch.float32)
-
-    accum, order_length, total_steps = schedule(len(examples), settings, world)
-    dtype = precision(settings["precision"])
-    config = deepspeed_config(ds_config_path, settings, learning_rate(settings, method), accum, total_steps, dtype)
+    sample = TrainingSample.read(train_path, lm, pattern, method, settings, keys["seed"], teacher_path)
     evals = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
-    fingerprints = [train_meta["fingerprint"]] + [meta["fingerprint"] for _, meta in evals.values()]
+    fingerprints = [sample.meta["fingerprint"]] + [meta["fingerprint"] for _, meta in evals.values()]
+    accum, order_length, total_steps = schedule(len(sample.examples), settings, world)
+    dtype = precision(settings["precision"])
+    config = deepspeed_config(ds_config_path, settings, method.learning_rate(settings), accum, total_steps, dtype)
     job_hash = fingerprint({"settings": {k: v for k, v in settings.items() if k not in FINETUNE_RUN_SETTINGS},
                             "keys": keys, "data": fingerprints, "world": world, "format": CHECKPOINT_FORMAT,
-                            "teacher": teacher_meta})
-    discard_foreign_checkpoints(Path(work_dir) / "checkpoints", job_hash, rank)
+                            "teacher": sample.teacher_meta})
+    discard_foreign_checkpoints(work / "checkpoints", job_hash, rank)
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
-    device = engine.device
-
-    checkpoints = Path(work_dir) / "checkpoints"
-
-    def predict(rows, desc):
-        """Predicted label ids of rows (and how many inputs were cut): each one's likeliest class."""
-        eval_ids, truncated = classifier_inputs(lm, pattern, rows, settings["max_length"])
-        if seq2seq:  # the verbalizer the decoder finds likeliest, as icl scores an encoder-decoder
-            return seq2seq_label_logprobs(engine.module, lm.tokenizer.pad_token_id, eval_ids, verbalizers,
-                                          settings["eval_batch_size"], desc).argmax(1), truncated
-        predictions = []
-        with torch.no_grad():
-            for first in range(0, len(eval_ids), settings["eval_batch_size"]):
-                ids, mask = pad_batch(eval_ids[first: first + settings["eval_batch_size"]],
-                                      lm.tokenizer.pad_token_id, device)
-                predictions.append(class_logits(engine.module, method, ids, mask, verbalizer_ids).argmax(-1).cpu())
-        return torch.cat(predictions).numpy(), truncated
-
-    def batch_loss(batch):
-        ids, mask = pad_batch([examples[i] for i in batch], lm.tokenizer.pad_token_id, device)
-        gold = targets[batch].to(device)
-        if seq2seq:  # the decoder's loss on the gold verbalizer
-            loss = engine.module(input_ids=ids, attention_mask=mask,
-                                 labels=seq2seq_targets(verbalizers, gold, device)).loss
-        else:
-            logits = class_logits(engine.module, method, ids, mask, verbalizer_ids).float()
-            if teacher is not None:
-                d = settings["distill"]
-                loss, _, _ = distill_loss(logits, teacher[batch].to(device), gold, d["temperature"],
-                                          d["kl_weight"], d["ce_weight"])
-            else:
-                loss = torch.nn.functional.cross_entropy(logits, gold)
-        return loss, mask
-
-    def validate(epoch, state):
-        history = state["validation"]
-        if share and len(history) == epoch:  # not yet validated (a resumed run has the epochs before its step)
-            engine.eval()
-            predicted, _ = predict(validation, f"validate epoch {epoch + 1}")
-            engine.train()
-            history.append(float((predicted == validation["label"].to_numpy()).mean()))
-            if history[-1] > max(history[:-1], default=-1.0):
-                save_checkpoint(engine, checkpoints, job_hash, rank, tag="best", client_state={"epoch": epoch})
+    trainee = Trainee(engine, lm, method, pattern, [lm.encode(pattern.verbalizer[label]) for label in task["labels"]],
+                      settings, work / "checkpoints", job_hash, rank)
 
     train_start = time.time()
-    lengths = np.array([len(example) for example in examples])
-    state = train_epochs(engine, lengths, order_length, settings, seed, rank, world, accum, checkpoints, job_hash,
-                         batch_loss, {"validation": []}, after_epoch=validate)
-    losses, tokens, padded, history = state["losses"], state["tokens"], state["padded"], state["validation"]
-    micro, resumed_from = state["micro_step"], state["resumed_from"]
+    state = train_epochs(engine, np.array([len(example) for example in sample.examples]), order_length, settings,
+                         keys["seed"], rank, world, accum, trainee.checkpoints, job_hash,
+                         lambda batch: trainee.batch_loss(sample, batch), {"validation": []},
+                         after_epoch=lambda epoch, state: trainee.validate(sample.validation, epoch, state))
     train_seconds = time.time() - train_start
+    history = state["validation"]
     best_epoch = int(np.argmax(history)) if history else None  # the first of equally good epochs
     if best_epoch is not None and best_epoch < len(history) - 1:
-        engine.load_checkpoint(str(checkpoints), tag="best")
+        engine.load_checkpoint(str(trainee.checkpoints), tag="best")
 
     engine.eval()
-    splits = ({"train": train, "validation": validation} if share else {})
+    splits = {"train": sample.train, "validation": sample.validation} if len(sample.validation) else {}
     splits |= {split: rows for split, (rows, _) in evals.items()}
-    records, truncated_eval = [], {}
-    teacher_shots = teacher_meta["shots"] if teacher_meta else 0
-    for split, rows in splits.items():
-        predicted, truncated_eval[split] = predict(rows, f"evaluate {split}")
-        records.append(classification_record(dict(keys, split=split, layer=None, prompt=pattern.name,
-                                                  examples=len(sample) + teacher_shots), labels,
-                                             rows["label"].to_numpy(), predicted, group_columns(rows, rows["id"])))
-        if rank == 0:  # per-example predictions, for error analysis
-            write_parquet(pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),
-                                    "prediction": predicted.tolist()}), Path(work_dir) / f"predictions_{split}.parquet")
-
-    saved = _save(engine, lm, method, Path(work_dir), settings)
-    per_step = [float(np.mean(losses[i: i + accum])) for i in range(0, len(losses), accum)]
-    details = {"optimizer_steps": -(-micro // accum),
-               "micro_steps": micro, "planned_optimizer_steps": total_steps, "resumed_from_micro_step": resumed_from,
-               "loss_per_step": per_step, "train_seconds": round(train_seconds, 3),
-               "train_tokens_per_s": round(tokens * world / max(train_seconds, 1e-9), 1),
-               "train_padding_share": round(1 - tokens / max(padded, 1), 4),
-               "trainable_parameters": trainable,
-               "zero_stage": config["zero_optimization"]["stage"], "precision": dtype, "world_size": world,
-               "truncated_train_inputs": truncated_train, "truncated_eval_inputs": truncated_eval,
-               "accumulation_steps": accum, "effective_batch": settings["effective_batch"],
-               "lr": learning_rate(settings, method), "saved": saved,
-               "validation_accuracy_per_epoch": history, "best_epoch": None if best_epoch is None else best_epoch + 1,
-               "teacher": teacher_meta}
+    teacher_shots = sample.teacher_meta["shots"] if sample.teacher_meta else 0
+    records, truncated_eval = trainee.evaluate(splits, keys, task["labels"], len(sample.rows) + teacher_shots, work)
+    details = dict(training_details(state, accum, total_steps, train_seconds, world, settings),
+                   trainable_parameters=trainable, zero_stage=config["zero_optimization"]["stage"], precision=dtype,
+                   truncated_train_inputs=sample.truncated, truncated_eval_inputs=truncated_eval,
+                   lr=method.learning_rate(settings), saved=_save(engine, lm, method, work, settings),
+                   best_epoch=None if best_epoch is None else best_epoch + 1, teacher=sample.teacher_meta)
     for record in records:
         record["details"] = details
-    if rank == 0 and not settings["keep_checkpoint"] and checkpoints.exists():
-        shutil.rmtree(checkpoints)  # the run finished; checkpoints only serve a restart
+    if rank == 0 and not settings["keep_checkpoint"] and trainee.checkpoints.exists():
+        shutil.rmtree(trainee.checkpoints)  # the run finished; checkpoints only serve a restart
     result = finish(records, cost.as_dict(train_tokens_per_s=details["train_tokens_per_s"]),
                     provenance(settings, lm.info["revision"], fingerprints))
     if rank == 0:
         write_json(result, out)
     torch.distributed.barrier()
     return result if rank == 0 else None
+
+
+def training_details(state: dict, accum: int, total_steps: int, seconds: float, world: int, settings: dict) -> dict:
+    """What a training run did, from train_epochs' state: steps, the loss of each optimizer step, throughput."""
+    losses, micro = state["losses"], state["micro_step"]
+    return {"optimizer_steps": -(-micro // accum), "micro_steps": micro, "planned_optimizer_steps": total_steps,
+            "resumed_from_micro_step": state["resumed_from"],
+            "loss_per_step": [float(np.mean(losses[i: i + accum])) for i in range(0, len(losses), accum)],
+            "train_seconds": round(seconds, 3),
+            "train_tokens_per_s": round(state["tokens"] * world / max(seconds, 1e-9), 1),
+            "train_padding_share": round(1 - state["tokens"] / max(state["padded"], 1), 4),
+            "world_size": world, "accumulation_steps": accum, "effective_batch": settings["effective_batch"],
+            "validation_accuracy_per_epoch": state["validation"]}
 
 
 def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: dict, seed: int, rank: int, world: int,
@@ -392,9 +380,9 @@ def save_checkpoint(engine, checkpoints: Path, job_hash: str, rank: int, tag: st
         write_json({"job_hash": job_hash}, checkpoints / JOB_FILE)
 
 
-def _save(engine, lm, method: str, work_dir: Path, settings: dict) -> str | None:
+def _save(engine, lm, method: Method, work_dir: Path, settings: dict) -> str | None:
     """LoRA adapters are always kept (small); full weights only with save_model."""
-    if METHODS[method].lora:
+    if method.lora:
         import deepspeed
 
         target = work_dir / "adapter"
@@ -434,7 +422,7 @@ def run_classifier(name: str, base_dir: str, task: dict, train_path: str, eval_p
     pattern = task_pattern(task, settings.get("pattern"))
     data_fingerprint = result["records"][0]["provenance"]["data_fingerprint"]
     record = derived_record(name, "classifier", model_record(base_dir), settings, data_fingerprint)
-    record["pattern"] = dataclasses.asdict(pattern)
+    record["pattern"] = asdict(pattern)
     save_derived(model, AutoTokenizer.from_pretrained(saved), out_model, record)
     shutil.rmtree(saved)  # now in out_model
     return result

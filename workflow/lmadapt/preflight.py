@@ -25,7 +25,7 @@ import pandas as pd
 
 from .checks import layer_problems, model_kind_problems
 from .config import ConfigError, finetune_settings, setting_key, stage_config
-from .costs import Zero, inference_memory, model_shape, training_flops_per_token, training_memory
+from .costs import Zero, inference_memory, model_shape, training_memory
 from .data import corpus_path
 from .grid import demonstration_needs, derived_models, grid, root_model
 from .io import read_metadata, read_table, write_json, write_text
@@ -88,12 +88,12 @@ def scorer_problems(config: dict, cells: dict, models: list[str], tokens_of) -> 
                 "patterns"]:
             first_token.setdefault((cell["model"], cell["task"], name), False)
     for cell in cells["finetune"]:
-        head = METHODS[cell["method"]].head
-        if head != "classifier":
+        scored = METHODS[cell["method"]].head.verbalizer
+        if scored is not None:
             name = stage_config(config, "finetune", cell["model"])["pattern"] or next(
                 iter(config["tasks"][cell["task"]]["prompt"]["patterns"]))
             key = (cell["model"], cell["task"], name)
-            first_token[key] = first_token.get(key, False) or head == "verbalizer"
+            first_token[key] = first_token.get(key, False) or scored == "first"
     problems = []
     for (model, task, name), first in sorted(first_token.items()):
         if model in models:
@@ -291,7 +291,7 @@ def plan_finetune(m: Measuring, cells: dict, zero: Zero) -> None:
                                      what=f"inputs truncated to {setting_key(config, 'finetune', model, 'max_length')}"
                                           f": " + ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
         shape, gpus = m.shapes[model], config["models"][model]["gpus"]
-        per_token = training_flops_per_token(method, ft["gradient_checkpointing"])
+        per_token = METHODS[method].flops_per_token(ft["gradient_checkpointing"])
         held = ft.get("validation", 0)  # validated (forward only) after every epoch instead of trained on
         flops = shape["parameters"] * ((per_token * (1 - held) + 2 * held) * train["tokens"] * ft["epochs"] +
                                        2 * sum(e["tokens"] for e in evaluated.values()))
@@ -337,7 +337,7 @@ def plan_instruct(m: Measuring, corpora: Path, zero: Zero) -> None:
         trained = m.measure(name, measured_as + ("train",), lambda t: instruction_lengths(t, train))
         evaluated = m.measure(name, measured_as + ("held",), lambda t: instruction_lengths(t, held))
         shape, gpus = m.shapes[name], config["models"][name]["gpus"]
-        per_token = training_flops_per_token("pattern", settings["gradient_checkpointing"])
+        per_token = METHODS["pattern"].flops_per_token(settings["gradient_checkpointing"])
         flops = shape["parameters"] * (per_token * trained["tokens"] * settings["epochs"] + 2 * 2 * evaluated["tokens"])
         memory = training_memory(shape, "pattern", settings, zero.stage, zero.offload, gpus, trained["longest"])
         m.plan.job("instruct", name, where["task"], gpus, flops, memory, shape)
