@@ -121,15 +121,18 @@ CHECKPOINT_FORMAT = 3  # what a checkpoint's client state holds and how batches 
 JOB_FILE = "job.json"  # the settings hash of the job whose checkpoints these are
 
 
-def discard_foreign_checkpoints(checkpoints: Path, job_hash: str, rank: int) -> None:
-    """A checkpoint resumes only the job that wrote it (same settings, cell, data, teacher, process count);
-    one left by a job of other settings is removed, and training starts from the beginning."""
+def own_checkpoints(checkpoints: Path, job: dict, rank: int) -> str:
+    """The job's hash (job: what it computes with, its data and process count) marks its checkpoints: one resumes
+    only the job that wrote it; one left by a job of other settings is removed, and training starts from the
+    beginning. Returns the hash."""
+    job_hash = fingerprint(dict(job, format=CHECKPOINT_FORMAT))
     if rank == 0 and checkpoints.exists():
         recorded = json.loads((checkpoints / JOB_FILE).read_text()) if (checkpoints / JOB_FILE).is_file() else {}
         if recorded.get("job_hash") != job_hash:
             print(f"{checkpoints}: left by a job with other settings; training from the start", flush=True)
             shutil.rmtree(checkpoints)
     torch.distributed.barrier()
+    return job_hash
 
 
 # finetune.dropout, under each family's names (OPT; BERT/RoBERTa; T5); a model takes the ones its config has.
@@ -276,15 +279,13 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     accum, order_length, total_steps = schedule(len(sample.examples), settings, world)
     dtype = precision(settings["precision"])
     config = deepspeed_config(ds_config_path, settings, method.learning_rate(settings), accum, total_steps, dtype)
-    job_hash = fingerprint({"settings": {k: v for k, v in settings.items() if k not in FINETUNE_RUN_SETTINGS},
-                            "keys": keys, "data": fingerprints, "world": world, "format": CHECKPOINT_FORMAT,
-                            "teacher": sample.teacher_meta})
-    discard_foreign_checkpoints(work / "checkpoints", job_hash, rank)
+    job_hash = own_checkpoints(work / "checkpoints", {
+        "settings": {k: v for k, v in settings.items() if k not in FINETUNE_RUN_SETTINGS}, "keys": keys,
+        "data": fingerprints, "world": world, "teacher": sample.teacher_meta}, rank)
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
     trainee = Trainee(engine, lm, method, pattern, [lm.encode(pattern.verbalizer[label]) for label in task["labels"]],
                       settings, work / "checkpoints", job_hash, rank)
-
     train_start = time.time()
     state = train_epochs(engine, np.array([len(example) for example in sample.examples]), order_length, settings,
                          keys["seed"], rank, world, accum, trainee.checkpoints, job_hash,
@@ -295,13 +296,14 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     best_epoch = int(np.argmax(history)) if history else None  # the first of equally good epochs
     if best_epoch is not None and best_epoch < len(history) - 1:
         engine.load_checkpoint(str(trainee.checkpoints), tag="best")
-
     engine.eval()
     splits = {"train": sample.train, "validation": sample.validation} if len(sample.validation) else {}
     splits |= {split: rows for split, (rows, _) in evals.items()}
     teacher_shots = sample.teacher_meta["shots"] if sample.teacher_meta else 0
     records, truncated_eval = trainee.evaluate(splits, keys, task["labels"], len(sample.rows) + teacher_shots, work)
-    details = dict(training_details(state, accum, total_steps, train_seconds, world, settings),
+    details = dict(training_summary(state, accum, total_steps, train_seconds), micro_steps=state["micro_step"],
+                   train_tokens_per_s=round(state["tokens"] * world / max(train_seconds, 1e-9), 1), world_size=world,
+                   effective_batch=settings["effective_batch"], validation_accuracy_per_epoch=history,
                    trainable_parameters=trainable, zero_stage=config["zero_optimization"]["stage"], precision=dtype,
                    truncated_train_inputs=sample.truncated, truncated_eval_inputs=truncated_eval,
                    lr=method.learning_rate(settings), saved=_save(engine, lm, method, work, settings),
@@ -318,17 +320,15 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     return result if rank == 0 else None
 
 
-def training_details(state: dict, accum: int, total_steps: int, seconds: float, world: int, settings: dict) -> dict:
-    """What a training run did, from train_epochs' state: steps, the loss of each optimizer step, throughput."""
-    losses, micro = state["losses"], state["micro_step"]
-    return {"optimizer_steps": -(-micro // accum), "micro_steps": micro, "planned_optimizer_steps": total_steps,
+def training_summary(state: dict, accum: int, total_steps: int, seconds: float) -> dict:
+    """train_epochs' state as the metrics of finetune and instruct report it: optimizer steps, each one's loss,
+    time and padding."""
+    losses = state["losses"]
+    return {"optimizer_steps": -(-state["micro_step"] // accum), "planned_optimizer_steps": total_steps,
             "resumed_from_micro_step": state["resumed_from"],
             "loss_per_step": [float(np.mean(losses[i: i + accum])) for i in range(0, len(losses), accum)],
-            "train_seconds": round(seconds, 3),
-            "train_tokens_per_s": round(state["tokens"] * world / max(seconds, 1e-9), 1),
-            "train_padding_share": round(1 - state["tokens"] / max(state["padded"], 1), 4),
-            "world_size": world, "accumulation_steps": accum, "effective_batch": settings["effective_batch"],
-            "validation_accuracy_per_epoch": state["validation"]}
+            "train_seconds": round(seconds, 3), "accumulation_steps": accum,
+            "train_padding_share": round(1 - state["tokens"] / max(state["padded"], 1), 4)}
 
 
 def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: dict, seed: int, rank: int, world: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,8 @@ import torch
 from .config import fingerprint
 from .data import read_corpus
 from .derived import derived_record, save_derived
-from .finetune import (CHECKPOINT_FORMAT, DROPOUT_KEYS, deepspeed_config, discard_foreign_checkpoints,
-                       init_distributed, precision, schedule, train_epochs)
+from .finetune import (DROPOUT_KEYS, deepspeed_config, init_distributed, own_checkpoints, precision, schedule,
+                       train_epochs, trainable_model, training_summary)
 from .forward import pad_batch
 from .io import read_table, write_json, write_parquet
 from .metrics import Cost, code_version
@@ -112,6 +113,30 @@ def generate(lm, prompts: list[str], max_new_tokens: int, batch_size: int) -> li
     return answers
 
 
+def encode_rows(lm, frame, max_length: int) -> tuple[list, int, int]:
+    """Instruction rows encoded for training: (the examples that keep a response token, how many were cut, how
+    many were dropped because their prompt fills max_length)."""
+    out = [encode_example(lm, *values, max_length) for values in frame[COLUMNS].to_numpy()]
+    kept = [(ids, labels) for ids, labels, _ in out if any(label != IGNORE for label in labels)]
+    return kept, sum(cut for _, _, cut in out), len(out) - len(kept)
+
+
+def encode_sets(lm, train, held, max_length: int) -> tuple[tuple, tuple]:
+    """encode_rows of the training and the held-out rows, refused where no example keeps a response token."""
+    (examples, *train_counts), (held_examples, *held_counts) = (encode_rows(lm, f, max_length) for f in (train, held))
+    if not examples or not held_examples:
+        raise ValueError(f"instruct.max_length: {max_length} tokens leave no response token to "
+                         f"{'train on' if not examples else 'evaluate'} (every prompt fills them); raise it")
+    return (examples, *train_counts), (held_examples, *held_counts)
+
+
+def response_batch_loss(engine, examples: list, pad_id: int, batch):
+    """A micro-batch's loss on its responses' tokens (train_epochs' batch_loss)."""
+    ids, mask = pad_batch([examples[i][0] for i in batch], pad_id, engine.device)
+    labels = pad_labels([examples[i][1] for i in batch], engine.device)
+    return engine.module(input_ids=ids, attention_mask=mask, labels=labels).loss, mask
+
+
 def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict[str, dict], settings: dict,
                  ds_config_path: str, work_dir: str, out_model: str, metrics_path: str, generations_path: str
                  ) -> dict | None:
@@ -124,46 +149,27 @@ def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict
     torch.manual_seed(settings["seed"])
     lm = load_model(base_dir, dtype="float32", head="causal", device=torch.device("cpu"),
                     overrides=dict.fromkeys(DROPOUT_KEYS, settings["dropout"]))
-    model = lm.model
-    if settings["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     rows = read_instructions(inputs, corpora)
     data_fingerprint = fingerprint(rows[COLUMNS].to_numpy().tolist())
     train, held = split_rows(rows, settings)
-
-    def encoded(frame):
-        out = [encode_example(lm, *values, settings["max_length"]) for values in frame[COLUMNS].to_numpy()]
-        kept = [(ids, labels) for ids, labels, _ in out if any(label != IGNORE for label in labels)]
-        return kept, sum(cut for _, _, cut in out), len(out) - len(kept)
-
-    (examples, cut_train, dropped_train), (held_examples, cut_held, dropped_held) = encoded(train), encoded(held)
-    if not examples or not held_examples:
-        raise ValueError(f"instruct.max_length: {settings['max_length']} tokens leave no response token to "
-                         f"{'train on' if not examples else 'evaluate'} (every prompt fills them); raise it")
+    (examples, cut_train, dropped_train), (held_examples, cut_held, dropped_held) = encode_sets(
+        lm, train, held, settings["max_length"])
     accum, order_length, total_steps = schedule(len(examples), settings, world)
     dtype = precision(settings["precision"])
     config = deepspeed_config(ds_config_path, settings, settings["lr"], accum, total_steps, dtype)
     computed = {key: value for key, value in settings.items() if key != "checkpoint_every"}
-    job_hash = fingerprint({"settings": computed, "data": data_fingerprint, "world": world,
-                            "format": CHECKPOINT_FORMAT, "stage": "instruct"})
     checkpoints = Path(work_dir) / "checkpoints"
-    discard_foreign_checkpoints(checkpoints, job_hash, rank)
+    job_hash = own_checkpoints(checkpoints, {"settings": computed, "data": data_fingerprint, "world": world,
+                                             "stage": "instruct"}, rank)
     pad_id = lm.tokenizer.pad_token_id
-    before = response_loss(model, held_examples, pad_id, settings["eval_batch_size"])
-    model.train()
+    before = response_loss(lm.model, held_examples, pad_id, settings["eval_batch_size"])
+    model = trainable_model(lm.model, "pattern", settings)  # every weight, the LM head: as the preflight costs it
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
-
-    def batch_loss(batch):
-        ids, mask = pad_batch([examples[i][0] for i in batch], pad_id, engine.device)
-        labels = pad_labels([examples[i][1] for i in batch], engine.device)
-        return engine.module(input_ids=ids, attention_mask=mask, labels=labels).loss, mask
-
     train_start = time.time()
-    lengths = np.array([len(ids) for ids, _ in examples])
-    state = train_epochs(engine, lengths, order_length, settings, settings["seed"], rank, world, accum, checkpoints,
-                         job_hash, batch_loss)
+    state = train_epochs(engine, np.array([len(ids) for ids, _ in examples]), order_length, settings,
+                         settings["seed"], rank, world, accum, checkpoints, job_hash,
+                         partial(response_batch_loss, engine, examples, pad_id))
     train_seconds = time.time() - train_start
     engine.eval()
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
@@ -176,24 +182,14 @@ def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict
     torch.distributed.barrier()
     if rank != 0:
         return None
-    derived = load_model(out_model)  # through the one loader, as every later stage loads it
-    shown = held.head(settings["generations"])
-    prompts = [alpaca_prompt(i, x) for i, x in shown[["instruction", "input"]].to_numpy()]
-    answers = generate(derived, prompts, settings["max_new_tokens"], settings["eval_batch_size"])
-    write_parquet(pa.table({"origin": shown["origin"].tolist(), "instruction": shown["instruction"].tolist(),
-                            "input": shown["input"].tolist(), "reference": shown["output"].tolist(),
-                            "generated": answers}), generations_path)
-    per_step = [float(np.mean(state["losses"][i: i + accum])) for i in range(0, len(state["losses"]), accum)]
+    write_generations(out_model, held.head(settings["generations"]), settings, generations_path)
     metrics = {
         "model": name, "derive": "instruct", "model_revision": record["revision"], "base": record["base"],
         "held_out": {"before": before, "after": after, "rows": len(held), "cut": cut_held, "dropped": dropped_held},
         "train": {"rows": len(train), "examples": len(examples), "cut": cut_train, "dropped": dropped_train,
                   "sets": {origin: int(n) for origin, n in train["origin"].value_counts().sort_index().items()},
-                  "optimizer_steps": -(-state["micro_step"] // accum), "planned_optimizer_steps": total_steps,
-                  "resumed_from_micro_step": state["resumed_from"], "loss_per_step": per_step,
-                  "train_seconds": round(train_seconds, 3), "zero_stage": config["zero_optimization"]["stage"],
-                  "precision": dtype, "world_size": world, "accumulation_steps": accum,
-                  "train_padding_share": round(1 - state["tokens"] / max(state["padded"], 1), 4)},
+                  **training_summary(state, accum, total_steps, train_seconds),
+                  "zero_stage": config["zero_optimization"]["stage"], "precision": dtype, "world_size": world},
         "cost": cost.as_dict(),
         "provenance": {"config_hash": record["settings_hash"], "code_version": code_version(),
                        "data_fingerprint": data_fingerprint},
@@ -201,3 +197,14 @@ def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict
     write_json(metrics, metrics_path)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the job is done; checkpoints only serve a restart
     return metrics
+
+
+def write_generations(model_dir: str, shown, settings: dict, path: str) -> None:
+    """The derived model's answers to held-out instructions, loaded through the one loader as every later stage
+    loads it, beside each reference answer."""
+    prompts = [alpaca_prompt(i, x) for i, x in shown[["instruction", "input"]].to_numpy()]
+    answers = generate(load_model(model_dir), prompts, settings["max_new_tokens"], settings["eval_batch_size"])
+    write_parquet(pa.table({"origin": shown["origin"].tolist(), "instruction": shown["instruction"].tolist(),
+                            "input": shown["input"].tolist(), "reference": shown["output"].tolist(),
+                            "generated": answers}), path)
+

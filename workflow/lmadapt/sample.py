@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -170,76 +171,85 @@ def to_table(rows: pd.DataFrame, meta: dict) -> pa.Table:
     return table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
 
 
+@dataclass
+class TaskFiles:
+    """A task's input files as a sample job reads them (inputs: role -> path, the rule's inputs)."""
+
+    name: str
+    task: dict
+    inputs: dict[str, str]
+    test_seed: int
+
+    def read(self, role: str, source: dict) -> Split:
+        if role not in self.inputs:
+            raise DataError(f"task {self.name}: no input file given for {role!r}")
+        return read_split(source, self.inputs[role], self.task["fields"], self.task["labels"])
+
+    def ood(self, name: str) -> tuple[pd.DataFrame, Split]:
+        """An out-of-domain sample (its n rows drawn with the test seed) and its file."""
+        if name not in self.task["ood"]:
+            raise DataError(f"task {self.name}: no out-of-domain set {name!r} (has {sorted(self.task['ood'])})")
+        source = self.task["ood"][name]
+        ood = self.read(f"ood:{name}", source)
+        return draw_rows(ood.rows, source.get("n"), self.test_seed), ood
+
+    def leak_free_pool(self, train: Split, test: pd.DataFrame, test_file: str | None, carved: pd.DataFrame | None,
+                       meta: dict) -> pd.DataFrame:
+        """The training pool (less a carved test sample) less every row that shares a text with the test sample
+        of a separate test file or, where the task drops overlaps, with an out-of-domain sample (its file is
+        then an input of the job; otherwise the preflight compares the samples); rows dropped go in meta."""
+        evaluations = {"test": (test, test_file)} if test_file else {}
+        if self.task.get("overlap") == "drop":
+            evaluations |= {f"ood:{name}": (rows, str(ood.path))
+                            for name in self.task["ood"] for rows, ood in [self.ood(name)]}
+        pool, dropped = without_overlap(training_pool(train.rows, carved, self.task["fields"]), evaluations,
+                                        self.task["fields"], self.name, self.task, str(train.path))
+        if dropped:
+            meta["dropped_overlap"] = dropped
+        return pool
+
+    def in_domain(self, split: str, k: int | None, seed: int | None, meta: dict) -> tuple[pd.DataFrame, Split]:
+        """A sample of the task's own data and the file it was drawn from: the test sample (a separate test
+        file's, or carved out of the single pool), a training sample, a demonstration pool or instructions."""
+        task, labels = self.task, self.task["labels"]
+        if split not in ("test", "train", "demos", "instructions"):
+            raise ConfigError(f"unknown split {split!r}: train, demos, test, instructions or ood:<name>")
+        train = self.read("train", task["data"]["train"])
+        separate = "test" in task["data"]
+        test_split = self.read("test", task["data"]["test"]) if separate else train
+        test = draw_rows(test_split.rows, task["n_test"], self.test_seed)
+        test_file = str(test_split.path) if separate else None
+        if split == "test":
+            return test, test_split
+        if split == "instructions":  # every training row may serve, never a test text (test_seed draws)
+            pool = self.leak_free_pool(train, test, test_file, test, meta)
+            return instruction_rows(draw_rows(pool, task["instructions"]["rows"], self.test_seed), task), train
+        if seed is None or (split == "train" and k is None):
+            raise ConfigError(f"a {split} sample needs a seed" + (" and k" if split == "train" else ""))
+        pool = self.leak_free_pool(train, test, test_file, None if separate else test, meta)
+        if split == "train":
+            meta.update(k=k, seed=seed)
+            return draw_balanced(pool, labels, k, seed, str(train.path), f"tasks.{self.name}",
+                                 demonstrations=task["demonstrations"]), train
+        # the pool does not depend on k: adding a k to the task changes no demonstration
+        meta.update(seed=seed, per_class=task["demonstrations"])
+        return draw_demonstrations(pool, labels, task["demonstrations"], seed, str(train.path),
+                                   f"tasks.{self.name}"), train
+
+
 def run_sample(task_name: str, task: dict, inputs: dict[str, str], split: str, out: str,
                k: int | None = None, seed: int | None = None, test_seed: int = 0) -> dict:
     """Write one sample file. split: 'train' (needs k and seed; stays clear of the task's `demonstrations` pool,
     0 when no prompt of the grid uses one), 'demos' (needs seed), 'test', 'instructions' (the task's instruction
     set) or 'ood:<name>'."""
-    fields, labels = task["fields"], task["labels"]
-
-    def read(role: str, source: dict) -> Split:
-        if role not in inputs:
-            raise DataError(f"task {task_name}: no input file given for {role!r}")
-        return read_split(source, inputs[role], fields, labels)
-
-    def source_meta(s: Split) -> dict:
-        return dict(s.description, sha256=file_sha256(s.path))
-
-    meta = {"task": task_name, "split": split, "fields": fields, "labels": labels, "test_seed": test_seed}
+    files = TaskFiles(task_name, task, inputs, test_seed)
+    meta = {"task": task_name, "split": split, "fields": task["fields"], "labels": task["labels"],
+            "test_seed": test_seed}
     if split.startswith("ood:"):
-        name = split.removeprefix("ood:")
-        if name not in task["ood"]:
-            raise DataError(f"task {task_name}: no out-of-domain set {name!r} (has {sorted(task['ood'])})")
-        ood = read(split, task["ood"][name])
-        rows = draw_rows(ood.rows, task["ood"][name].get("n"), test_seed)
-        meta["sources"] = [source_meta(ood)]
+        rows, source = files.ood(split.removeprefix("ood:"))
     else:
-        train = read("train", task["data"]["train"])
-        if "test" in task["data"]:
-            test_split = read("test", task["data"]["test"])
-            test = draw_rows(test_split.rows, task["n_test"], test_seed)
-            sources = [source_meta(test_split)]
-        else:  # carve the test sample out of the single pool
-            test = draw_rows(train.rows, task["n_test"], test_seed)
-            sources = [source_meta(train)]
-
-        def leak_free_pool(carved: pd.DataFrame | None) -> pd.DataFrame:
-            """The training pool (less a carved test sample) less every row that shares a text with the test sample
-            of a separate test file or, where the task drops overlaps, with an out-of-domain sample (its file is
-            then an input of the job; otherwise the preflight compares the samples); rows dropped go in meta."""
-            evaluations = {"test": (test, str(test_split.path))} if "test" in task["data"] else {}
-            if task.get("overlap") == "drop":
-                for name, source in task["ood"].items():
-                    ood = read(f"ood:{name}", source)
-                    evaluations[f"ood:{name}"] = (draw_rows(ood.rows, source.get("n"), test_seed), str(ood.path))
-            pool, dropped = without_overlap(training_pool(train.rows, carved, fields), evaluations, fields,
-                                            task_name, task, str(train.path))
-            if dropped:
-                meta["dropped_overlap"] = dropped
-            return pool
-
-        if split == "test":
-            rows = test
-        elif split in ("train", "demos"):
-            if seed is None or (split == "train" and k is None):
-                raise ConfigError(f"a {split} sample needs a seed" + (" and k" if split == "train" else ""))
-            pool = leak_free_pool(None if "test" in task["data"] else test)
-            if split == "train":
-                rows = draw_balanced(pool, labels, k, seed, str(train.path), f"tasks.{task_name}",
-                                     demonstrations=task["demonstrations"])
-                meta.update(k=k, seed=seed)
-            else:  # the pool does not depend on k: adding a k to the task changes no demonstration
-                rows = draw_demonstrations(pool, labels, task["demonstrations"], seed, str(train.path),
-                                           f"tasks.{task_name}")
-                meta.update(seed=seed, per_class=task["demonstrations"])
-            sources = [source_meta(train)]
-        elif split == "instructions":  # every training row may serve, never a test text (test_seed draws)
-            pool = leak_free_pool(test)
-            rows = instruction_rows(draw_rows(pool, task["instructions"]["rows"], test_seed), task)
-            sources = [source_meta(train)]
-        else:
-            raise ConfigError(f"unknown split {split!r}: train, demos, test, instructions or ood:<name>")
-        meta["sources"] = sources
+        rows, source = files.in_domain(split, k, seed, meta)
+    meta["sources"] = [dict(source.description, sha256=file_sha256(source.path))]
     table = to_table(rows, meta)
     write_parquet(table, out)
     return json.loads(table.schema.metadata[META_KEY.encode()])
