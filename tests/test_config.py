@@ -165,7 +165,7 @@ def test_a_model_sets_its_own_stage_settings_over_the_sections():
     """models.<name>.<stage> (the paper grid's studies 2-4 beside study 5): that model's cells and settings follow
     its own; every other model's cells and job settings are those of the grid without it."""
     from lmadapt.config import check_stage_settings, finetune_settings, stage_config
-    from lmadapt.grid import grid
+    from lmadapt.stages import grid
 
     paper = load_config(REPO / "config/paper.yaml")
     cells = grid(paper)
@@ -216,7 +216,8 @@ def test_a_bad_model_stage_setting_names_its_key(own, message):
 
 def test_a_derived_model_keeps_its_bases_settings_and_joins_every_stage():
     from lmadapt.config import stage_config
-    from lmadapt.grid import derived_models, grid, root_model, stage_models
+    from lmadapt.grid import derived_models, root_model, stage_models
+    from lmadapt.stages import grid
 
     paper = load_config(REPO / "config/paper.yaml")
     assert set(derived_models(paper, "instruct")) == {"gpt2_alpaca"} | {f"opt_{s}_alpaca" for s in

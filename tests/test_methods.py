@@ -12,9 +12,10 @@ from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, check_stage_setti
 from lmadapt.costs import model_shape
 from lmadapt.figures import KNOWN_METHODS, method_color
 from lmadapt.finetune import build_model, run_finetune
-from lmadapt.methods import (DECODER, ENCODER, ENCODER_DECODER, METHODS, ClassifierHead, Method, kind_problems,
+from lmadapt.methods import (DECODER, ENCODER, ENCODER_DECODER, METHODS, ClassifierHead, Method,
                              method_pattern, model_kind)
 from lmadapt.preflight import run_preflight
+from lmadapt.stages import kind_problems
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 

@@ -16,9 +16,10 @@ from .config import (DERIVE_KINDS, INHERITED, MODEL_STAGES, ConfigError, check_s
                      read_yaml, setting_key, source_file_role, stage_config, task_sources)
 from .data import empty_sources, resolve_path
 from .errors import DataError
-from .grid import demonstration_needs, grid, stage_models, stage_names
+from .grid import demonstration_needs, stage_models, stage_names
 from .io import write_text
-from .methods import ENCODER, folder_kind, kind_problems, stage_key, with_article
+from .methods import ENCODER, folder_kind, with_article
+from .stages import STAGES, grid, kind_problems, stage_key
 from .resources import is_local_model, local_model_path, model_folders, model_layers, prepared_problems, resolve_layers
 from .sample import overlap_problems
 
@@ -165,7 +166,7 @@ def _check_cross_references(config: dict, origin: str) -> None:
                     problems.append(f"tasks.{task_name}.{where}.label_map.{raw}: {name!r} is not one of the "
                                     f"task's labels {task['labels']}")
     selections = [(f"{stage}.{kind}", kind, config.get(stage, {}).get(kind, []))
-                  for stage in ("extract", "bow", "icl", "finetune") for kind in ("models", "tasks")]
+                  for stage in dict.fromkeys(s.section for s in STAGES.values()) for kind in ("models", "tasks")]
     selections += [(f"models.{model}.{stage}.tasks", "tasks", spec.get(stage, {}).get("tasks", []))
                    for model, spec in config["models"].items() for stage in MODEL_STAGES]
     selections.append(("bow.full_train.tasks", "tasks", config["bow"].get("full_train", {}).get("tasks", [])))

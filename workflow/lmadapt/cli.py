@@ -1,4 +1,5 @@
-"""`lmadapt <stage>`: one subcommand per pipeline stage, each with explicit input and output paths.
+"""`lmadapt <stage>`: one subcommand per pipeline stage, each with explicit input and output paths (the grid
+stages' verbs are declared with their stage, in stages.py).
 
 The workflow rules pass each stage its slice of the (already validated) config as JSON, so that changing a
 setting reruns exactly the jobs that use it.
@@ -17,7 +18,7 @@ from .config import check_stage_settings, check_task_slice, load_schema, setting
 from .errors import ConfigError, DataError, ModelError, PromptError, UnreadableFile
 
 
-def _json_arg(text: str) -> dict:
+def json_value(text: str) -> dict:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -285,29 +286,29 @@ def cmd_check_skips(args) -> int:
 # ---------------------------------------------------------------- the verbs and their arguments
 
 
-def _arg(flag: str, **options) -> tuple[str, dict]:
+def arg(flag: str, **options) -> tuple[str, dict]:
     return flag, options
 
 
-def _settings(stage: str) -> tuple[str, dict]:
+def settings_arg(stage: str) -> tuple[str, dict]:
     """--settings of a stage: its help lists the stage's fields, from the schema."""
-    return _arg("--settings", type=_json_arg, required=True, settings_of=stage)
+    return arg("--settings", type=json_value, required=True, settings_of=stage)
 
 
-def _keys(what: str = "task, model, k, seed, ...") -> tuple[str, dict]:
-    return _arg("--keys", type=_json_arg, required=True, help=f"the cell's keys: {what}")
+def keys_arg(what: str = "task, model, k, seed, ...") -> tuple[str, dict]:
+    return arg("--keys", type=json_value, required=True, help=f"the cell's keys: {what}")
 
 
-OUT = _arg("--out", required=True)
-EVAL = _arg("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
-TRAIN = _arg("--train", required=True)
-MODEL_TASK = (_arg("--model-dir", required=True, help="a folder prepared by fetch-model"),
-              _arg("--task", required=True, help="task name"),
-              _arg("--task-config", type=_json_arg, required=True, help="the task's config entry, as JSON"))
-DERIVED = (_arg("--name", required=True, help="the derived model's name"),)
-DERIVED_OUT = (_arg("--out-model", required=True, help="the derived model folder"),)
-TRAINING = (_arg("--deepspeed-config", required=True, help="config/deepspeed/<zero>.json"),
-            _arg("--work-dir", required=True, help="checkpoints (kept across restarts)"))
+OUT = arg("--out", required=True)
+EVAL = arg("--eval", nargs="+", required=True, metavar="SPLIT=PATH")
+TRAIN = arg("--train", required=True)
+MODEL_TASK = (arg("--model-dir", required=True, help="a folder prepared by fetch-model"),
+              arg("--task", required=True, help="task name"),
+              arg("--task-config", type=json_value, required=True, help="the task's config entry, as JSON"))
+DERIVED = (arg("--name", required=True, help="the derived model's name"),)
+DERIVED_OUT = (arg("--out-model", required=True, help="the derived model folder"),)
+TRAINING = (arg("--deepspeed-config", required=True, help="config/deepspeed/<zero>.json"),
+            arg("--work-dir", required=True, help="checkpoints (kept across restarts)"))
 
 
 @dataclass(frozen=True)
@@ -321,100 +322,85 @@ class Verb:
 VERBS = (
     Verb("validate-config", cmd_validate_config, "every check the workflow runs as it loads: the schema, the names it "
          "cross-references, prompts, data files, prepared models and their layers", (
-             _arg("config"), _arg("--show", action="store_true", help="print the config with defaults filled in"),
-             _arg("--directory", default=".", help="the working directory the workflow runs in (resources/ there "
+             arg("config"), arg("--show", action="store_true", help="print the config with defaults filled in"),
+             arg("--directory", default=".", help="the working directory the workflow runs in (resources/ there "
                   "holds the prepared models and fetched data)"))),
     Verb("fetch-data", cmd_fetch_data, "download a hub dataset split to Parquet (login node)", (
-        _arg("--source", type=_json_arg, required=True, help="the source entry of the config, as JSON"), OUT)),
+        arg("--source", type=json_value, required=True, help="the source entry of the config, as JSON"), OUT)),
     Verb("sample", cmd_sample, "draw a training, test or out-of-domain sample", (
         *MODEL_TASK[1:],
-        _arg("--input", nargs="+", metavar="ROLE=PATH", required=True, help="source files: train=..., test=..., "
+        arg("--input", nargs="+", metavar="ROLE=PATH", required=True, help="source files: train=..., test=..., "
              "ood:NAME=..."),
-        _arg("--split", required=True, help="train, demos, test, instructions or ood:NAME"),
-        _arg("--k", type=_k_arg, help="examples per class, or all: the full training set (train)"),
-        _arg("--seed", type=int, help="data seed (train, demos)"), _arg("--test-seed", type=int, default=0), OUT)),
+        arg("--split", required=True, help="train, demos, test, instructions or ood:NAME"),
+        arg("--k", type=_k_arg, help="examples per class, or all: the full training set (train)"),
+        arg("--seed", type=int, help="data seed (train, demos)"), arg("--test-seed", type=int, default=0), OUT)),
     Verb("fetch-model", cmd_fetch_model, "prepare a model folder: download a hub id, or dequantise a GGUF file", (
-        _arg("--name", required=True), _arg("--model", type=_json_arg, required=True,
+        arg("--name", required=True), arg("--model", type=json_value, required=True,
                                             help="the model's config entry, as JSON"), OUT)),
     Verb("extract", cmd_extract, "hidden states of a sample, with or without a few-shot prefix", (
-        *MODEL_TASK, _arg("--sample", nargs="+", required=True, help="sample files, all with the same prefix"),
-        _arg("--demos", help="the seed's demonstration pool the few-shot prefix is drawn from"),
-        _arg("--seed", type=int, help="seed of the demonstration draw"), _settings("extract"),
-        _arg("--out", nargs="+", required=True, help="one activation file per sample, in order"))),
-    Verb("icl", cmd_icl, "in-context learning with k demonstrations, every pattern of the task", (
-        *MODEL_TASK, _arg("--train", help="the seed's demonstration pool (not needed for 0 shots)"), EVAL,
-        _settings("icl"), _keys("task, model, k (shots), seed"), OUT)),
+        *MODEL_TASK, arg("--sample", nargs="+", required=True, help="sample files, all with the same prefix"),
+        arg("--demos", help="the seed's demonstration pool the few-shot prefix is drawn from"),
+        arg("--seed", type=int, help="seed of the demonstration draw"), settings_arg("extract"),
+        arg("--out", nargs="+", required=True, help="one activation file per sample, in order"))),
     Verb("teacher", cmd_teacher, "the prompted model's label distribution on the training inputs", (
-        *MODEL_TASK, TRAIN, _arg("--demos", help="the seed's demonstration pool (not needed for 0 shots)"),
-        _arg("--seed", type=int, required=True, help="seed of the demonstration draw"), _settings("teacher"), OUT)),
-    Verb("finetune", cmd_finetune, "DeepSpeed fine-tuning of one method on one training sample, then evaluation", (
-        *MODEL_TASK, TRAIN, EVAL, _arg("--teacher", help="teacher label distributions (method distill)"),
-        _settings("finetune"),
-        _arg("--run-settings", type=_json_arg, default={}, help="checkpoint_every, keep_checkpoint, as JSON (how it "
-             "runs; never part of a checkpoint's hash)"),
-        *TRAINING, _keys("task, model, method, k, seed"), OUT)),
+        *MODEL_TASK, TRAIN, arg("--demos", help="the seed's demonstration pool (not needed for 0 shots)"),
+        arg("--seed", type=int, required=True, help="seed of the demonstration draw"), settings_arg("teacher"), OUT)),
     Verb("classifier", cmd_classifier, "derive a classifier: a task's head fine-tuned, saved as a model folder", (
-        *MODEL_TASK, *DERIVED, TRAIN, EVAL, _settings("finetune"),
-        _arg("--run-settings", type=_json_arg, default={}, help="checkpoint_every, keep_checkpoint, as JSON"),
-        *TRAINING, _keys("task, model, method, k, seed"), *DERIVED_OUT,
-        _arg("--metrics", required=True, help="its evaluation, as a fine-tuning cell's metrics file"))),
+        *MODEL_TASK, *DERIVED, TRAIN, EVAL, settings_arg("finetune"),
+        arg("--run-settings", type=json_value, default={}, help="checkpoint_every, keep_checkpoint, as JSON"),
+        *TRAINING, keys_arg("task, model, method, k, seed"), *DERIVED_OUT,
+        arg("--metrics", required=True, help="its evaluation, as a fine-tuning cell's metrics file"))),
     Verb("instruct", cmd_instruct, "derive an instruction-tuned model (Alpaca layout, response-only loss)", (
-        *DERIVED, _arg("--base-dir", required=True, help="the base model's folder"),
-        _arg("--data", nargs="+", required=True, metavar="NAME=PATH",
+        *DERIVED, arg("--base-dir", required=True, help="the base model's folder"),
+        arg("--data", nargs="+", required=True, metavar="NAME=PATH",
              help="instruction sets: corpora (read through --corpora) and tasks' instruction samples"),
-        _arg("--corpora", type=_json_arg, default={}, help="the corpora entries of the config, as JSON"),
-        _settings("instruct"), _arg("--run-settings", type=_json_arg, default={}, help="checkpoint_every, as JSON"),
-        *TRAINING, *DERIVED_OUT, _arg("--metrics", required=True),
-        _arg("--generations", required=True, help="held-out instructions answered, as Parquet"))),
+        arg("--corpora", type=json_value, default={}, help="the corpora entries of the config, as JSON"),
+        settings_arg("instruct"), arg("--run-settings", type=json_value, default={}, help="checkpoint_every, as JSON"),
+        *TRAINING, *DERIVED_OUT, arg("--metrics", required=True),
+        arg("--generations", required=True, help="held-out instructions answered, as Parquet"))),
     Verb("ppo", cmd_ppo, "derive a model by RL against a reward classifier (RLOO with PPO clipping)", (
-        *DERIVED, _arg("--base-dir", required=True, help="the policy's starting model folder"),
-        _arg("--reward-dir", required=True, help="the reward classifier's model folder"),
-        _arg("--prompts", required=True, help="the corpus file the prompts come from"),
-        _arg("--corpus", type=_json_arg, required=True, help="that corpus's config entry, as JSON"),
-        _settings("ppo"), *DERIVED_OUT, _arg("--metrics", required=True),
-        _arg("--generations", required=True, help="held-out completions before and after, as Parquet"))),
+        *DERIVED, arg("--base-dir", required=True, help="the policy's starting model folder"),
+        arg("--reward-dir", required=True, help="the reward classifier's model folder"),
+        arg("--prompts", required=True, help="the corpus file the prompts come from"),
+        arg("--corpus", type=json_value, required=True, help="that corpus's config entry, as JSON"),
+        settings_arg("ppo"), *DERIVED_OUT, arg("--metrics", required=True),
+        arg("--generations", required=True, help="held-out completions before and after, as Parquet"))),
     Verb("derived-summary", cmd_derived_summary, "a Markdown table of the derived models' before/after metrics", (
-        _arg("--metrics", nargs="*", default=[], help="the derived models' metrics.json files"), OUT)),
+        arg("--metrics", nargs="*", default=[], help="the derived models' metrics.json files"), OUT)),
     Verb("preflight", cmd_preflight, "check and cost every cell before submitting (after fetch and sample)", (
-        _arg("--config", default="config/config.yaml", help="a config file (validated)"),
-        _arg("--config-json", type=_json_arg, help="an already validated config, as JSON (the rule's way)"),
-        _arg("--samples", default=layout.SAMPLES, help=f"the sample files ({layout.SAMPLES})"),
-        _arg("--models", default=layout.PREPARED_MODELS,
+        arg("--config", default="config/config.yaml", help="a config file (validated)"),
+        arg("--config-json", type=json_value, help="an already validated config, as JSON (the rule's way)"),
+        arg("--samples", default=layout.SAMPLES, help=f"the sample files ({layout.SAMPLES})"),
+        arg("--models", default=layout.PREPARED_MODELS,
              help=f"the prepared model folders ({layout.PREPARED_MODELS})"),
-        _arg("--out-json", default=layout.PREFLIGHT_JSON), _arg("--out-md", default=layout.PREFLIGHT_MD))),
+        arg("--out-json", default=layout.PREFLIGHT_JSON), arg("--out-md", default=layout.PREFLIGHT_MD))),
     Verb("rehearsal", cmd_rehearsal, "write a rehearsal of a grid: tiny models, hub-shaped local data", (
-        _arg("--paper", default="config/paper.yaml", help="the grid to rehearse"),
-        _arg("--out", default="rehearsal", help="folder for config.yaml, models/, data/ and the run"),
-        _arg("--seeds", type=int, default=2, help="keep this many of the grid's seeds"),
-        _arg("--models", nargs="+", help="keep only these models (default: all)"),
-        _arg("--k", type=int, nargs="+", help="keep only these k, and ICL with zero or as many demonstrations "
+        arg("--paper", default="config/paper.yaml", help="the grid to rehearse"),
+        arg("--out", default="rehearsal", help="folder for config.yaml, models/, data/ and the run"),
+        arg("--seeds", type=int, default=2, help="keep this many of the grid's seeds"),
+        arg("--models", nargs="+", help="keep only these models (default: all)"),
+        arg("--k", type=int, nargs="+", help="keep only these k, and ICL with zero or as many demonstrations "
              "(default: all)"),
-        _arg("--epochs", type=int, help="fine-tuning and instruction-tuning epochs (default: the grid's; fewer cuts "
+        arg("--epochs", type=int, help="fine-tuning and instruction-tuning epochs (default: the grid's; fewer cuts "
              "time, not shape)"),
-        _arg("--ppo-steps", type=int, help="PPO steps (default: the grid's; fewer cuts time, not shape)"),
-        _arg("--hans-rows", type=int, default=3000, help="a stratified subset of HANS's 30,000 rows (0 = all of "
+        arg("--ppo-steps", type=int, help="PPO steps (default: the grid's; fewer cuts time, not shape)"),
+        arg("--hans-rows", type=int, default=3000, help="a stratified subset of HANS's 30,000 rows (0 = all of "
              "them)"))),
     Verb("check-skips", cmd_check_skips, "compare the preflight's expected skipped cells with a run's", (
-        _arg("--plan", default=layout.PREFLIGHT_JSON), _arg("--tidy", default=layout.TIDY))),
+        arg("--plan", default=layout.PREFLIGHT_JSON), arg("--tidy", default=layout.TIDY))),
     Verb("aggregate", cmd_aggregate, "every metrics file -> tidy table, paper tables and figures", (
-        _arg("--metrics", nargs="*", help=f"metrics files (default: every JSON under {layout.METRICS_DIR})"),
-        _arg("--expected", type=Path, help="a file listing every metrics file of the grid (to report missing)"),
-        _arg("--settings", type=_json_arg, help="the aggregate config section, as JSON"),
-        _arg("--config", default="config/config.yaml", help="take the aggregate settings from this config"),
-        _arg("--tables", default=layout.TABLES), _arg("--figures", default=layout.FIGURES))),
+        arg("--metrics", nargs="*", help=f"metrics files (default: every JSON under {layout.METRICS_DIR})"),
+        arg("--expected", type=Path, help="a file listing every metrics file of the grid (to report missing)"),
+        arg("--settings", type=json_value, help="the aggregate config section, as JSON"),
+        arg("--config", default="config/config.yaml", help="take the aggregate settings from this config"),
+        arg("--tables", default=layout.TABLES), arg("--figures", default=layout.FIGURES))),
     Verb("runtimes", cmd_runtimes, "each rule's runtime and memory from the jobs' benchmark files, as Markdown", (
-        _arg("--benchmarks", default=layout.BENCHMARKS, help="the folder of Snakemake benchmark files"), OUT)),
+        arg("--benchmarks", default=layout.BENCHMARKS, help="the folder of Snakemake benchmark files"), OUT)),
     Verb("resolved-config", cmd_resolved_config, "the config the results depend on (defaults filled in), as YAML",
-         (_arg("--config-json", type=_json_arg, required=True), OUT)),
+         (arg("--config-json", type=json_value, required=True), OUT)),
     Verb("config-reference", cmd_config_reference, "the configuration reference (every key, its type, default and "
          "description) from the schema, as Markdown (docs/config-reference.md)", (
-             _arg("--out", help="write it here (default: standard output)"),)),
-    Verb("probe", cmd_probe, "probes on activations of every layer and pooling", (
-        _arg("--train", required=True, help="training activations"), EVAL,
-        _arg("--eval-sample", nargs="+", required=True, metavar="SPLIT=PATH",
-             help="the evaluation samples (for per-heuristic scores)"), _settings("probe"), _keys(), OUT)),
-    Verb("bow", cmd_bow, "bag-of-words baseline on the samples' text", (
-        _arg("--train", required=True, help="the training sample"), EVAL, _settings("bow"), _keys(), OUT)),
+             arg("--out", help="write it here (default: standard output)"),)),
 )
 
 
@@ -422,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmadapt", description=__doc__.splitlines()[0])
     schema = load_schema()  # for the --settings help of each stage
     sub = parser.add_subparsers(dest="command", required=True)
-    for verb in VERBS:
+    from .stages import STAGES  # the grid stages' verbs (stages.py reads this module's verbs and arguments)
+
+    for verb in VERBS + tuple(stage.verb for stage in STAGES.values()):
         p = sub.add_parser(verb.name, help=verb.help)
         for flag, options in verb.args:
             if "settings_of" in options:

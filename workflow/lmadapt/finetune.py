@@ -26,11 +26,12 @@ from .forward import pad_batch
 from .config import FINETUNE_RUN_SETTINGS, ConfigError, fingerprint
 from .icl import check_verbalizers
 from .io import read_table, write_json, write_parquet
-from .methods import METHODS, Method, folder_kind, kind_problems
+from .methods import METHODS, Method, folder_kind
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .models import model_record
 from .prompt import classifier_inputs, task_pattern
 from .sample import META_KEY, validation_split
+from .stages import kind_problems
 
 
 def init_distributed() -> tuple[int, int]:

@@ -1,9 +1,8 @@
-"""The grid: every cell of every stage for a config, the models and tasks each stage runs on, derived models and
-their roots, and the few-shot prompts the grid builds. The one list the workflow's targets, the preflight and the
-checks are built from."""
+"""What a config selects: the models and tasks each stage runs on, derived models and their roots, and the
+few-shot prompts the grid builds. The grid's cells are the stages' (stages.grid)."""
 from __future__ import annotations
 
-from .config import DERIVE_KINDS, setting_key, stage_config
+from .config import setting_key, stage_config
 from .methods import METHODS
 
 
@@ -56,41 +55,6 @@ def demonstration_pool(config: dict, task: str) -> int:
     """Rows per class the task keeps apart for demonstrations: its `demonstrations`, or 0 when no prompt of the
     grid has any (the training samples may then use every row)."""
     return config["tasks"][task]["demonstrations"] if any(t == task for _, t, _ in demonstration_needs(config)) else 0
-
-
-def grid(config: dict) -> dict[str, list[dict]]:
-    """Every cell of the grid, by stage: the one list the workflow's targets and the preflight are built from."""
-
-    def cells(task):
-        return [(k, seed) for k in config["tasks"][task]["k"] for seed in config["seeds"]]
-
-    out = {"probe": [], "bow": [], "icl": [], "finetune": []}
-    for model in stage_models(config, "extract"):
-        extract = stage_config(config, "extract", model)
-        for task in stage_names(config, "extract", "tasks", model):
-            out["probe"] += [dict(model=model, task=task, prompt=prompt, k=k, seed=seed)
-                             for prompt in extract["prompts"] for k, seed in cells(task)]
-    full_train = config["bow"].get("full_train")
-    out["bow"] = [dict(task=task, k=k, seed=seed) for task in stage_names(config, "bow", "tasks")
-                  for k, seed in cells(task)]
-    if full_train is not None:
-        out["bow"] += [dict(task=task, k="all", seed=seed) for task in full_train.get("tasks") or
-                       stage_names(config, "bow", "tasks") for seed in config["seeds"]]
-    for model in stage_models(config, "icl"):
-        for task in stage_names(config, "icl", "tasks", model):
-            for shots in stage_config(config, "icl", model)["shots"]:
-                out["icl"] += [dict(model=model, task=task, shots=shots, seed=seed)
-                               for seed in (config["seeds"][:1] if shots == 0 else config["seeds"])]
-    for model in stage_models(config, "finetune"):
-        finetune = stage_config(config, "finetune", model)
-        for task in stage_names(config, "finetune", "tasks", model):
-            out["finetune"] += [dict(model=model, task=task, method=method, k=k, seed=seed)
-                                for method in finetune["methods"] for k, seed in cells(task)
-                                if not finetune["k"] or k in finetune["k"]]
-    for kind in DERIVE_KINDS:  # a derived model's job, where the grid has one
-        if derived_models(config, kind):
-            out[kind] = [dict(model=name) for name in derived_models(config, kind)]
-    return out
 
 
 def stage_models(config: dict, stage: str) -> list[str]:

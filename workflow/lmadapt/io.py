@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UnreadableFile
-from .layout import PRODUCERS
 
 
 @contextmanager
@@ -67,15 +66,18 @@ def activation_column(pooling: str, layer: int) -> str:
 PARQUET_MAGIC = b"PAR1"
 
 
-def _producer(path: Path) -> str | None:
-    text = path.as_posix()
-    return next((rule for folder, rule in PRODUCERS.items() if f"{folder}/" in text), None)
+def producing_rule(path: str | Path) -> str | None:
+    """The rule whose output a path is (stages.producers), named when the file is unreadable."""
+    from .stages import producers  # the registry reads io's writers
+
+    text = Path(path).as_posix()
+    return next((rule for folder, rule in producers().items() if f"{folder}/" in text), None)
 
 
 def _unreadable(path: Path, reason: str) -> UnreadableFile:
     """A broken intermediate of the workflow is moved aside (kept as PATH.corrupt, for a look) so the next run
     remakes it; any other file is only named."""
-    rule = _producer(path)
+    rule = producing_rule(path)
     if rule is None:
         return UnreadableFile(f"{path}: unreadable ({reason})")
     aside = path.with_name(path.name + ".corrupt")
@@ -88,7 +90,7 @@ def _unreadable(path: Path, reason: str) -> UnreadableFile:
 
 
 def _missing(path: Path) -> UnreadableFile:
-    rule = _producer(path)
+    rule = producing_rule(path)
     return UnreadableFile(f"{path}: not found" + (f" (rule {rule} makes it)" if rule else ""))
 
 

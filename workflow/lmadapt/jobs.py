@@ -14,10 +14,11 @@ import shlex
 from . import layout
 from .config import FINETUNE_RUN_SETTINGS, SELECTIONS, finetune_settings, stage_config
 from .data import corpus_path, resolve_path
-from .grid import demonstration_pool, derived_models, grid, reward_models, root_model
+from .grid import demonstration_pool, derived_models, reward_models, root_model
 from .layout import SampleName
 from .methods import METHODS
 from .resources import dataset_identity, model_identity
+from .stages import STAGES, grid
 
 
 # each rule's params (a job's values: Jobs.params)
@@ -322,8 +323,8 @@ class Jobs:
                                         for path in self.instruction_sets(model).values()})}
 
     def _inputs_aggregate(self):
-        return {"metrics": [layout.METRICS[stage].format(**cell) for stage in layout.METRICS
-                            for cell in self.grid[stage]]}
+        return {"metrics": [stage.metrics.format(**cell) for name, stage in STAGES.items()
+                            for cell in self.grid[name]]}
 
     def _inputs_derived_summary(self):
         return {"metrics": [layout.DERIVE_METRICS.format(model=model) for model in derived_models(self.config)]}

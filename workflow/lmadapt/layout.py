@@ -54,10 +54,6 @@ CELLS = {
     "instruct": "{model}", "classifier": "{model}", "ppo": "{model}",
     "preflight": "", "aggregate": "", "derived_summary": "", "runtimes": "", "resolved_config": "",
 }
-# the folders of intermediates a job reads, and the rule that makes them (named when one is unreadable)
-PRODUCERS = {"results/samples": "sample", "results/activations": "extract", "results/teacher": "teacher",
-             **{pattern.split("/{")[0]: stage for stage, pattern in METRICS.items()}}
-
 
 def folder_and_glob(pattern: str) -> tuple[str, str]:
     """The folder of a pattern's files and the glob of every file it names below it (fields as *):

@@ -189,12 +189,6 @@ METHODS = {
 }
 
 
-# The model kinds each model stage runs on (finetune and its teacher: per method, above); a derived model's rule
-# (instruct, ppo, classifier) on its base's kind.
-STAGE_KINDS = {"extract": (DECODER, ENCODER_DECODER, ENCODER), "icl": (DECODER, ENCODER_DECODER),
-               "instruct": (DECODER,), "ppo": (DECODER, ENCODER_DECODER), "classifier": METHODS["head"].kinds}
-
-
 def method_pattern() -> str:
     """The `{method}` wildcard's constraint: exactly the registered methods."""
     return "|".join(METHODS)
@@ -219,32 +213,3 @@ def folder_kind(folder: str | Path) -> str | None:
 
 def with_article(kind: str) -> str:
     return f"{'an' if kind.startswith('e') else 'a'} {kind}"
-
-
-def stage_key(stage: str, model: str) -> str:
-    """The config key that sends a model to a stage (finetune: the key listing its methods)."""
-    return "finetune.methods" if stage == "finetune" else f"{stage}.models"
-
-
-def kind_problems(cells: dict[str, list[dict]], kinds: dict[str, str], key_of=stage_key) -> list[str]:
-    """Cells a model cannot run, one line per (stage or method, model), naming the config key that asks for it.
-    cells: the grid by stage; kinds: model name -> kind, for the models whose config.json is at hand;
-    key_of(stage, model): the config key that asks for a model's cells of a stage."""
-    problems = {}
-    for cell_stage, stage_cells in cells.items():
-        stage = "extract" if cell_stage == "probe" else cell_stage  # a probe cell is its model's extract jobs
-        for cell in stage_cells:
-            kind = kinds.get(cell.get("model"))
-            if kind is None:
-                continue
-            if stage == "finetune":
-                runs_on, what = METHODS[cell["method"]].kinds, f"method {cell['method']}"
-            elif stage in STAGE_KINDS:
-                runs_on, what = STAGE_KINDS[stage], stage
-            else:
-                continue
-            if kind not in runs_on:
-                key = key_of(stage, cell["model"])
-                problems[key, what, cell["model"]] = (f"{key}: {what} runs on {' and '.join(runs_on)} models; "
-                                                      f"{cell['model']} is {with_article(kind)} model")
-    return list(problems.values())

@@ -27,7 +27,7 @@ from .checks import layer_problems, model_kind_problems
 from .config import ConfigError, finetune_settings, setting_key, stage_config
 from .costs import Zero, inference_memory, model_shape, training_memory
 from .data import corpus_path
-from .grid import demonstration_needs, derived_models, grid, root_model
+from .grid import demonstration_needs, derived_models, root_model
 from .io import read_metadata, read_table, write_json, write_text
 from .layout import SampleName, demonstration_pool, eval_splits, prompt_folder, train_sample
 from .methods import METHODS
@@ -37,6 +37,7 @@ from .prompt import (PREFIX_SHARE, classifier_inputs, encode_prompt, fit_demonst
                      prefix_demonstrations, task_pattern, verbalizer_problems)
 from .resources import unpinned_sources
 from .sample import META_KEY, normalised_texts
+from .stages import STAGES, grid
 
 def sample_file(samples: Path, task: str, name: str) -> Path:
     return samples / task / f"{name}.parquet"
@@ -105,15 +106,16 @@ def scorer_problems(config: dict, cells: dict, models: list[str], tokens_of) -> 
 
 @dataclass
 class Measuring:
-    """What every stage's check reads: the config, the samples and the fetched models (a derived model is
-    measured and costed by its root model's folder: its tokenizer and shape), and counts measured once per
-    tokenizer and question (models that share a tokenizer and context, like the OPT family, share them)."""
+    """What every stage's check reads: the config, the samples, the fetched models (a derived model is measured
+    and costed by its root model's folder: its tokenizer and shape), the DeepSpeed config, and counts measured once
+    per tokenizer and question (models that share a tokenizer and context, like the OPT family, share them)."""
 
     config: dict
     samples: Path
     fetched: dict[str, Path]
     shapes: dict[str, dict]
     plan: Plan
+    zero: Zero  # the grid's DeepSpeed config, as the memory model reads it
     read: Callable = field(default_factory=lambda: _cached(lambda path: read_table(path, META_KEY)[0]))
     tokenizers: dict = field(default_factory=dict)
     measured: dict = field(default_factory=dict)
@@ -265,10 +267,11 @@ def plan_teachers(m: Measuring, cells: dict) -> None:
                                     counts["tokens_after_prefix"]), shape, k=k, seed=seed)
 
 
-def plan_finetune(m: Measuring, cells: dict, zero: Zero) -> None:
-    """Every fine-tuning cell: its truncated inputs, FLOPs and memory under ZeRO (an error where it does not fit),
-    and LoRA modules the model does not have."""
-    config = m.config
+def plan_finetune(m: Measuring, cells: dict) -> None:
+    """Every fine-tuning cell: its teacher (plan_teachers), its truncated inputs, FLOPs and memory under ZeRO (an
+    error where it does not fit), and LoRA modules the model does not have."""
+    plan_teachers(m, cells)
+    config, zero = m.config, m.zero
     for cell in cells["finetune"]:
         model, task, method, k, seed = (cell[key] for key in ("model", "task", "method", "k", "seed"))
         if model not in m.fetched:
@@ -306,11 +309,11 @@ def plan_finetune(m: Measuring, cells: dict, zero: Zero) -> None:
                                       setting_key(config, "finetune", model, "batch_size"))
 
 
-def plan_instruct(m: Measuring, corpora: Path, zero: Zero) -> None:
+def plan_instruct(m: Measuring, corpora: Path) -> None:
     """Every instruction-tuned model on its real instruction sets: tokens, FLOPs, memory, examples cut."""
     from .instruct import alpaca_prompt, read_instructions, split_rows  # torch: only where instructions are costed
 
-    config = m.config
+    config, zero = m.config, m.zero
     for name in derived_models(config, "instruct"):
         if name not in m.fetched:
             continue
@@ -357,18 +360,16 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     fetched = {m: models / root_model(config, m) for m in config["models"]
                if (models / root_model(config, m) / "config.json").is_file()}
     shapes = {m: model_shape(folder, stage_config(config, "finetune", m)["lora"]) for m, folder in fetched.items()}
-    measuring = Measuring(config, samples, fetched, shapes, plan)
+    measuring = Measuring(config, samples, fetched, shapes, plan, Zero.of(config))
     plan.errors += scorer_problems(config, cells, [m for m in config["models"] if m in fetched],
                                    lambda model: measuring.tokens_of(model)[1])
     problems, notes = overlap_check(config, samples, measuring.read)
     plan.errors += problems
     plan.cells += notes
-    zero = Zero.of(config)
-    plan_extract(measuring, cells)
-    plan_icl(measuring, cells)
-    plan_teachers(measuring, cells)
-    plan_finetune(measuring, cells, zero)
-    plan_instruct(measuring, models.parent / "corpora", zero)
+    for stage in STAGES.values():  # each grid stage's check and cost of its cells
+        if stage.plan:
+            stage.plan(measuring, cells)
+    plan_instruct(measuring, models.parent / "corpora")
     for source in unpinned_sources(config, models.parent):
         got = f"its fetch got {source['commit']}: pin it" if source["commit"] else "fetch it and pin the commit"
         plan.cells.append(dict(stage="fetch", model="", task="", what=f"{source['key']}: {source['revision']!r} is not "

@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from .checks import check_config
-from .config import ConfigError, stage_config
+from .config import MODEL_STAGES, ConfigError, stage_config
 from .grid import derived_models
 from .resources import is_local_model
 
@@ -196,7 +196,7 @@ def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None 
         if unknown:
             raise ConfigError(f"no model(s) {unknown} in the grid (it has {sorted(config.get('models', {}))})")
         config["models"] = {name: spec for name, spec in config["models"].items() if name in models}
-        for stage in ("extract", "icl", "finetune"):
+        for stage in MODEL_STAGES:
             selected = config.get(stage, {}).get("models")
             if selected:
                 config[stage]["models"] = [m for m in selected if m in models]
