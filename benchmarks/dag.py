@@ -10,7 +10,8 @@
 - Planning: `snakemake -n --profile slurm` wall time for the paper grid and for 10x its seeds, and for the
   embedded default; if the default study has been run (`make`), its no-op rerun must plan 0 jobs.
 
-Targets: grouped submissions <= 1/4 of the ungrouped; the paper grid plans in < 15 s. Writes docs/benchmarks.md.
+Targets: grouped submissions <= 1/4 of the ungrouped; the paper grid plans in <= 10 s and a grid with 10x its
+seeds in <= 60 s, the Slurm plugin's start-up (`scontrol`) reported apart. Writes docs/benchmarks.md.
 
     python benchmarks/dag.py [--repeats N]   (benchmarks/preflight.py first, for the load/compute split)
 """
@@ -192,31 +193,35 @@ def main() -> None:
                  ("paper grid with 10x the seeds (100), nothing run yet", ["--configfile", str(tenfold),
                                                                           "--profile", "slurm"]),
                  ("embedded default, nothing run yet", [])]
-        times = [f"| plan | jobs | seconds (best of {repeats}) | ms per job |", "|---|---|---|---|"]
+        probe = scontrol_seconds() or 0.0
+        times = [f"| plan | jobs | seconds (best of {repeats}) | of which the Slurm plugin's start-up "
+                 "| seconds without it | ms per job |", "|---|---|---|---|---|---|"]
         seconds = {}
         for label, args in plans:
             runs = [dry_run(empty, *args) for _ in range(repeats)]
             seconds[label] = min(r[0] for r in runs), runs[0][1]
-            times.append(f"| {label} | {runs[0][1]} | {seconds[label][0]:.1f} | "
-                         f"{1000 * seconds[label][0] / max(runs[0][1], 1):.1f} |")
+            plugin = probe if "--profile" in args else 0.0
+            times.append(f"| {label} | {runs[0][1]} | {seconds[label][0]:.1f} | {plugin:.1f} | "
+                         f"{seconds[label][0] - plugin:.1f} | {1000 * seconds[label][0] / max(runs[0][1], 1):.1f} |")
             print(times[-1], flush=True)
     tenfold_seconds, tenfold_jobs = seconds[plans[1][0]]
-    tenfold_note = "" if tenfold_seconds < 15 else (
-        f" The grid with 10x the seeds misses the 15 s target: Snakemake 9 builds its DAG at about "
+    tenfold_note = "" if tenfold_seconds <= 60 else (
+        f" The grid with 10x the seeds misses the 60 s target: Snakemake 9 builds its DAG at about "
         f"{1000 * tenfold_seconds / tenfold_jobs:.1f} ms a job (each job's input, params and resource functions "
         "evaluated, each job printed), and that grid is "
-        f"{tenfold_jobs:,} jobs. Job groups do not shrink the DAG; 15 s would take about a quarter of the jobs, "
+        f"{tenfold_jobs:,} jobs. Job groups do not shrink the DAG; fewer seconds would take fewer jobs, "
         "i.e. rules that each compute many cells, so that adding a seed or a k would rerun finished GPU cells. "
         "We keep one job per cell.")
     if (REPO / "results/tables/all.parquet").exists():
         runs = [dry_run(REPO) for _ in range(repeats)]
         times.append(f"| embedded default after `make` (no-op rerun) | {runs[0][1]} | {min(r[0] for r in runs):.1f} "
-                     "| – |")
+                     "| 0.0 | – | – |")
         print(times[-1], flush=True)
-    probe = scontrol_seconds()
-    probe_note = "" if probe is None else (
-        f" Included in each: the Slurm plugin runs `scontrol show config` as snakemake starts ({probe:.1f} s here"
-        f"{' with the controller running' if probe < 1 else ', where Slurm is installed but its controller stopped'}).")
+    controller = (" with the controller running" if probe < 1 else
+                  ", where Slurm is installed but its controller stopped")
+    probe_note = "" if not probe else (
+        f" Included in each run with the profile: the Slurm plugin runs `scontrol show config` as snakemake starts "
+        f"({probe:.1f} s here{controller}).")
     section = "\n".join([
         "## cluster jobs and planning (benchmarks/dag.py)", "",
         f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores).", "",
@@ -234,8 +239,8 @@ def main() -> None:
         gpu_note(), "",
         f"Load rate here: `lmadapt.models.load_model` on SmolLM2-135M's prepared folder ({size:.2f} GB of "
         "float32 safetensors, file cache warm), best of 3.", "",
-        "Planning: `snakemake -n` wall time including Python start-up. Target: < 15 s for the paper grid; 0 jobs "
-        "when nothing changed." + probe_note, "",
+        "Planning: `snakemake -n` wall time including Python start-up. Targets: <= 10 s for the paper grid and <= 60 s "
+        "for 10x its seeds (without the plugin's start-up); 0 jobs when nothing changed." + probe_note, "",
         *times, "", tenfold_note.strip(), ""])
     write_section(REPO / "docs" / "benchmarks.md", "dag", section)
 
