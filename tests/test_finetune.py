@@ -150,6 +150,11 @@ def test_an_encoder_decoder_learns_the_verbalizer_as_its_decoder_target(tiny_t5,
     scores = seq2seq_label_logprobs(trained.eval(), tokens.tokenizer.pad_token_id, ids, verbalizers, batch_size=4)
     assert scores.argmax(1).tolist() == pd.read_parquet(tmp_path / "work/predictions_test.parquet")[
         "prediction"].tolist()
+    # the head's class scores (a teacher method's logits) are the same log-likelihoods, computed with gradients
+    padded, mask = pad_batch(ids, tokens.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        logits = METHODS[method].head.logits(trained, padded, mask, verbalizers)
+    assert np.allclose(logits.numpy(), scores, atol=1e-4)
 
 
 def test_epoch_batches_group_lengths_and_split_ranks_evenly():
