@@ -80,35 +80,35 @@ def cell_text(mean, std, seeds, degenerate, skipped) -> str:
     return f"{mean * 100:.1f}{std_text} ({seeds}){DEGENERATE_MARK if degenerate else ''}"
 
 
-def build_table(frame: pd.DataFrame, spec: dict, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(text table, numeric means) for one paper table: spec has methods, rows, columns, splits."""
-    part = frame[frame["method"].isin(spec["methods"]) & frame["split"].isin(spec["splits"] or frame["split"])]
-    if not spec["groups"]:
+def build_table(frame: pd.DataFrame, table: dict, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(text table, numeric means) for one paper table: table has methods, rows, columns, splits."""
+    part = frame[frame["method"].isin(table["methods"]) & frame["split"].isin(table["splits"] or frame["split"])]
+    if not table["groups"]:
         part = part[part["group"].isna()]
     if part.empty:
         return pd.DataFrame(), pd.DataFrame()
-    summary = summarize(part, spec["rows"], spec["columns"], metric)
+    summary = summarize(part, table["rows"], table["columns"], metric)
     summary["text"] = [cell_text(*v) for v in summary[["mean", "std", "seeds", "degenerate", "skipped"]].to_numpy()]
-    for key in spec["rows"] + spec["columns"]:  # keys shown as text, a missing one (bow has no layer) as '–'
+    for key in table["rows"] + table["columns"]:  # keys shown as text, a missing one (bow has no layer) as '–'
         summary[key] = summary[key].map(_label).astype(object)
-    pivot = dict(index=spec["rows"], columns=spec["columns"], aggfunc="first", sort=False)
+    pivot = dict(index=table["rows"], columns=table["columns"], aggfunc="first", sort=False)
     text = summary.pivot_table(values="text", **pivot)
     means = summary.pivot_table(values="mean", **pivot)
-    baseline = _majority_row(part, spec)
+    baseline = _majority_row(part, table)
     if baseline is not None:
         text.loc[baseline.name] = [f"{v * 100:.1f}" if pd.notna(v) else "–" for v in baseline.reindex(text.columns)]
     return text.fillna("–"), means
 
 
-def _majority_row(part: pd.DataFrame, spec: dict):
+def _majority_row(part: pd.DataFrame, table: dict):
     """The majority-class baseline of every column (the share of the most frequent test label)."""
     ungrouped = part[part["group"].isna()].copy()
-    for key in spec["columns"]:
+    for key in table["columns"]:
         ungrouped[key] = ungrouped[key].map(_label).astype(object)
-    values = ungrouped.groupby(spec["columns"], dropna=False, sort=False)["majority_baseline"].first()
+    values = ungrouped.groupby(table["columns"], dropna=False, sort=False)["majority_baseline"].first()
     if values.isna().all():
         return None
-    name = tuple(["majority class"] + [""] * (len(spec["rows"]) - 1)) if len(spec["rows"]) > 1 else "majority class"
+    name = tuple(["majority class"] + [""] * (len(table["rows"]) - 1)) if len(table["rows"]) > 1 else "majority class"
     values.name = name
     return values
 
@@ -162,16 +162,16 @@ def to_latex(text: pd.DataFrame, means: pd.DataFrame, caption: str) -> str:
                       r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
 
 
-def write_tables(frame: pd.DataFrame, specs: dict, metric: str, out_dir: Path) -> list[Path]:
+def write_tables(frame: pd.DataFrame, tables: dict, metric: str, out_dir: Path) -> list[Path]:
     written = []
-    for name, spec in specs.items():
-        text, means = build_table(frame, spec, metric)
+    for name, table in tables.items():
+        text, means = build_table(frame, table, metric)
         if text.empty:
             continue
         note = (f"{metric} in %, mean ± std over seeds (number of seeds); best per column in bold; "
                 f"{DEGENERATE_MARK} = one label predicted for ≥ 95% of the examples in some run.")
-        write_text(f"### {spec['title']}\n\n{to_markdown(text, means)}\n\n{note}\n", out_dir / f"{name}.md")
-        write_text(to_latex(text, means, f"{spec['title']}. {note}"), out_dir / f"{name}.tex")
+        write_text(f"### {table['title']}\n\n{to_markdown(text, means)}\n\n{note}\n", out_dir / f"{name}.md")
+        write_text(to_latex(text, means, f"{table['title']}. {note}"), out_dir / f"{name}.tex")
         with atomic_path(out_dir / f"{name}.csv") as tmp:
             _flat(text).to_csv(tmp, index=False)
         written += [out_dir / f"{name}.{ext}" for ext in ("md", "tex", "csv")]

@@ -148,17 +148,17 @@ def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
 
 def trainable_model(model, method: str, settings: dict):
     """A loaded model made ready for DeepSpeed: gradient checkpointing and LoRA adapters as the settings ask."""
-    spec = METHODS[method]
+    registered = METHODS[method]
     if settings["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if spec.lora:
+    if registered.lora:
         from peft import LoraConfig, get_peft_model
 
         lora = settings["lora"]
         model = get_peft_model(model, LoraConfig(
             r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
-            task_type=spec.head.peft_task))
+            task_type=registered.head.peft_task))
     model.train()
     return model
 

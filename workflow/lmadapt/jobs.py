@@ -124,8 +124,8 @@ class Jobs:
 
     def source_entry(self, task: str, role: str) -> dict:
         """role: train, test, or ood_<name> (as in file names)."""
-        spec = self.config["tasks"][task]
-        return spec["ood"][role.removeprefix("ood_")] if role.startswith("ood_") else spec["data"][role]
+        task_config = self.config["tasks"][task]
+        return task_config["ood"][role.removeprefix("ood_")] if role.startswith("ood_") else task_config["data"][role]
 
     def source_file(self, task: str, role: str) -> str:
         """Hub datasets are fetched once into resources/; local and package files are read where they are."""
@@ -150,8 +150,8 @@ class Jobs:
 
     def classifier_cell(self, model: str) -> tuple[str, int, int]:
         """(task, k, seed) of a derived classifier's training sample."""
-        spec = self.config["models"][model]["classifier"]
-        return spec["task"], spec["k"], spec["seed"]
+        classifier = self.config["models"][model]["classifier"]
+        return classifier["task"], classifier["k"], classifier["seed"]
 
     def computed_config(self) -> dict:
         """The config without how jobs run (threads, mem_mb, checkpoint cadence): what the results depend on."""
@@ -177,14 +177,15 @@ class Jobs:
     def _params_sample(self, task, sample):
         """The task settings one sample depends on (a training sample also on the demonstration pool it stays
         clear of; an out-of-domain sample only on its own source) and the --split arguments naming it."""
-        name, spec = SampleName.parse(sample), self.config["tasks"][task]
+        name, task_config = SampleName.parse(sample), self.config["tasks"][task]
         split = f"--split {name.role}" + "".join(
             f" --{key} {value}" for key, value in (("k", name.k), ("seed", name.seed)) if value is not None)
         keys = ("fields", "labels", "data", "n_test")
-        overlap = [key for key in ("overlap", "ood") if "overlap" in spec]  # no default: no existing sample reruns
+        # no default: no existing sample reruns
+        overlap = [key for key in ("overlap", "ood") if "overlap" in task_config]
         if name.split == "ood":
-            settings = as_arg({"fields": spec["fields"], "labels": spec["labels"],
-                               "ood": {name.ood: spec["ood"][name.ood]}})
+            settings = as_arg({"fields": task_config["fields"], "labels": task_config["labels"],
+                               "ood": {name.ood: task_config["ood"][name.ood]}})
         elif name.split == "test":
             settings = self.task_slice(task, *keys)
         elif name.split == "instructions":
@@ -268,10 +269,10 @@ class Jobs:
         share a text with (tasks.<task>.overlap: drop)."""
         if sample.startswith("ood_"):
             return {sample: self.source_file(task, sample)}
-        spec = self.config["tasks"][task]
-        roles = ["train"] + (["test"] if "test" in spec["data"] else [])
-        if sample != "test" and spec.get("overlap") == "drop":
-            roles += [f"ood_{name}" for name in spec["ood"]]
+        task_config = self.config["tasks"][task]
+        roles = ["train"] + (["test"] if "test" in task_config["data"] else [])
+        if sample != "test" and task_config.get("overlap") == "drop":
+            roles += [f"ood_{name}" for name in task_config["ood"]]
         return {role: self.source_file(task, role) for role in roles}
 
     def _inputs_extract(self, model, task, prompt, sample):

@@ -65,15 +65,15 @@ def read_prompts(path: str, source: dict, lm, settings: dict) -> tuple[list[str]
     each cut to its first prefix_tokens tokens and put in the template, the held-out ones first. A prompt that
     leaves no room for max_new_tokens in a decoder's context (or exceeds an encoder-decoder's) is left out, never
     cut."""
-    spec = settings["prompts"]
-    texts = read_corpus(source, path, [spec["column"]])[spec["column"]]
+    prompting = settings["prompts"]
+    texts = read_corpus(source, path, [prompting["column"]])[prompting["column"]]
     texts = [str(text) for text in texts if text.strip()]
-    if spec["prefix_tokens"]:
-        texts = [lm.tokenizer.decode(ids[: spec["prefix_tokens"]]) for ids in lm.encode_many(texts)]
-    prompts = [spec["template"].format(text=text) for text in texts]
+    if prompting["prefix_tokens"]:
+        texts = [lm.tokenizer.decode(ids[: prompting["prefix_tokens"]]) for ids in lm.encode_many(texts)]
+    prompts = [prompting["template"].format(text=text) for text in texts]
     budget = lm.context() - (settings["max_new_tokens"] if lm.kind == DECODER else 0)
     fitting = [prompt for prompt, ids in zip(prompts, prompt_ids(lm, prompts)) if len(ids) <= budget]
-    order = np.random.default_rng(settings["seed"]).permutation(len(fitting))[: spec["rows"]]
+    order = np.random.default_rng(settings["seed"]).permutation(len(fitting))[: prompting["rows"]]
     drawn = [fitting[i] for i in order]
     if len(drawn) <= settings["held_out"]:
         raise ValueError(f"ppo: {len(drawn)} prompts (of {len(prompts)}; {len(prompts) - len(fitting)} too long for "

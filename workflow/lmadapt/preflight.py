@@ -152,18 +152,18 @@ def plan_extract(m: Measuring, cells: dict) -> None:
     for model, task, seed, name in sorted(jobs, key=str):
         if model not in m.fetched:
             continue
-        spec, extract = m.config["tasks"][task], stage_config(m.config, "extract", model)
-        pattern = task_pattern(spec, extract["pattern"])
+        task_config, extract = m.config["tasks"][task], stage_config(m.config, "extract", model)
+        pattern = task_pattern(task_config, extract["pattern"])
         shots = extract["shots"] if seed is not None else 0
 
-        def count(tokens, task=task, seed=seed, name=name, shots=shots, pattern=pattern, spec=spec,
+        def count(tokens, task=task, seed=seed, name=name, shots=shots, pattern=pattern, task_config=task_config,
                   max_length=extract["max_length"]):
             rows = m.sample(task, name)
             limit = tokens.prompt_budget(max_length)
             demos = rows.iloc[:0]
             if shots:
                 demos, _ = prefix_demonstrations(tokens, pattern, m.sample(task, demonstration_pool(seed)),
-                                                 len(spec["labels"]), shots, seed, limit)
+                                                 len(task_config["labels"]), shots, seed, limit)
             prompt_ids = encode_prompt(tokens, pattern, rows, demos, max_length=limit)
             return {"prefix": len(prompt_ids.prefix), "truncated": prompt_ids.truncated, "n": len(rows),
                     "tokens": sum(map(len, prompt_ids.examples)), "shots_used": len(demos)}
@@ -191,23 +191,25 @@ def plan_icl(m: Measuring, cells: dict) -> None:
         model, task, shots, seed = cell["model"], cell["task"], cell["shots"], cell["seed"]
         if model not in m.fetched:
             continue
-        icl, spec = stage_config(m.config, "icl", model), m.config["tasks"][task]
-        for name in icl["patterns"] or list(spec["prompt"]["patterns"]):
-            pattern = task_pattern(spec, name)
+        icl, task_config = stage_config(m.config, "icl", model), m.config["tasks"][task]
+        for name in icl["patterns"] or list(task_config["prompt"]["patterns"]):
+            pattern = task_pattern(task_config, name)
 
-            def evaluation(tokens, pattern=pattern, task=task, spec=spec, joined=shots > 0):  # per task and pattern
+            def evaluation(tokens, pattern=pattern, task=task, task_config=task_config,
+                           joined=shots > 0):  # per task and pattern
                 encoded = [encode_prompt(tokens, pattern, rows, rows.iloc[:0], after_demonstrations=joined)
                            for rows in m.evals(task).values()]
                 return {"needed": max(needed_after_prefix(e.examples, e.verbalizers) for e in encoded),
                         "tokens": sum(len(ids) for e in encoded for ids in e.examples),
-                        "n": sum(len(e.examples) for e in encoded), "labels": len(spec["labels"]),
+                        "n": sum(len(e.examples) for e in encoded), "labels": len(task_config["labels"]),
                         "multi": max(map(len, encoded[0].verbalizers)) > 1}
 
             evaluated = m.measure(model, ("icl", task, name, shots > 0), evaluation)
 
-            def fit(tokens, pattern=pattern, evaluated=evaluated, task=task, spec=spec, shots=shots, seed=seed):
+            def fit(tokens, pattern=pattern, evaluated=evaluated, task=task, task_config=task_config, shots=shots,
+                    seed=seed):
                 pool = m.sample(task, demonstration_pool(seed)) if shots else m.evals(task)["test"].iloc[:0]
-                _, prefix, counts = fit_demonstrations(tokens, pattern, pool, len(spec["labels"]), shots, seed,
+                _, prefix, counts = fit_demonstrations(tokens, pattern, pool, len(task_config["labels"]), shots, seed,
                                                        evaluated["needed"], tokens.context(icl["max_length"]),
                                                        icl["fit"])
                 return counts | evaluated | {"runs": prefix is not None}
@@ -236,17 +238,17 @@ def plan_teachers(m: Measuring, cells: dict) -> None:
                                         if METHODS[c["method"]].teacher}):
         if model not in m.fetched:
             continue
-        spec, ft = m.config["tasks"][task], stage_config(m.config, "finetune", model)
-        pattern = task_pattern(spec, ft["pattern"])
+        task_config, ft = m.config["tasks"][task], stage_config(m.config, "finetune", model)
+        pattern = task_pattern(task_config, ft["pattern"])
 
-        def teach(tokens, pattern=pattern, ft=ft, task=task, k=k, seed=seed, spec=spec):
+        def teach(tokens, pattern=pattern, ft=ft, task=task, k=k, seed=seed, task_config=task_config):
             from .icl import teacher_demonstrations
             from .prompt import PromptError
 
             rows = m.sample(task, train_sample(k, seed))
             pool = m.sample(task, demonstration_pool(seed)) if ft["distill"]["shots"] else rows.iloc[:0]
             try:
-                demos, prefix, counts = teacher_demonstrations(tokens, pattern, rows, pool, len(spec["labels"]),
+                demos, prefix, counts = teacher_demonstrations(tokens, pattern, rows, pool, len(task_config["labels"]),
                                                                ft["distill"]["shots"], seed)
             except PromptError as e:
                 return {"error": str(e)}

@@ -45,8 +45,8 @@ def task_pattern(task: dict, name: str | None = None) -> Pattern:
     name = name or next(iter(patterns))
     if name not in patterns:
         raise PromptError(f"no pattern {name!r}; the task has {sorted(patterns)}")
-    spec = patterns[name]
-    pattern = Pattern(name, spec["template"], dict(spec["verbalizer"]), task["prompt"]["separator"],
+    entry = patterns[name]
+    pattern = Pattern(name, entry["template"], dict(entry["verbalizer"]), task["prompt"]["separator"],
                       tuple(task["labels"]))
     unknown = sorted(set(pattern.fields) - set(task["fields"]))
     if unknown:

@@ -229,7 +229,7 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
     config = copy.deepcopy(paper)
     config["threads"] = 1
     for name, task in config["tasks"].items():
-        spec = checked["tasks"][name]
+        task_config = checked["tasks"][name]
         sources = [(("data", role), s) for role, s in task.get("data", {}).items()]
         sources += [(("ood", role), s) for role, s in task.get("ood", {}).items()]
         taken: dict[str, set[str]] = {}
@@ -240,7 +240,7 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
             rows = HUB_SHAPES.get(source["hub"], {}).get("rows", {}).get(split, GENERIC_SHAPE["rows"])
             if source["hub"] == "jhu-cogsci/hans" and hans_rows:
                 rows = min(rows, hans_rows)
-            table = hub_table(source, spec, rows, rng, vocabulary, taken)
+            table = hub_table(source, task_config, rows, rng, vocabulary, taken)
             stand_in(source, table, out / "data" / name / f"{role}.parquet")
     for name, source in config.get("corpora", {}).items():
         if "hub" not in source:

@@ -162,13 +162,13 @@ def model_layers(folder: str | Path) -> int | None:
     return next((config[key] for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config), None)
 
 
-def resolve_layers(spec, n_layers: int, model: str = "the model") -> list[int]:
+def resolve_layers(layers, n_layers: int, model: str = "the model") -> list[int]:
     """Hidden-state indices (0 = embeddings, n = last layer) from extract.layers: a list with negative indices
     counting from the end, or 'all'."""
-    if spec == "all":
+    if layers == "all":
         return list(range(n_layers + 1))
     out = set()
-    for index in spec:
+    for index in layers:
         resolved = index + n_layers + 1 if index < 0 else index
         if not 0 <= resolved <= n_layers:
             raise ConfigError(f"extract.layers: layer {index} is out of range for {model}, which has {n_layers} "

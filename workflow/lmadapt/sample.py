@@ -150,13 +150,13 @@ def validation_split(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
 def instruction_rows(rows: pd.DataFrame, task: dict) -> pd.DataFrame:
     """A task's rows as an instruction set in the Alpaca layout: the templates in turn as instructions, the text
     fields (one a line) as input, the label's answer as output."""
-    spec = task["instructions"]
-    templates = spec["templates"]
+    instructions = task["instructions"]
+    templates = instructions["templates"]
     return pd.DataFrame({
         "id": rows["id"].to_numpy(),
         "instruction": [templates[i % len(templates)] for i in range(len(rows))],
         "input": ["\n".join(values) for values in rows[task["fields"]].astype(str).to_numpy()],
-        "output": [spec["answers"].get(name, name) for name in rows["label_name"]],
+        "output": [instructions["answers"].get(name, name) for name in rows["label_name"]],
         "label": rows["label"].to_numpy(), "label_name": rows["label_name"].to_numpy()})
 
 
