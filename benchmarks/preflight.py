@@ -44,6 +44,9 @@ REAL_SIZES = {"opt_125m": opt(768, 12, 12, 3072, 768), "opt_350m": opt(1024, 24,
 
 
 def main() -> None:
+    from lmadapt.checks import load_config
+    from lmadapt.grid import root_model
+
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     subprocess.run([str(BIN / "lmadapt"), "rehearsal", "--paper", str(REPO / "config/paper.yaml"), "--out",
                     str(WORK), "--seeds", "10", "--hans-rows", "0"], check=True, env=env)
@@ -68,8 +71,9 @@ def main() -> None:
     by = defaultdict(float)
     for job in plan["jobs"]:
         by[job["model"], job["stage"]] += job["gpu_hours"]
-    models = sorted({m for m, _ in by}, key=list(REAL_SIZES).index)
-    stages = ["extract", "icl", "teacher", "finetune"]
+    grid = load_config(config)  # a derived model (instruction-tuned OPT) is costed by its root's sizes
+    models = sorted({m for m, _ in by}, key=lambda m: (list(REAL_SIZES).index(root_model(grid, m)), m))
+    stages = ["extract", "icl", "teacher", "finetune", "instruct"]
     rows = ["| model | " + " | ".join(stages) + " | total |", "|---|" + "---|" * (len(stages) + 1)]
     for model in models:
         values = [by[model, stage] for stage in stages]
@@ -88,7 +92,8 @@ def main() -> None:
         f"Estimated GPU-hours by model and stage (preflight's estimate: one GPU = {cluster['gpu_memory_gb']} GB, "
         f"{cluster['gpu_tflops']} TFLOP/s at {cluster['mfu']:.0%} utilisation, weights loaded at "
         f"{cluster['load_gb_per_s']} GB/s; fine-tuning FLOPs 6N per token (8N with gradient checkpointing, "
-        "4N/6N for LoRA) over each model's epochs, inference 2N per token):", "", *rows, "",
+        "4N/6N for LoRA) over each model's epochs, inference 2N per token; instruct: the derived models' "
+        "instruction tuning):", "", *rows, "",
         f"**Total: {plan['gpu_hours']:.0f} GPU-hours.** No GPU was lent to this task, so these are estimates, not "
         "measurements.", ""])
     write_section(REPO / "docs" / "benchmarks.md", "preflight", section)
