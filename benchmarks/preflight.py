@@ -52,7 +52,8 @@ def main() -> None:
                     str(WORK), "--seeds", "10", "--hans-rows", "0"], check=True, env=env)
     config = WORK / "config.yaml"
     samples = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(WORK),
-                              "--configfile", str(config), "--cores", "2", "--until", "sample", "fetch_model"],
+                              "--configfile", str(config), "--cores", "2", "--until", "sample", "fetch_model",
+                              "fetch_corpus"],
                              env=env, capture_output=True, text=True)
     if samples.returncode:
         raise RuntimeError(samples.stdout[-3000:] + samples.stderr[-3000:])
