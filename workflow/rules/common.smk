@@ -1,7 +1,6 @@
 # Config validation, wildcard constraints and the functions every rule uses (none live in the rule files). What a
 # job gets (its params and the inputs its cell determines) is computed in the package, lmadapt/jobs.py; the
 # functions here adapt it to Snakemake's wildcards.
-import inspect
 import os
 import re
 import sys
@@ -76,43 +75,31 @@ def offline(command):
 # ---------------------------------------------------------------- what a job gets: lmadapt/jobs.py, by cell
 
 
-def signed(function):
-    """A rule's function with its signature computed once: Snakemake reads the signature of every input, param
-    and resource function for every job (inspect.signature, seconds over the paper grid's thousands of jobs), and
-    inspect returns a function's own `__signature__` at once."""
-    function.__signature__ = inspect.signature(function)
-    return function
-
-
 def cell_of(wildcards):
     return dict(wildcards.items())
 
 
 def job_params(rule):
     """A rule's params: exactly what its job computes with (a change reruns it, nothing else does)."""
-    return {
-        name: signed(lambda wildcards, name=name: JOBS.params(rule, cell_of(wildcards))[name]) for name in PARAMS[rule]
-    }
+    return {name: (lambda wildcards, name=name: JOBS.params(rule, cell_of(wildcards))[name]) for name in PARAMS[rule]}
 
 
 def job_inputs(rule):
     """The inputs a job's cell determines (model folders, samples, pools, teachers), named as the shell uses them."""
-    return signed(lambda wildcards: JOBS.inputs(rule, cell_of(wildcards)))
+    return lambda wildcards: JOBS.inputs(rule, cell_of(wildcards))
 
 
 def run_setting(value):
     """A param for how a job runs, not what it computes (checkpoint cadence). Snakemake counts a param function
     that takes `resources` as derived, and a derived param never makes a job stale."""
-    return signed(lambda wildcards, resources: as_arg(value))
+    return lambda wildcards, resources: as_arg(value)
 
 
-@signed
 def instruct_run_settings(wildcards, resources):
     """Checkpoint cadence: derived from resources, so that changing it reruns nothing."""
     return as_arg({"checkpoint_every": stage_config(config, "instruct", wildcards.model)["checkpoint_every"]})
 
 
-@signed
 def classifier_run_settings(wildcards, resources):
     finetune = stage_config(config, "finetune", wildcards.model)
     return as_arg({key: finetune[key] for key in FINETUNE_RUN_SETTINGS})
@@ -128,25 +115,21 @@ def input_option(name, flag):
         path = getattr(input, name)
         return f"{flag} {path}" if path else ""
 
-    return signed(option)
+    return option
 
 
-@signed
 def sample_roles(wildcards, input):
     return " ".join(f"{role.replace('ood_', 'ood:', 1)}={path}" for role, path in input.items())
 
 
-@signed
 def extract_demos_arg(wildcards, input):
     return f"--demos {input.demos} --seed {layout.prefix_seed(wildcards.prompt)}" if input.demos else ""
 
 
-@signed
 def probe_evals(wildcards, input):
     return " ".join(f"{split}={input[split]}" for split in JOBS.eval_splits(wildcards.task))
 
 
-@signed
 def instruction_sets_arg(wildcards, input):
     """NAME=PATH of each instruction set."""
     return " ".join(
@@ -163,7 +146,7 @@ def per_attempt(amount):
     def scaled(wildcards, attempt):
         return amount * attempt
 
-    return signed(scaled)
+    return scaled
 
 
 def model_resources(scale=1, gpus="one"):
@@ -177,10 +160,9 @@ def model_resources(scale=1, gpus="one"):
         count = config["models"][wildcards.model]["gpus"]
         return count if gpus == "all" else min(count, 1)
 
-    return {"mem_mb": signed(mem_mb), "gpu": signed(gpu)}
+    return {"mem_mb": mem_mb, "gpu": gpu}
 
 
-@signed
 def launcher_tasks(wildcards):
     """Slurm tasks of a fine-tuning job: 0 on several GPUs (torchrun starts the processes, not the plugin)."""
     return 0 if config["models"][wildcards.model]["gpus"] > 1 else 1
@@ -208,7 +190,6 @@ def derived_summary_target():
     return [layout.DERIVE_SUMMARY] if derived_models(config) else []
 
 
-@signed
 def all_targets(wildcards):
     return (
         JOBS.sample_targets() + JOBS.inputs("aggregate", {})["metrics"] + JOBS.inputs("derived_summary", {})["metrics"]
