@@ -37,14 +37,19 @@ def train_cells(config: dict, task: str) -> list[tuple]:
     return [(k, seed) for k in config["tasks"][task]["k"] for seed in config["seeds"]]
 
 
+def per_model_and_task(config: dict, section: str, cells_of: Callable) -> list[dict]:
+    """The cells of a model stage: cells_of(settings, model, task) for every model it runs on (its own settings
+    over the section's) and every task it selects for that model."""
+    return [cell for model in stage_models(config, section)
+            for settings in [stage_config(config, section, model)]
+            for task in stage_names(config, section, "tasks", model)
+            for cell in cells_of(settings, model, task)]
+
+
 def probe_cells(config: dict) -> list[dict]:
-    cells = []
-    for model in stage_models(config, "extract"):
-        extract = stage_config(config, "extract", model)
-        for task in stage_names(config, "extract", "tasks", model):
-            cells += [dict(model=model, task=task, prompt=prompt, k=k, seed=seed)
-                      for prompt in extract["prompts"] for k, seed in train_cells(config, task)]
-    return cells
+    return per_model_and_task(config, "extract", lambda extract, model, task: [
+        dict(model=model, task=task, prompt=prompt, k=k, seed=seed)
+        for prompt in extract["prompts"] for k, seed in train_cells(config, task)])
 
 
 def bow_cells(config: dict) -> list[dict]:
@@ -58,24 +63,17 @@ def bow_cells(config: dict) -> list[dict]:
 
 
 def icl_cells(config: dict) -> list[dict]:
-    cells = []
-    for model in stage_models(config, "icl"):
-        for task in stage_names(config, "icl", "tasks", model):
-            for shots in stage_config(config, "icl", model)["shots"]:
-                cells += [dict(model=model, task=task, shots=shots, seed=seed)
-                          for seed in (config["seeds"][:1] if shots == 0 else config["seeds"])]
-    return cells
+    """Zero-shot prompts do not depend on the seed: they run once, with the first seed."""
+    return per_model_and_task(config, "icl", lambda icl, model, task: [
+        dict(model=model, task=task, shots=shots, seed=seed)
+        for shots in icl["shots"] for seed in (config["seeds"][:1] if shots == 0 else config["seeds"])])
 
 
 def finetune_cells(config: dict) -> list[dict]:
-    cells = []
-    for model in stage_models(config, "finetune"):
-        finetune = stage_config(config, "finetune", model)
-        for task in stage_names(config, "finetune", "tasks", model):
-            cells += [dict(model=model, task=task, method=method, k=k, seed=seed)
-                      for method in finetune["methods"] for k, seed in train_cells(config, task)
-                      if not finetune["k"] or k in finetune["k"]]
-    return cells
+    return per_model_and_task(config, "finetune", lambda finetune, model, task: [
+        dict(model=model, task=task, method=method, k=k, seed=seed)
+        for method in finetune["methods"] for k, seed in train_cells(config, task)
+        if not finetune["k"] or k in finetune["k"]])
 
 
 def preflight(name: str) -> Callable:
