@@ -324,13 +324,13 @@ VERBS = (
          "cross-references, prompts, data files, prepared models and their layers", (
              arg("config"), arg("--show", action="store_true", help="print the config with defaults filled in"),
              arg("--directory", default=".", help="the working directory the workflow runs in (resources/ there "
-                  "holds the prepared models and fetched data)"))),
+                 "holds the prepared models and fetched data)"))),
     Verb("fetch-data", cmd_fetch_data, "download a hub dataset split to Parquet (login node)", (
         arg("--source", type=json_value, required=True, help="the source entry of the config, as JSON"), OUT)),
     Verb("sample", cmd_sample, "draw a training, test or out-of-domain sample", (
         *MODEL_TASK[1:],
         arg("--input", nargs="+", metavar="ROLE=PATH", required=True, help="source files: train=..., test=..., "
-             "ood:NAME=..."),
+            "ood:NAME=..."),
         arg("--split", required=True, help="train, demos, test, instructions or ood:NAME"),
         arg("--k", type=_k_arg, help="examples per class, or all: the full training set (train)"),
         arg("--seed", type=int, help="data seed (train, demos)"), arg("--test-seed", type=int, default=0), OUT)),
@@ -353,7 +353,7 @@ VERBS = (
     Verb("instruct", cmd_instruct, "derive an instruction-tuned model (Alpaca layout, response-only loss)", (
         *DERIVED, arg("--base-dir", required=True, help="the base model's folder"),
         arg("--data", nargs="+", required=True, metavar="NAME=PATH",
-             help="instruction sets: corpora (read through --corpora) and tasks' instruction samples"),
+            help="instruction sets: corpora (read through --corpora) and tasks' instruction samples"),
         arg("--corpora", type=json_value, default={}, help="the corpora entries of the config, as JSON"),
         settings_arg("instruct"), arg("--run-settings", type=json_value, default={}, help="checkpoint_every, as JSON"),
         *TRAINING, *DERIVED_OUT, arg("--metrics", required=True),
@@ -372,7 +372,7 @@ VERBS = (
         arg("--config-json", type=json_value, help="an already validated config, as JSON (the rule's way)"),
         arg("--samples", default=layout.SAMPLES, help=f"the sample files ({layout.SAMPLES})"),
         arg("--models", default=layout.PREPARED_MODELS,
-             help=f"the prepared model folders ({layout.PREPARED_MODELS})"),
+            help=f"the prepared model folders ({layout.PREPARED_MODELS})"),
         arg("--out-json", default=layout.PREFLIGHT_JSON), arg("--out-md", default=layout.PREFLIGHT_MD))),
     Verb("rehearsal", cmd_rehearsal, "write a rehearsal of a grid: tiny models, hub-shaped local data", (
         arg("--paper", default="config/paper.yaml", help="the grid to rehearse"),
@@ -380,12 +380,12 @@ VERBS = (
         arg("--seeds", type=int, default=2, help="keep this many of the grid's seeds"),
         arg("--models", nargs="+", help="keep only these models (default: all)"),
         arg("--k", type=int, nargs="+", help="keep only these k, and ICL with zero or as many demonstrations "
-             "(default: all)"),
+            "(default: all)"),
         arg("--epochs", type=int, help="fine-tuning and instruction-tuning epochs (default: the grid's; fewer cuts "
-             "time, not shape)"),
+            "time, not shape)"),
         arg("--ppo-steps", type=int, help="PPO steps (default: the grid's; fewer cuts time, not shape)"),
         arg("--hans-rows", type=int, default=3000, help="a stratified subset of HANS's 30,000 rows (0 = all of "
-             "them)"))),
+            "them)"))),
     Verb("check-skips", cmd_check_skips, "compare the preflight's expected skipped cells with a run's", (
         arg("--plan", default=layout.PREFLIGHT_JSON), arg("--tidy", default=layout.TIDY))),
     Verb("aggregate", cmd_aggregate, "every metrics file -> tidy table, paper tables and figures", (

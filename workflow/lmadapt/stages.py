@@ -89,7 +89,7 @@ STAGES = {
                    Verb("probe", cmd_probe, "probes on activations of every layer and pooling", (
                        arg("--train", required=True, help="training activations"), EVAL,
                        arg("--eval-sample", nargs="+", required=True, metavar="SPLIT=PATH",
-                                help="the evaluation samples (for per-heuristic scores)"),
+                           help="the evaluation samples (for per-heuristic scores)"),
                        settings_arg("probe"), keys_arg(), OUT)),
                    "cpu", preflight("plan_extract")),
     "bow": Stage("bow", "bow", None, bow_cells, layout.METRICS["bow"],
@@ -109,7 +109,7 @@ STAGES = {
                                arg("--teacher", help="teacher label distributions (method distill)"),
                                settings_arg("finetune"),
                                arg("--run-settings", type=json_value, default={}, help="checkpoint_every, "
-                                        "keep_checkpoint, as JSON (how it runs; never part of a checkpoint's hash)"),
+                                   "keep_checkpoint, as JSON (how it runs; never part of a checkpoint's hash)"),
                                *TRAINING, keys_arg("task, model, method, k, seed"), OUT)),
                       "finetune_{model}", preflight("plan_finetune")),
 }
