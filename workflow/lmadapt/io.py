@@ -68,7 +68,7 @@ PARQUET_MAGIC = b"PAR1"
 
 def producing_rule(path: str | Path) -> str | None:
     """The rule whose output a path is (stages.producers), named when the file is unreadable."""
-    from .stages import producers  # the registry reads io's writers
+    from .stages import producers  # the registry (and the CLI it imports) sits above io
 
     text = Path(path).as_posix()
     return next((rule for folder, rule in producers().items() if f"{folder}/" in text), None)
