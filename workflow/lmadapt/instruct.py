@@ -123,11 +123,11 @@ def encode_rows(lm, frame, max_length: int) -> tuple[list, int, int]:
 
 def encode_sets(lm, train, held, max_length: int) -> tuple[tuple, tuple]:
     """encode_rows of the training and the held-out rows, refused where no example keeps a response token."""
-    (examples, *train_counts), (held_examples, *held_counts) = (encode_rows(lm, f, max_length) for f in (train, held))
-    if not examples or not held_examples:
+    trained, evaluated = encode_rows(lm, train, max_length), encode_rows(lm, held, max_length)
+    if not trained[0] or not evaluated[0]:
         raise ValueError(f"instruct.max_length: {max_length} tokens leave no response token to "
-                         f"{'train on' if not examples else 'evaluate'} (every prompt fills them); raise it")
-    return (examples, *train_counts), (held_examples, *held_counts)
+                         f"{'train on' if not trained[0] else 'evaluate'} (every prompt fills them); raise it")
+    return trained, evaluated
 
 
 def response_batch_loss(engine, examples: list, pad_id: int, batch):

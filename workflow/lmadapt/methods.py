@@ -124,17 +124,18 @@ class Method:
     kinds: tuple[str, ...]  # the model kinds it runs on
     summary: str
 
+    def needs(self) -> list[str]:
+        """The finetune keys only this kind of method computes with (a job's settings must hold them): `lora`
+        (whose lr replaces `lr`) or `lr`, and the teacher's `distill` weights."""
+        return (["lora"] if self.lora else ["lr"]) + (["distill"] if self.teacher else [])
+
     def own_settings(self, finetune: dict) -> dict:
-        """The finetune settings only this kind of method computes with: `lora` (whose lr replaces `lr`) or `lr`,
-        and the teacher's `distill` weights, so that a LoRA setting reruns only LoRA jobs."""
-        own = {"lora": finetune["lora"]} if self.lora else {"lr": finetune["lr"]}
+        """Those keys' values in a finetune section (of distill, the loss weights: the teacher's shots and batch
+        are the teacher job's), so that a LoRA setting reruns only LoRA jobs."""
+        own = {key: finetune[key] for key in self.needs()}
         if self.teacher:
             own["distill"] = {key: finetune["distill"][key] for key in ("temperature", "kl_weight", "ce_weight")}
         return own
-
-    def needs(self) -> list[str]:
-        """The finetune keys a job's settings must hold for this method."""
-        return (["lora"] if self.lora else ["lr"]) + (["distill"] if self.teacher else [])
 
     def learning_rate(self, settings: dict) -> float:
         return settings["lora"]["lr"] if self.lora else settings["lr"]
