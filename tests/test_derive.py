@@ -133,7 +133,7 @@ def instruct_cli(tiny_opt, instructions, out, **overrides):
 
 @pytest.mark.slow  # two training jobs in their own processes, one of them killed
 def test_a_killed_instruct_job_resumes_to_the_same_model(tiny_opt, instructions, tmp_path):
-    overrides = dict(epochs=12, batch_size=2, effective_batch=2, dropout=0.1, checkpoint_every=5)
+    overrides = dict(epochs=4, batch_size=2, effective_batch=2, dropout=0.1, checkpoint_every=5)
     cmd, env = instruct_cli(tiny_opt, instructions, tmp_path, **overrides)
     kill_after_first_checkpoint(cmd, env, tmp_path / "work/checkpoints", tmp_path / "metrics.json")
     subprocess.run(instruct_cli(tiny_opt, instructions, tmp_path, **dict(overrides, checkpoint_every=9))[0],

@@ -174,12 +174,12 @@ def test_unreadable_intermediate_is_named_and_moved_aside(tmp_path):
 
 
 def assert_same_results(run, reference):
-    """Every result of `run` equals the reference's of the same name (the reference may have more seeds: its tables
-    summarise more, so tables are compared by being there)."""
+    """Every result of `run` equals the reference's of the same name (the reference may have more seeds, models and
+    samples: its tables summarise more, so tables are compared by being there)."""
     ran, expected = comparable(run), comparable(reference)
     assert set(ran) <= set(expected), sorted(set(ran) - set(expected))
     cells = sorted(name for name in ran if not name.startswith("results/tables/"))
-    assert len(cells) > 30 and {name: ran[name] for name in cells} == {name: expected[name] for name in cells}
+    assert len(cells) > 20 and {name: ran[name] for name in cells} == {name: expected[name] for name in cells}
     assert {name for name in ran if name.startswith("results/tables/")} == {
         name for name in expected if name.startswith("results/tables/")}
 
@@ -207,10 +207,13 @@ def comparable(folder):
 def test_every_stage_killed_while_publishing_reruns_to_the_same_results(tmp_path, finished_run):
     reference, killed = finished_run.workdir, tmp_path / "killed"
     killed.mkdir()
-    # the reference's config on its first seed: every stage, 50 jobs instead of 84; each job computes what the
-    # reference's job of the same name did, the tables summarise one seed
+    # the reference's config on its decoder, first seed and smallest RTE sample: every stage, 30 jobs instead of
+    # 84; each job computes what the reference's job of the same name did, the tables summarise less
     config = yaml.safe_load(finished_run.config.read_text())
-    write_config(killed / "config.yaml", dict(config, seeds=config["seeds"][:1]))
+    tasks = dict(config["tasks"], rte=dict(config["tasks"]["rte"], k=config["tasks"]["rte"]["k"][:1]))
+    write_config(killed / "config.yaml", dict(config, seeds=config["seeds"][:1], tasks=tasks,
+                                              models={"tiny": config["models"]["tiny"]},
+                                              icl={k: v for k, v in config["icl"].items() if k != "models"}))
 
     wrapper = tmp_path / "bin"
     wrapper.mkdir()
