@@ -244,13 +244,13 @@ def killed_after_a_checkpoint(cmd, env, tmp_path):
 @pytest.mark.slow  # a training job in its own process
 def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_opt, rte, tmp_path):
     """With a validation share: the epochs validated before the kill, and the best epoch's weights, carry over."""
-    overrides = dict(epochs=20, checkpoint_every=5, batch_size=2, effective_batch=2, dropout=0.1, validation=0.25)
+    overrides = dict(epochs=8, checkpoint_every=5, batch_size=2, effective_batch=2, dropout=0.1, validation=0.25)
     killed_after_a_checkpoint(*cli(tiny_opt, rte, tmp_path, **overrides), tmp_path)
     cmd, env = cli(tiny_opt, rte, tmp_path, **dict(overrides, checkpoint_every=7))  # how it runs: still resumes
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     resumed = json.loads((tmp_path / "metrics.json").read_text())["records"][0]
     assert resumed["details"]["resumed_from_micro_step"] > 0
-    assert resumed["details"]["optimizer_steps"] == resumed["details"]["planned_optimizer_steps"] == 20 * 6
+    assert resumed["details"]["optimizer_steps"] == resumed["details"]["planned_optimizer_steps"] == 8 * 6
     # the same run uninterrupted: equal losses at every step (dropout masks included), predictions and metrics
     whole = tmp_path / "whole"
     cmd, env = cli(tiny_opt, rte, whole, **overrides)
@@ -267,13 +267,13 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_opt, rte
 
 @pytest.mark.slow  # a training job in its own process
 def test_checkpoint_of_other_settings_is_not_resumed(tiny_opt, rte, tmp_path):
-    overrides = dict(epochs=20, checkpoint_every=5, batch_size=2, effective_batch=2)
+    overrides = dict(epochs=6, checkpoint_every=5, batch_size=2, effective_batch=2)
     killed_after_a_checkpoint(*cli(tiny_opt, rte, tmp_path, **overrides), tmp_path)
     cmd, env = cli(tiny_opt, rte, tmp_path, **dict(overrides, lr=2e-3))  # what it computes: starts over
     proc = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     details = json.loads((tmp_path / "metrics.json").read_text())["records"][0]["details"]
     assert details["resumed_from_micro_step"] is None and "other settings" in proc.stdout
-    assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 20 * 8 and details["lr"] == 2e-3
+    assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 6 * 8 and details["lr"] == 2e-3
 
 
 @pytest.mark.slow  # a training job in its own process
