@@ -57,6 +57,7 @@ def worker(args) -> None:
     from lmadapt.forward import pad_batch
     from lmadapt.models import load_model
     from lmadapt.prompt import encode_prompt, task_pattern
+    from lmadapt.settings import read_settings
 
     task = json.loads(args.task)
     rows = pd.read_parquet(args.sample).iloc[: args.n]
@@ -67,8 +68,9 @@ def worker(args) -> None:
         pq.write_table(table, subset)
     torch.set_num_threads(args.threads)
     demos_path = str(Path(args.workdir) / "train.parquet") if args.shots else None
-    settings = {"layers": [args.layer], "pooling": ["last", "mean"], "pattern": None, "shots": args.shots,
-                "batch_size": 16, "max_length": None, "store_dtype": "float32", "dtype": "float32"}
+    settings = read_settings("extract", {"layers": [args.layer], "pooling": ["last", "mean"], "pattern": None,
+                                         "shots": args.shots, "batch_size": 16, "max_length": None,
+                                         "store_dtype": "float32", "dtype": "float32"})
     load_model(args.model, dtype="float32")  # imports and the file cache warm, alike for both; then timed
     start = time.time()
     if args.mode == "lmadapt":

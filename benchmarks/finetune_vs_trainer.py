@@ -52,12 +52,14 @@ def worker(args) -> None:
     import torch
 
     from lmadapt.config import FINETUNE_RUN_SETTINGS, finetune_settings
+    from lmadapt.settings import read_settings
 
     config, train_path = prepare()
     task = config["tasks"]["rt"]
-    settings = finetune_settings(config, "head") | {key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}
+    settings = read_settings("finetune", finetune_settings(config, "head") | {
+        key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}, "head")
     torch.set_num_threads(args.threads)
-    ds_path = REPO / "config/deepspeed" / f"{settings['zero']}.json"
+    ds_path = REPO / "config/deepspeed" / f"{settings.zero}.json"
     if args.tool == "lmadapt":
         from lmadapt.finetune import run_finetune
 
@@ -90,11 +92,11 @@ def worker(args) -> None:
     torch.manual_seed(1)
     lm, model = build_model(args.model, "head", len(task["labels"]), settings)
     train, _ = read_table(str(train_path), META_KEY)
-    ids, _ = classifier_inputs(lm, task_pattern(task, None), train, settings["max_length"])
+    ids, _ = classifier_inputs(lm, task_pattern(task, None), train, settings.max_length)
     dataset = [{"input_ids": example, "labels": int(label)} for example, label in zip(ids, train["label"])]
-    steps = -(-len(dataset) // settings["batch_size"]) * settings["epochs"]
+    steps = -(-len(dataset) // settings.batch_size) * settings.epochs
     accum = accumulation_steps(settings, 1)
-    ds_config = deepspeed_config(str(ds_path), settings, settings["lr"], accum, steps, "fp32")
+    ds_config = deepspeed_config(str(ds_path), settings, settings.lr, accum, steps, "fp32")
     counted = {"real": 0, "padded": 0}
     collate = DataCollatorWithPadding(lm.tokenizer)
 
@@ -112,9 +114,9 @@ def worker(args) -> None:
             counted["seconds"] = time.time() - counted["start"]
 
     arguments = TrainingArguments(
-        output_dir=str(WORK / "trainer"), per_device_train_batch_size=settings["batch_size"],
-        gradient_accumulation_steps=accum, num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
-        weight_decay=settings["weight_decay"], max_grad_norm=1.0, deepspeed=ds_config, use_cpu=True,
+        output_dir=str(WORK / "trainer"), per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=accum, num_train_epochs=settings.epochs, learning_rate=settings.lr,
+        weight_decay=settings.weight_decay, max_grad_norm=1.0, deepspeed=ds_config, use_cpu=True,
         save_strategy="no", report_to=[], logging_steps=1000, seed=1, dataloader_num_workers=0,
         disable_tqdm=True)
     trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=collate_and_count,

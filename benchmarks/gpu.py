@@ -124,41 +124,43 @@ def finetune_case(case: dict, where: Path) -> dict:
     import deepspeed
 
     from lmadapt.checks import load_config
-    from lmadapt.config import FINETUNE_RUN_SETTINGS, finetune_settings
+    from lmadapt.config import finetune_settings
     from lmadapt.finetune import (DROPOUT_KEYS, deepspeed_config, init_distributed, precision, schedule,
                                   train_epochs, trainable_model)
     from lmadapt.forward import pad_batch
     from lmadapt.costs import model_shape, training_memory
     from lmadapt.methods import METHODS
+    from lmadapt.settings import read_settings
 
     init_distributed()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     paper = load_config(REPO / "config/paper.yaml")
     method, shape_name = case["method"], case["shape"]
-    settings = finetune_settings(paper, method, case["model"]) | dict.fromkeys(FINETUNE_RUN_SETTINGS, 0)
     # the case's epochs (>= 30 optimizer steps for OPT-1.3B), no checkpoint: the training alone is timed
-    settings.update(case.get("settings", {}), epochs=case["epochs"], checkpoint_every=10 ** 9)
+    raw = finetune_settings(paper, method, case["model"]) | {"checkpoint_every": 10 ** 9, "keep_checkpoint": False}
+    raw.update(case.get("settings", {}), epochs=case["epochs"])
+    settings = read_settings("finetune", raw, method)
     zero_file = REPO / "config/deepspeed" / f"{case['zero']}.json"
     zero = json.loads(zero_file.read_text())["zero_optimization"]
     folder = opt_folder(shape_name, where)
-    shape = model_shape(folder, settings["lora"] if "lora" in settings else None)
+    shape = model_shape(folder, raw.get("lora"))
     rng = np.random.default_rng(0)
     examples = token_ids(lengths(case["rows"], RTE_LENGTHS, rng), rng, OPT_SHAPES[shape_name]["vocab_size"])
-    examples = [ids[: settings["max_length"]] for ids in examples]
+    examples = [ids[: settings.max_length] for ids in examples]
     labels = torch.tensor(rng.integers(0, len(VERBALIZER_IDS), len(examples)))
-    dtype = precision(settings["precision"])
+    dtype = precision(settings.precision)
     accum, order_length, total_steps = schedule(len(examples), settings, 1)
     config = deepspeed_config(str(zero_file), settings, METHODS[method].learning_rate(settings), accum,
                               total_steps, dtype)
     predicted_memory = training_memory(shape, method, settings, zero["stage"], "offload_param" in zero, 1,
                                        max(map(len, examples)))
     row = dict(case=case["name"], model=case["model"], method=method, zero=case["zero"], precision=dtype,
-               micro_batch=settings["batch_size"], effective_batch=settings["effective_batch"],
-               gradient_checkpointing=settings["gradient_checkpointing"], parameters=shape["parameters"],
+               micro_batch=settings.batch_size, effective_batch=settings.effective_batch,
+               gradient_checkpointing=settings.gradient_checkpointing, parameters=shape["parameters"],
                predicted_memory_gb=predicted_memory / 1e9)
     reset_peak(device)
     try:
-        model = random_model(folder, device, torch.float32, dict.fromkeys(DROPOUT_KEYS, settings["dropout"]))
+        model = random_model(folder, device, torch.float32, dict.fromkeys(DROPOUT_KEYS, settings.dropout))
         model = trainable_model(model, method, settings)
         engine, *_ = deepspeed.initialize(model=model, config=config,
                                           model_parameters=[p for p in model.parameters() if p.requires_grad])
@@ -184,7 +186,7 @@ def finetune_case(case: dict, where: Path) -> dict:
     # the first epoch warms up (kernels, allocator); the rate is the later epochs'
     (t0, tokens0, micro0), (t1, tokens1, micro1) = marks[1 if len(marks) > 2 else 0], marks[-1]
     seconds, tokens, steps = t1 - t0, tokens1 - tokens0, (micro1 - micro0) / accum
-    per_token = METHODS[method].flops_per_token(settings["gradient_checkpointing"])
+    per_token = METHODS[method].flops_per_token(settings.gradient_checkpointing)
     peak = peak_tflops(device)
     step_seconds = seconds / max(steps, 1e-9)
     tokens_per_step = tokens / max(steps, 1e-9)
@@ -225,8 +227,9 @@ def full_6_7b_zero(gpu_gb: float | None, paper: dict) -> str:
     """The paper's ZeRO stage if the preflight says OPT-6.7B's full fine-tuning fits one GPU, else with offload."""
     from lmadapt.config import finetune_settings
     from lmadapt.costs import model_shape, training_memory
+    from lmadapt.settings import section_settings
 
-    settings = finetune_settings(paper, "pattern", "opt_6_7b")
+    settings = section_settings("finetune", finetune_settings(paper, "pattern", "opt_6_7b"))
     with tempfile.TemporaryDirectory() as where:
         shape = model_shape(opt_folder("opt_6_7b", Path(where)))
     for zero in (paper["finetune"]["zero"], "zero3_offload"):

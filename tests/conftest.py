@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmadapt.settings import read_settings
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 BIN = Path(sys.executable).parent  # the environment's console scripts: lmadapt, snakemake
@@ -193,8 +195,9 @@ PATTERNS = {
     "long_words": {"template": "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:",  # multi-token
                    "verbalizer": {"entailment": " entailment holds", "not_entailment": " it is not so"}},
 }
-EXTRACT_SETTINGS = {"layers": "all", "pooling": ["last", "mean"], "pattern": None, "shots": 3, "batch_size": 3,
-            "max_length": None, "store_dtype": "float32", "dtype": "float32"}
+EXTRACT_SETTINGS = read_settings("extract", {"layers": "all", "pooling": ["last", "mean"], "pattern": None, "shots": 3,
+                                             "batch_size": 3, "max_length": None, "store_dtype": "float32",
+                                             "dtype": "float32"})
 
 
 def planned_jobs(proc) -> dict[str, int]:

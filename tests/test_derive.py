@@ -21,6 +21,7 @@ from lmadapt.forward import pad_batch
 from lmadapt.models import load_model, load_tokens
 from lmadapt.ppo import Policy, Reward, prompt_ids, sample, train_policy
 from lmadapt.sample import run_sample
+from lmadapt.settings import read_settings, section_settings
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,8 @@ def test_the_loss_is_on_the_response_tokens_only(tiny_opt):
 
 def test_an_instruction_tuned_folder_goes_through_extract_and_icl(tiny_opt, instructions, tmp_path):
     inputs, corpora = instructions
-    metrics = run_instruct("tiny_instruct", str(tiny_opt), inputs, corpora, instruct_settings(),
+    settings = read_settings("instruct", instruct_settings())
+    metrics = run_instruct("tiny_instruct", str(tiny_opt), inputs, corpora, settings,
                            str(REPO / "config/deepspeed/zero2.json"), str(tmp_path / "work"), str(tmp_path / "model"),
                            str(tmp_path / "metrics.json"), str(tmp_path / "generations.parquet"))
     held = metrics["held_out"]
@@ -104,16 +106,13 @@ def test_an_instruction_tuned_folder_goes_through_extract_and_icl(tiny_opt, inst
     sample_inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(FIXTURES / "glue_rte/dev.tsv")}
     run_sample("rte", task, sample_inputs, "test", tmp_path / "test.parquet")
     extract = check_config({"tasks": {"rte": rte_task()}, "extract": {"layers": [1, -1], "pooling": ["last"]}})
-    settings = {k: v for k, v in extract["extract"].items() if k not in ("models", "tasks", "prompts", "shots")}
+    settings = section_settings("extract", dict(extract["extract"], dtype="float32"))
     meta = next(iter(run_extract(str(tmp_path / "model"), task, [(str(tmp_path / "test.parquet"),
-                                                                  str(tmp_path / "act.parquet"))],
-                                 dict(settings, dtype="float32"))))
+                                                                  str(tmp_path / "act.parquet"))], settings)))
     assert meta["n"] == 6 and meta["model"]["revision"] == info["revision"]
     icl = check_config({"tasks": {"rte": rte_task()}})["icl"]
     result = run_icl(str(tmp_path / "model"), task, None, {"test": str(tmp_path / "test.parquet")},
-                     str(tmp_path / "icl.json"), dict({k: v for k, v in icl.items() if k not in ("models", "tasks",
-                                                                                                "shots")},
-                                                      dtype="float32"),
+                     str(tmp_path / "icl.json"), section_settings("icl", dict(icl, dtype="float32")),
                      {"task": "rte", "model": "tiny_instruct", "k": 0, "seed": 1})
     assert all(r["provenance"]["model_revision"] == info["revision"] for r in result["records"])
 
@@ -153,7 +152,7 @@ def ppo_settings(**overrides):
     section = check_config({"tasks": {"rte": rte_task()}, "ppo": dict(
         {"held_out": 16, "steps": 30, "batch_size": 8, "samples": 4, "lr": 1e-2, "kl_coef": 0.0,
          "max_new_tokens": 6, "reward": {"label": "x"}}, **overrides)})
-    return section["ppo"]
+    return section_settings("ppo", section["ppo"])
 
 
 def test_ppo_raises_the_mean_reward_of_one_rewarded_token(tiny_opt):
@@ -183,11 +182,11 @@ def test_a_classifier_folder_scores_texts_as_a_reward(tiny_opt, tmp_path):
     model.save_pretrained(tmp_path / "reward")
     AutoTokenizer.from_pretrained(tiny_opt).save_pretrained(tmp_path / "reward")
     texts = ["a good movie", "an awful boring plot and bad acting"]
-    wanted = Reward(str(tmp_path / "reward"), {"label": "nothate"})(texts)
-    avoided = Reward(str(tmp_path / "reward"), {"avoid": "hate"})(texts)
+    wanted = Reward(str(tmp_path / "reward"), "nothate")(texts)
+    avoided = Reward(str(tmp_path / "reward"), "hate", avoid=True)(texts)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "reward")
     with torch.no_grad():
         plain = [model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0, 0].item() for text in texts]
     assert np.allclose(wanted, plain, atol=1e-5) and np.allclose(avoided, plain, atol=1e-5)
     with pytest.raises(ValueError, match="no label 'toxic'"):
-        Reward(str(tmp_path / "reward"), {"label": "toxic"})
+        Reward(str(tmp_path / "reward"), "toxic")

@@ -67,7 +67,7 @@ def test_encoder_activations_equal_plain_forward(model, rte, tmp_path, fewshot, 
     out = tmp_path / "acts.parquet"
     poolings = ["last", "mean"] + (["cls"] if model == "tiny_bert" else [])
     [meta] = run_extract(str(model_dir), task, [(str(folder / "test.parquet"), str(out))],
-                         dict(SETTINGS, pooling=poolings),
+                         SETTINGS.updated(pooling=poolings),
                          demos_path=str(folder / "demos.parquet") if fewshot else None, seed=7)
     stored = pd.read_parquet(out).set_index("id")
     sample = pd.read_parquet(folder / "test.parquet")
@@ -94,7 +94,7 @@ def test_encoder_activations_equal_plain_forward(model, rte, tmp_path, fewshot, 
     if model == "tiny_t5":  # T5 has no [CLS]: refused before its weights are read
         with pytest.raises(ConfigError, match=r"extract\.pooling: cls pooling reads an encoder's"):
             run_extract(str(model_dir), task, [(str(folder / "test.parquet"), str(tmp_path / "cls.parquet"))],
-                        dict(SETTINGS, pooling=["cls"]))
+                        SETTINGS.updated(pooling=["cls"]))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_packaged_encoder_activations_equal_plain_forward(minilm, rte, tmp_path)
     task, folder = rte
     out = tmp_path / "acts.parquet"
     [meta] = run_extract(str(minilm), task, [(str(folder / "test.parquet"), str(out))],
-                         dict(SETTINGS, pooling=["mean", "cls"]))
+                         SETTINGS.updated(pooling=["mean", "cls"]))
     assert meta["n_layers"] == 6 and meta["layers"] == list(range(7))
     stored = pd.read_parquet(out).set_index("id")
     sample = pd.read_parquet(folder / "test.parquet")
@@ -138,7 +138,7 @@ def test_packaged_encoder_activations_equal_plain_forward(minilm, rte, tmp_path)
 def test_forward_stops_at_deepest_layer_and_metadata(tiny_opt, rte, tmp_path):
     task, folder = rte
     out = tmp_path / "acts.parquet"
-    settings = dict(SETTINGS, layers=[1, -3], pooling=["last"])
+    settings = SETTINGS.updated(layers=[1, -3], pooling=["last"])
     [meta] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(out))], settings)
     assert meta["layers"] == [1]  # -3 of a 3-layer model is hidden state 1
     schema = pq.read_schema(out)
@@ -150,11 +150,11 @@ def test_forward_stops_at_deepest_layer_and_metadata(tiny_opt, rte, tmp_path):
 def test_long_examples_are_cut_and_counted_never_the_prefix(tiny_opt, rte, tmp_path):
     task, folder = rte
     [meta] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "a.parquet"))],
-                         dict(SETTINGS, max_length=12))
+                         SETTINGS.updated(max_length=12))
     assert meta["truncated"] > 0 and meta["max_length"] == 12
     # a prefix is never cut: it holds the most demonstrations that keep it within half the context
     [short] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "b.parquet"))],
-                          dict(SETTINGS, max_length=200), demos_path=str(folder / "demos.parquet"), seed=1)
+                          SETTINGS.updated(max_length=200), demos_path=str(folder / "demos.parquet"), seed=1)
     [full] = run_extract(str(tiny_opt), task, [(str(folder / "test.parquet"), str(tmp_path / "c.parquet"))],
                          SETTINGS, demos_path=str(folder / "demos.parquet"), seed=1)
     assert full["prompt"]["shots"] == full["prompt"]["shots_requested"] == 3

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import BIN, REPO, clean_env, fixture_config, planned_jobs, run_snakemake, write_config
+from conftest import (BIN, EXTRACT_SETTINGS, REPO, clean_env, fixture_config, planned_jobs, run_snakemake,
+                      write_config)
 from lmadapt.checks import check_config, layer_problems, load_config
 from lmadapt.config import ConfigError
 from lmadapt.io import UnreadableFile, read_metadata, read_table
@@ -71,7 +72,7 @@ def test_layers_out_of_range_stop_before_any_job(tmp_path, tiny_opt):
     from lmadapt.extract import run_extract
 
     with pytest.raises(ConfigError, match=r"extract\.layers: layer 99 is out of range"):
-        run_extract(str(tiny_opt), {}, [], {"layers": [99]})
+        run_extract(str(tiny_opt), {}, [], EXTRACT_SETTINGS.updated(layers=[99]))
 
 
 def test_changed_identity_never_replaces_a_prepared_model_or_dataset(tmp_path, tiny_opt):

@@ -19,6 +19,7 @@ from lmadapt.methods import DECODER, METHODS, distill_loss
 from lmadapt.icl import run_teacher
 from lmadapt.models import load_tokens
 from lmadapt.prompt import classifier_inputs, encode_prompt, task_pattern
+from lmadapt.settings import read_settings, section_settings
 
 
 # ZeRO-2 for every method in the fast tier; ZeRO-3 (parameters partitioned) in the slow tier
@@ -42,7 +43,7 @@ def teacher(tiny_opt, rte):
     task, folder = rte
     out = folder / "teacher.parquet"
     run_teacher(str(tiny_opt), task, str(folder / "train.parquet"), None, str(out),
-                {"shots": 0, "pattern": None, "batch_size": 4, "dtype": "float32"}, seed=1)
+                read_settings("teacher", {"shots": 0, "pattern": None, "batch_size": 4, "dtype": "float32"}), seed=1)
     return out
 
 
@@ -50,7 +51,8 @@ def finetune(tiny_opt, rte, tmp_path, method, teacher=None, all_records=False, *
     task, folder = rte
     zero = overrides.pop("zero", "zero2")
     result = run_finetune(str(tiny_opt), task, str(folder / "train.parquet"), {"test": str(folder / "test.parquet")},
-                          str(tmp_path / "metrics.json"), settings(zero=zero, **overrides),
+                          str(tmp_path / "metrics.json"),
+                          section_settings("finetune", settings(zero=zero, **overrides)),
                           {"task": "rte", "model": "tiny", "method": method, "k": 8, "seed": 1},
                           str(tmp_path / "work"), str(REPO / f"config/deepspeed/{zero}.json"),
                           teacher_path=str(teacher) if teacher else None)
@@ -184,7 +186,7 @@ def test_distillation_kl_is_zero_for_the_same_model_on_the_same_input(tiny_opt, 
     loss, kl, ce = distill_loss(logits, logits.softmax(-1), torch.tensor([0, 1, 2, 0, 1]), 1.0, 0.5, 0.5)
     assert kl.item() == pytest.approx(0.0, abs=1e-6) and loss.item() == pytest.approx(0.5 * ce.item())
     # the teacher stage (no demonstrations) and an untrained student of the same model see the same input
-    lm, model = build_model(str(tiny_opt), "distill", 2, settings())
+    lm, model = build_model(str(tiny_opt), "distill", 2, section_settings("finetune", settings()))
     model.eval()
     train = pd.read_parquet(folder / "train.parquet")
     prompt = encode_prompt(lm, task_pattern(task), train, train.iloc[:0])

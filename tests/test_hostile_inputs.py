@@ -15,6 +15,7 @@ from lmadapt.data import DataError, read_split
 from lmadapt.models import load_tokens
 from lmadapt.prompt import PromptError, task_pattern, verbalizer_problems
 from lmadapt.sample import run_sample
+from lmadapt.settings import section_settings
 
 NLI = ["premise", "hypothesis"], ["entailment", "not_entailment"]
 
@@ -234,12 +235,14 @@ def test_verbalizers_a_tokenizer_cannot_tell_apart_are_refused_before_the_weight
     folder = tmp_path / "no_weights"
     shutil.copytree(tiny_opt, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     with pytest.raises(PromptError, match=r"have the same first token"):
-        run_finetune(str(folder), task, "unused.parquet", {}, str(tmp_path / "m.json"), {"pattern": None},
+        run_finetune(str(folder), task, "unused.parquet", {}, str(tmp_path / "m.json"),
+                     section_settings("finetune", {"pattern": None}),
                      {"task": "rte", "model": "tiny", "method": "pattern", "k": 2, "seed": 1}, str(tmp_path / "w"),
                      "unused.json")
     task["prompt"]["patterns"]["p"]["verbalizer"]["entailment"] = ""  # as a job run by hand may get it
     with pytest.raises(PromptError, match=r"the verbalizer of 'entailment' \(''\) tokenizes to nothing"):
-        run_icl(str(folder), task, None, {}, str(tmp_path / "i.json"), {"patterns": [], "dtype": "float32"},
+        run_icl(str(folder), task, None, {}, str(tmp_path / "i.json"),
+                section_settings("icl", {"patterns": [], "dtype": "float32"}),
                 {"task": "rte", "model": "tiny", "k": 0, "seed": 1})
 
 

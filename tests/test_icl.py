@@ -14,8 +14,10 @@ from lmadapt.icl import label_logprobs, run_icl
 from lmadapt.models import load_model
 from lmadapt.prompt import choose_demonstrations, encode_prompt, task_pattern
 from lmadapt.sample import run_sample
+from lmadapt.settings import read_settings
 
-SETTINGS = {"patterns": [], "fit": "skip", "batch_size": 4, "max_length": None, "dtype": "float32"}
+SETTINGS = read_settings("icl", {"patterns": [], "fit": "skip", "batch_size": 4, "max_length": None,
+                                 "dtype": "float32"})
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def run(tiny_opt, task, folder, tmp_path, shots, **settings):
     out = tmp_path / f"icl_{shots}.json"
     run_icl(str(tiny_opt), task, str(folder / "train.parquet"),
             {"test": str(folder / "test.parquet"), "ood_hans": str(folder / "ood_hans.parquet")}, str(out),
-            dict(SETTINGS, **settings), {"task": "rte", "model": "tiny", "k": shots, "seed": 42})
+            SETTINGS.updated(**settings), {"task": "rte", "model": "tiny", "k": shots, "seed": 42})
     return json.loads(out.read_text())["records"]
 
 

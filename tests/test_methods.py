@@ -8,13 +8,14 @@ from transformers import BertConfig, GPT2Config, OPTConfig, T5Config
 
 from conftest import PATTERNS, REPO, fixture_config, planned_jobs, rte_task, run_snakemake, write_config
 from lmadapt.checks import check_config, model_kind_problems
-from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, check_stage_settings, finetune_settings, load_schema
+from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, finetune_settings, load_schema
 from lmadapt.costs import model_shape
 from lmadapt.figures import KNOWN_METHODS, method_color
 from lmadapt.finetune import build_model, run_finetune
 from lmadapt.methods import (DECODER, ENCODER, ENCODER_DECODER, METHODS, ClassifierHead, Method,
                              method_pattern, model_kind)
 from lmadapt.preflight import run_preflight
+from lmadapt.settings import read_settings, section_settings
 from lmadapt.stages import kind_problems
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -46,8 +47,8 @@ def test_every_place_that_lists_methods_reads_the_registry(tmp_path, tiny_opt, t
                                                                                 spec.teacher)
         folder = tiny_opt if DECODER in spec.kinds else tiny_t5
         lora = dict(settings.get("lora", {}), target_modules=["q_proj", "v_proj"] if folder == tiny_opt else ["q", "v"])
-        _, model = build_model(str(folder), name, 2, dict(settings, dropout=0.0, gradient_checkpointing=False,
-                                                          lora=lora))
+        _, model = build_model(str(folder), name, 2, section_settings("finetune", dict(
+            settings, dropout=0.0, gradient_checkpointing=False, lora=lora)))
         core = model.get_base_model() if spec.lora else model
         assert hasattr(model, "peft_config") == spec.lora
         assert type(core).__name__.endswith(classes[spec.head.name]), name
@@ -158,14 +159,15 @@ def test_a_method_with_a_new_head_is_one_entry_and_is_checked_trained_costed_and
     # the config checks take its settings; an encoder-decoder is refused by its kinds
     run_settings = {key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}
     settings = finetune_settings(config, "mean_pooled") | run_settings
-    check_stage_settings("finetune", settings, "mean_pooled")
+    read_settings("finetune", settings, "mean_pooled")
     assert kind_problems({"finetune": [{"model": "t5", "method": "mean_pooled"}]}, {"t5": ENCODER_DECODER}) == [
         "finetune.methods: method mean_pooled runs on decoder models; t5 is an encoder-decoder model"]
 
     # trains and predicts: the loss falls on RTE's 16 training rows, every test row is predicted
     task, folder = rte_samples(8)
     result = run_finetune(str(short_context / "models/tiny"), task, str(folder / "train.parquet"),
-                          {"test": str(folder / "test.parquet")}, str(tmp_path / "metrics.json"), config["finetune"],
+                          {"test": str(folder / "test.parquet")}, str(tmp_path / "metrics.json"),
+                          section_settings("finetune", config["finetune"]),
                           {"task": "rte", "model": "tiny", "method": "mean_pooled", "k": 8, "seed": 1},
                           str(tmp_path / "work"), str(REPO / "config/deepspeed/zero2.json"))
     record = result["records"][0]

@@ -10,6 +10,7 @@ from lmadapt.checks import check_config
 from lmadapt.config import ConfigError
 from lmadapt.costs import model_shape, training_memory
 from lmadapt.preflight import run_preflight
+from lmadapt.settings import section_settings
 
 
 def test_costs_of_opt_6_7b_from_its_config(tmp_path):
@@ -19,7 +20,7 @@ def test_costs_of_opt_6_7b_from_its_config(tmp_path):
     shape = model_shape(tmp_path, {"r": 32, "target_modules": ["q_proj", "v_proj"]})
     assert 6.6e9 < shape["parameters"] < 6.8e9
     assert shape["lora_parameters"] == 32 * 2 * 32 * (4096 + 4096)
-    settings = {"batch_size": 8, "gradient_checkpointing": True}
+    settings = section_settings("finetune", {"batch_size": 8, "gradient_checkpointing": True})
     gb = lambda method, stage, gpus: training_memory(shape, method, settings, stage, False, gpus, 512) / 1e9  # noqa
     assert gb("head", 2, 1) > 100  # 16 bytes a parameter: no single 80 GB GPU holds full fine-tuning
     assert gb("head", 3, 4) < 30 < gb("head", 2, 4) < gb("head", 2, 1)  # ZeRO-3 partitions the weights too

@@ -10,6 +10,7 @@ from lmadapt.extract import run_extract
 from lmadapt.metrics import KEYS, classification_record
 from lmadapt.probe import MLPProbe, fit_logreg, run_bow, run_probe
 from lmadapt.sample import run_sample
+from lmadapt.settings import section_settings
 
 
 def test_metrics_record_counts_and_flags_degenerate():
@@ -40,7 +41,7 @@ def test_probes_learn_a_separable_problem():
 def rte_activations(tiny_opt, rte_samples, tmp_path_factory):
     task, samples = rte_samples(5, demonstrations=3)
     folder = tmp_path_factory.mktemp("probe")
-    settings = dict(SETTINGS, layers=[1, -1])
+    settings = SETTINGS.updated(layers=[1, -1])
     run_extract(str(tiny_opt), task, [(str(samples / f"{name}.parquet"), str(folder / f"acts_{name}.parquet"))
                                       for name in ("train", "test", "ood_hans")],
                 settings, demos_path=str(samples / "demos.parquet"), seed=1)
@@ -49,7 +50,8 @@ def rte_activations(tiny_opt, rte_samples, tmp_path_factory):
 
 def test_probe_job_covers_every_layer_pooling_probe_and_split(rte_activations):
     samples, folder = rte_activations
-    settings = check_config({"tasks": {"x": rte_task()}, "probe": {"mlp": {"epochs": 20}}})["probe"]
+    config = check_config({"tasks": {"x": rte_task()}, "probe": {"mlp": {"epochs": 20}}})
+    settings = section_settings("probe", config["probe"])
     out = folder / "metrics.json"
     run_probe(str(folder / "acts_train.parquet"),
               {"test": str(folder / "acts_test.parquet"), "ood_hans": str(folder / "acts_ood_hans.parquet")},
@@ -78,14 +80,14 @@ def test_bow_baseline(tmp_path):
                                          "data": {"train": {"path": str(path)}}}}})["tasks"]["t"]
     run_sample("t", task, {"train": str(path)}, "train", tmp_path / "train.parquet", k=20, seed=1)
     run_sample("t", task, {"train": str(path)}, "test", tmp_path / "test.parquet")
-    settings = check_config({"tasks": {"t": task}, "bow": {"vectorizer": "tfidf"}})["bow"]
+    settings = section_settings("bow", check_config({"tasks": {"t": task}, "bow": {"vectorizer": "tfidf"}})["bow"])
     result = run_bow(str(tmp_path / "train.parquet"), {"test": str(tmp_path / "test.parquet")},
                      str(tmp_path / "bow.json"), settings, {"task": "t", "k": 20, "seed": 1})
     record = result["records"][0]
     assert record["method"] == "bow_tfidf" and record["accuracy"] == 1.0 and record["details"]["vocabulary"] > 8
     # study 2's 80/20: a fifth of each label's rows validates; train, validation and test are all reported
     result = run_bow(str(tmp_path / "train.parquet"), {"test": str(tmp_path / "test.parquet")},
-                     str(tmp_path / "bow.json"), dict(settings, validation=0.2), {"task": "t", "k": 20, "seed": 1})
+                     str(tmp_path / "bow.json"), settings.updated(validation=0.2), {"task": "t", "k": 20, "seed": 1})
     records = {r["split"]: r for r in result["records"]}
     assert list(records) == ["train", "validation", "test"]
     assert records["train"]["n"] == 32 and records["validation"]["n"] == 8 and records["test"]["n"] == 20

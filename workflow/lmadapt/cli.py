@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout
-from .config import check_stage_settings, check_task_slice, load_schema, settings_help
+from .config import check_task_slice, load_schema
 from .errors import ConfigError, DataError, ModelError, PromptError, UnreadableFile
+from .settings import read_settings, settings_help
 
 
 def json_value(text: str) -> dict:
@@ -90,7 +91,7 @@ def cmd_extract(args) -> int:
     task = check_task_slice(args.task, args.task_config)
     if len(args.sample) != len(args.out):
         raise SystemExit("lmadapt extract: give one --out per --sample")
-    settings = check_stage_settings("extract", args.settings)
+    settings = read_settings("extract", args.settings)
     for meta, out in zip(run_extract(args.model_dir, task, list(zip(args.sample, args.out)), settings,
                                      demos_path=args.demos, seed=args.seed), args.out):
         print(f"{out}: {meta['n']} rows, layers {meta['layers']}, prefix {meta['prompt']['prefix_tokens']} "
@@ -102,7 +103,7 @@ def cmd_probe(args) -> int:
     from .probe import run_probe
 
     result = run_probe(args.train, _pairs(args.eval), _pairs(args.eval_sample), args.out,
-                       check_stage_settings("probe", args.settings), args.keys)
+                       read_settings("probe", args.settings), args.keys)
     print(f"{args.out}: {len(result['records'])} records")
     return 0
 
@@ -110,7 +111,7 @@ def cmd_probe(args) -> int:
 def cmd_bow(args) -> int:
     from .probe import run_bow
 
-    result = run_bow(args.train, _pairs(args.eval), args.out, check_stage_settings("bow", args.settings), args.keys)
+    result = run_bow(args.train, _pairs(args.eval), args.out, read_settings("bow", args.settings), args.keys)
     print(f"{args.out}: {len(result['records'])} records")
     return 0
 
@@ -120,7 +121,7 @@ def cmd_icl(args) -> int:
 
     task = check_task_slice(args.task, args.task_config)
     result = run_icl(args.model_dir, task, args.train, _pairs(args.eval), args.out,
-                     check_stage_settings("icl", args.settings), args.keys)
+                     read_settings("icl", args.settings), args.keys)
     for r in result["records"]:
         score = f"accuracy {r['accuracy']:.3f}" + (" DEGENERATE" if r["degenerate"] else "") \
             if r["skipped"] is None else f"skipped: {r['skipped']['reason']}"
@@ -133,7 +134,7 @@ def cmd_teacher(args) -> int:
 
     task = check_task_slice(args.task, args.task_config)
     meta = run_teacher(args.model_dir, task, args.train, args.demos, args.out,
-                       check_stage_settings("teacher", args.settings), args.seed)
+                       read_settings("teacher", args.settings), args.seed)
     print(f"{args.out}: teacher with {meta['shots']} demonstrations, accuracy on the training inputs "
           f"{meta['teacher_accuracy']:.3f}")
     return 0
@@ -143,7 +144,7 @@ def cmd_finetune(args) -> int:
     from .finetune import run_finetune
 
     task = check_task_slice(args.task, args.task_config)
-    settings = check_stage_settings("finetune", dict(args.settings, **args.run_settings), args.keys.get("method"))
+    settings = read_settings("finetune", dict(args.settings, **args.run_settings), args.keys.get("method"))
     result = run_finetune(args.model_dir, task, args.train, _pairs(args.eval), args.out, settings, args.keys,
                           args.work_dir, args.deepspeed_config, teacher_path=args.teacher)
     for r in (result or {"records": []})["records"]:
@@ -157,7 +158,7 @@ def cmd_classifier(args) -> int:
     from .finetune import run_classifier
 
     task = check_task_slice(args.task, args.task_config)
-    settings = check_stage_settings("finetune", dict(args.settings, **args.run_settings), "head")
+    settings = read_settings("finetune", dict(args.settings, **args.run_settings), "head")
     result = run_classifier(args.name, args.model_dir, task, args.train, _pairs(args.eval), settings, args.keys,
                             args.work_dir, args.deepspeed_config, args.out_model, args.metrics)
     for r in (result or {"records": []})["records"]:
@@ -168,7 +169,7 @@ def cmd_classifier(args) -> int:
 def cmd_instruct(args) -> int:
     from .instruct import run_instruct
 
-    settings = check_stage_settings("instruct", dict(args.settings, **args.run_settings))
+    settings = read_settings("instruct", dict(args.settings, **args.run_settings))
     metrics = run_instruct(args.name, args.base_dir, _pairs(args.data), args.corpora, settings,
                            args.deepspeed_config, args.work_dir, args.out_model, args.metrics, args.generations)
     if metrics:
@@ -181,7 +182,7 @@ def cmd_instruct(args) -> int:
 def cmd_ppo(args) -> int:
     from .ppo import run_ppo
 
-    settings = check_stage_settings("ppo", args.settings)
+    settings = read_settings("ppo", args.settings)
     metrics = run_ppo(args.name, args.base_dir, args.reward_dir, args.prompts, args.corpus, settings,
                       args.out_model, args.metrics, args.generations)
     before, after = metrics["held_out"]["before"], metrics["held_out"]["after"]

@@ -1,7 +1,7 @@
 """The configuration's schema and settings: workflow/schemas/config.schema.yaml as the workflow loads it, a config
-file read strictly, one stage's settings for one model (its own over the section's) and their checks, and the
-slices of settings a job computes with. The grid of cells is in grid.py, fetched models' and datasets' identity
-in resources.py, the checks of a whole config in checks.py.
+file read strictly, one stage's settings for one model (its own over the section's), and the slices of settings
+a job computes with. A job reads its slice into a typed class (settings.py); the grid of cells is in grid.py,
+fetched models' and datasets' identity in resources.py, the checks of a whole config in checks.py.
 
 Errors name the key path (`tasks.rte.k[0]: -3 is less than the minimum of 1`) so a bad config stops before
 any job runs, both in the workflow (common.smk) and in `lmadapt validate-config FILE`.
@@ -109,12 +109,12 @@ def key_path(path) -> str:
     return out or "(top level)"
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def describe_error(error: jsonschema.ValidationError) -> str:
     # For oneOf/anyOf the most useful message is the deepest one among the alternatives.
     if error.context:
         deepest = max(error.context, key=lambda e: len(e.absolute_path))
         if len(deepest.absolute_path) > len(error.absolute_path):
-            return _describe(deepest)
+            return describe_error(deepest)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - allowed)
@@ -127,7 +127,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def _raise_for(errors, origin: str, prefix: str = "") -> None:
     errors = sorted(errors, key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = "\n  ".join(prefix + _describe(e) for e in errors)
+        lines = "\n  ".join(prefix + describe_error(e) for e in errors)
         raise ConfigError(f"{origin}: invalid configuration:\n  {lines}")
 
 
@@ -145,64 +145,8 @@ def check_task_slice(name: str, task: dict) -> dict:
     return task
 
 
-# Each stage's --settings: its config section less the selections (which name cells), and the keys a job may
-# leave out. extract, icl and teacher also take the model dtype; teacher's settings come from finetune.distill.
+# The keys of a stage section that select cells (which models, tasks, k, ...) rather than say how a job computes.
 SELECTIONS = ("models", "tasks", "prompts", "shots", "k", "methods")  # also what the rules leave out
-STAGE_SETTINGS = {"extract": ("extract", {"shots", "max_length", "pattern"}), "icl": ("icl", {"max_length", "pattern"}),
-                  "probe": ("probe", set()), "bow": ("bow", {"validation"}),
-                  "teacher": ("finetune.distill", {"pattern"}),
-                  "finetune": ("finetune", {"lora", "distill", "lr", "pattern", "validation"}),
-                  "instruct": ("instruct", {"data"}), "ppo": ("ppo", {"lora"})}
-
-
-def stage_settings_schema(stage: str, schema: dict | None = None) -> dict:
-    """The JSON schema of `lmadapt <stage> --settings` (finetune: with its --run-settings merged in), a slice of
-    the config schema (read here unless given)."""
-    schema = schema or load_schema()
-    section, optional = STAGE_SETTINGS[stage]
-    if stage == "teacher":
-        distill = schema["properties"]["finetune"]["properties"]["distill"]["properties"]
-        properties = {"shots": distill["shots"], "batch_size": distill["batch_size"],
-                      "pattern": schema["properties"]["finetune"]["properties"]["pattern"]}
-    else:
-        properties = {key: value for key, value in schema["properties"][section]["properties"].items()
-                      if key not in SELECTIONS or (stage, key) in (("extract", "shots"), ("ppo", "prompts"))}
-    if stage in ("extract", "icl", "teacher"):
-        properties["dtype"] = schema["$defs"]["model"]["properties"]["dtype"]
-    if stage == "bow":  # a full-training-set job gets full_train's validation share
-        properties["validation"] = properties.pop("full_train")["properties"]["validation"]
-    return {"type": "object", "properties": properties, "additionalProperties": False,
-            "required": sorted(set(properties) - optional), "$defs": schema["$defs"]}
-
-
-def check_stage_settings(stage: str, settings: dict, method: str | None = None) -> dict:
-    """A stage's --settings checked against its schema: a bad, unknown or missing setting is a ConfigError
-    naming it. Nothing is filled in: the settings are the job's exactly as the rule wrote them."""
-    section = STAGE_SETTINGS[stage][0]
-    schema = stage_settings_schema(stage)
-    problems = [f"{section}.{key}: missing" for key in schema["required"] if key not in settings]
-    errors = jsonschema.Draft202012Validator(dict(schema, required=[])).iter_errors(settings)
-    for error in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
-        text = _describe(error)
-        problems.append(section + text.removeprefix("(top level)") if text.startswith("(top level)")
-                        else f"{section}.{text}")
-    if problems:
-        raise ConfigError(f"--settings: {'; '.join(problems)}")
-    if stage == "finetune" and method is not None:
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
-        missing = [key for key in METHODS[method].needs() if key not in settings]
-        if missing:
-            raise ConfigError(f"--settings: method {method} needs finetune.{', '.join(missing)}")
-    return settings
-
-
-def settings_help(stage: str, schema: dict) -> str:
-    """The --settings fields of a stage, for --help (schema: the config schema)."""
-    schema = stage_settings_schema(stage, schema)
-    fields = ", ".join(key + ("" if key in schema["required"] else " (optional)") for key in schema["properties"])
-    return (f"JSON object: the {STAGE_SETTINGS[stage][0]} config section the job computes with; fields: {fields} "
-            f"(workflow/schemas/config.schema.yaml describes each)")
 
 
 def task_sources(task: dict) -> dict[str, dict]:

@@ -42,12 +42,12 @@ def activation_bytes(shape: dict, batch: int, tokens: int, checkpointing: bool) 
     return per_layer * shape["layers"]
 
 
-def training_memory(shape: dict, method: str, settings: dict, zero_stage: int, offload: bool, gpus: int,
+def training_memory(shape: dict, method: str, settings, zero_stage: int, offload: bool, gpus: int,
                     tokens: int) -> float:
     """Bytes on one GPU: the method's weights, gradients and optimizer states (methods.Method.state_bytes) and
-    the training activations of a micro-batch of `tokens`-long inputs."""
+    the training activations of a micro-batch of `tokens`-long inputs (settings: finetune's or instruct's)."""
     return (METHODS[method].state_bytes(shape, zero_stage, offload, gpus) +
-            activation_bytes(shape, settings["batch_size"], tokens, settings["gradient_checkpointing"]))
+            activation_bytes(shape, settings.batch_size, tokens, settings.gradient_checkpointing))
 
 
 def inference_memory(shape: dict, batch: int, tokens: int) -> float:

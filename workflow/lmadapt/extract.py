@@ -24,25 +24,26 @@ from .methods import DECODER, ENCODER, folder_kind
 from .models import load_model
 from .prompt import encode_prompt, prefix_demonstrations, prefix_text, task_pattern
 from .sample import META_KEY
+from .settings import Settings
 
 ROWS_PER_GROUP = 256
-def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], settings: dict,
+def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], settings: Settings,
                 demos_path: str | None = None, seed: int | None = None) -> list[dict]:
     """Write the activations of every (sample, out) pair, loading the model and encoding the prefix once.
     settings: layers, pooling (list), pattern, shots, batch_size, max_length, store_dtype, dtype."""
     n_layers = model_layers(model_dir)  # checked before the weights load
-    layers = resolve_layers(settings["layers"], n_layers, f"model {model_dir}") if n_layers is not None else None
-    if "cls" in settings["pooling"] and folder_kind(model_dir) != ENCODER:
+    layers = resolve_layers(settings.layers, n_layers, f"model {model_dir}") if n_layers is not None else None
+    if "cls" in settings.pooling and folder_kind(model_dir) != ENCODER:
         raise ConfigError(f"extract.pooling: cls pooling reads an encoder's [CLS] / <s> token; {model_dir} holds "
                           f"a {folder_kind(model_dir)} model")
-    lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
-    pattern = task_pattern(task, settings.get("pattern"))
-    max_length = lm.prompt_budget(settings.get("max_length"))
+    lm = load_model(model_dir, dtype=settings.dtype, head="auto")
+    pattern = task_pattern(task, settings.pattern)
+    max_length = lm.prompt_budget(settings.max_length)
     demos = None
     if demos_path:
         demos, _ = prefix_demonstrations(lm, pattern, read_table(demos_path, META_KEY)[0], len(task["labels"]),
-                                         settings["shots"], seed, max_length)
-    layers = layers or resolve_layers(settings["layers"], lm.model.config.num_hidden_layers)
+                                         settings.shots, seed, max_length)
+    layers = layers or resolve_layers(settings.layers, lm.model.config.num_hidden_layers)
     forward = None
     metas = []
     for sample_path, out in samples:
@@ -63,18 +64,18 @@ def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settin
                        sample_meta, out) -> dict:
     demos_requested = demos is not None
     demos = rows.iloc[:0] if demos is None else demos
-    store = pa.float16() if settings["store_dtype"] == "float16" else pa.float32()
-    store_torch = torch.float16 if settings["store_dtype"] == "float16" else torch.float32
+    store = pa.float16() if settings.store_dtype == "float16" else pa.float32()
+    store_torch = torch.float16 if settings.store_dtype == "float16" else torch.float32
     fields = [pa.field("id", pa.string()), pa.field("label", pa.int64())]
     meta = {
-        "model": lm.info, "layers": layers, "n_layers": forward.n_layers, "pooling": settings["pooling"],
+        "model": lm.info, "layers": layers, "n_layers": forward.n_layers, "pooling": settings.pooling,
         "prompt": {"variant": "fewshot" if demos_requested else "none", "pattern": pattern.name,
                    "template": pattern.template, "shots": len(demos),
-                   "shots_requested": settings["shots"] if demos_requested else 0,
+                   "shots_requested": settings.shots if demos_requested else 0,
                    "demonstration_ids": demos["id"].tolist(),
                    "prefix_tokens": len(prompt.prefix),
                    "prefix_sha256": hashlib.sha256(prefix_text(pattern, demos).encode()).hexdigest()},
-        "dtype": str(lm.dtype).removeprefix("torch."), "store_dtype": settings["store_dtype"],
+        "dtype": str(lm.dtype).removeprefix("torch."), "store_dtype": settings.store_dtype,
         "max_length": max_length, "truncated": prompt.truncated, "n": len(rows),
         "sample": {"path": str(sample_path), "fingerprint": sample_meta["fingerprint"],
                    "task": sample_meta["task"], "split": sample_meta["split"], "k": sample_meta.get("k"),
@@ -84,14 +85,14 @@ def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settin
     pending: list[pa.RecordBatch] = []
     with atomic_path(out) as tmp:
         try:
-            batches = batches_by_length([len(ids) for ids in prompt.examples], settings["batch_size"])
+            batches = batches_by_length([len(ids) for ids in prompt.examples], settings.batch_size)
             for batch in tqdm(batches, desc=f"extract {sample_meta['task']}/{sample_meta['split']}", unit="batch"):
                 states, mask = forward.hidden_states([prompt.examples[i] for i in batch], layers)
                 for row, i in enumerate(batch):  # pool the example's own tokens, not the separator before it
                     mask[row, : prompt.own_from[i]] = 0
                 columns = {"id": pa.array(rows["id"].iloc[batch].tolist(), pa.string()),
                            "label": pa.array(rows["label"].iloc[batch].tolist(), pa.int64())}
-                for how in settings["pooling"]:
+                for how in settings.pooling:
                     for layer in layers:
                         states_of = forward.first[layer] if how == "cls" else pool(states[layer].float(), mask, how)
                         vectors = states_of.float().to(store_torch).cpu().numpy()

@@ -31,6 +31,7 @@ from .metrics import Cost, classification_record, finish, group_columns, provena
 from .models import model_record
 from .prompt import classifier_inputs, task_pattern
 from .sample import META_KEY, validation_split
+from .settings import Settings
 from .stages import kind_problems
 
 
@@ -61,35 +62,35 @@ def precision(requested: str) -> str:
     return requested
 
 
-def accumulation_steps(settings: dict, world: int) -> int:
+def accumulation_steps(settings: Settings, world: int) -> int:
     """Micro-batches per optimizer step, so that every model trains with the same effective batch."""
-    per_step = settings["batch_size"] * world
-    if settings["effective_batch"] % per_step:
-        raise ConfigError(f"finetune.effective_batch {settings['effective_batch']} is not a multiple of batch_size "
-                         f"{settings['batch_size']} x {world} process(es)")
-    return settings["effective_batch"] // per_step
+    per_step = settings.batch_size * world
+    if settings.effective_batch % per_step:
+        raise ConfigError(f"finetune.effective_batch {settings.effective_batch} is not a multiple of batch_size "
+                         f"{settings.batch_size} x {world} process(es)")
+    return settings.effective_batch // per_step
 
 
-def schedule(n_examples: int, settings: dict, world: int) -> tuple[int, int, int]:
+def schedule(n_examples: int, settings: Settings, world: int) -> tuple[int, int, int]:
     """(accumulation steps, examples each epoch orders, optimizer steps) of a training run: every rank takes the
     same number of micro-batches."""
     accum = accumulation_steps(settings, world)
     order_length = n_examples // world * world
-    micro_per_epoch = -(-(order_length // world) // settings["batch_size"])
-    return accum, order_length, -(-micro_per_epoch * settings["epochs"] // accum)
+    micro_per_epoch = -(-(order_length // world) // settings.batch_size)
+    return accum, order_length, -(-micro_per_epoch * settings.epochs // accum)
 
 
-def deepspeed_config(base_path: str, settings: dict, lr: float, accum: int, total_steps: int, dtype: str) -> dict:
+def deepspeed_config(base_path: str, settings: Settings, lr: float, accum: int, total_steps: int, dtype: str) -> dict:
     """The DeepSpeed config of a training job (finetune, instruct): the ZeRO file with batch, AdamW, warmup-decay
     schedule and precision."""
     config = json.loads(Path(base_path).read_text())
     config.update(
-        train_micro_batch_size_per_gpu=settings["batch_size"],
+        train_micro_batch_size_per_gpu=settings.batch_size,
         gradient_accumulation_steps=accum,
-        optimizer={"type": "AdamW", "params": {"lr": lr, "weight_decay": settings["weight_decay"],
-                                               "torch_adam": settings["torch_adam"]}},
+        optimizer={"type": "AdamW", "params": {"lr": lr, "weight_decay": settings.weight_decay,
+                                               "torch_adam": settings.torch_adam}},
         scheduler={"type": "WarmupDecayLR", "params": {
-            "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(1, int(settings["warmup"] * total_steps)),
+            "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(1, int(settings.warmup * total_steps)),
             "warmup_max_lr": lr, "warmup_min_lr": 0.0, "warmup_type": "linear"}},
     )
     if dtype == "fp16":
@@ -140,24 +141,24 @@ def own_checkpoints(checkpoints: Path, job: dict, rank: int) -> str:
 DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate")
 
 
-def build_model(model_dir: str, method: str, n_labels: int, settings: dict):
+def build_model(model_dir: str, method: str, n_labels: int, settings: Settings):
     """The method's model (its head's loader) with the job's dropout, made trainable."""
-    lm = METHODS[method].head.load(model_dir, n_labels, dict.fromkeys(DROPOUT_KEYS, settings["dropout"]))
+    lm = METHODS[method].head.load(model_dir, n_labels, dict.fromkeys(DROPOUT_KEYS, settings.dropout))
     return lm, trainable_model(lm.model, method, settings)
 
 
-def trainable_model(model, method: str, settings: dict):
+def trainable_model(model, method: str, settings: Settings):
     """A loaded model made ready for DeepSpeed: gradient checkpointing and LoRA adapters as the settings ask."""
     registered = METHODS[method]
-    if settings["gradient_checkpointing"]:
+    if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if registered.lora:
         from peft import LoraConfig, get_peft_model
 
-        lora = settings["lora"]
+        lora = settings.lora
         model = get_peft_model(model, LoraConfig(
-            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
             task_type=registered.head.peft_task))
     model.train()
     return model
@@ -190,12 +191,12 @@ class TrainingSample:
     meta: dict
 
     @classmethod
-    def read(cls, path: str, lm, pattern, method: Method, settings: dict, seed: int,
+    def read(cls, path: str, lm, pattern, method: Method, settings: Settings, seed: int,
              teacher_path: str | None) -> TrainingSample:
         rows, meta = read_table(path, META_KEY)
-        held = validation_split(rows["label"].to_numpy(), settings.get("validation", 0), seed)
+        held = validation_split(rows["label"].to_numpy(), settings.validation or 0, seed)
         train, validation = rows[~held], rows[held]
-        examples, truncated = classifier_inputs(lm, pattern, train, settings["max_length"])
+        examples, truncated = classifier_inputs(lm, pattern, train, settings.max_length)
         teacher, teacher_meta = None, None
         if method.teacher:
             if teacher_path is None:
@@ -216,16 +217,16 @@ class Trainee:
     method: Method
     pattern: object
     verbalizers: list[list[int]]  # each label's verbalizer tokens, as encode_prompt (icl) has them
-    settings: dict
+    settings: Settings
     checkpoints: Path
     job_hash: str
     rank: int
 
     def predict(self, rows, desc: str) -> tuple[np.ndarray, int]:
         """Predicted label ids of rows (and how many inputs were cut): each one's likeliest class."""
-        inputs, truncated = classifier_inputs(self.lm, self.pattern, rows, self.settings["max_length"])
+        inputs, truncated = classifier_inputs(self.lm, self.pattern, rows, self.settings.max_length)
         return self.method.head.predict(self.engine.module, inputs, self.lm.tokenizer.pad_token_id, self.verbalizers,
-                                        self.settings["eval_batch_size"], desc), truncated
+                                        self.settings.eval_batch_size, desc), truncated
 
     def batch_loss(self, sample: TrainingSample, batch):
         device = self.engine.device
@@ -261,7 +262,7 @@ class Trainee:
 
 
 def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[str, str], out: str,
-                 settings: dict, keys: dict, work_dir: str, ds_config_path: str,
+                 settings: Settings, keys: dict, work_dir: str, ds_config_path: str,
                  teacher_path: str | None = None) -> dict | None:
     """Train one cell and evaluate it; rank 0 writes the metrics file. Returns the result on rank 0."""
     import deepspeed
@@ -269,7 +270,7 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     rank, world = init_distributed()
     method, cost, work = checked_method(model_dir, keys), Cost(), Path(work_dir)
     torch.manual_seed(keys["seed"])
-    pattern = task_pattern(task, settings.get("pattern"))
+    pattern = task_pattern(task, settings.pattern)
     if method.head.verbalizer is not None:  # refused where the tokenizer cannot tell the labels apart
         check_verbalizers(model_dir, [pattern], first_token=method.head.verbalizer == "first")
     lm, model = build_model(model_dir, keys["method"], len(task["labels"]), settings)
@@ -278,10 +279,10 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     evals = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
     fingerprints = [sample.meta["fingerprint"]] + [meta["fingerprint"] for _, meta in evals.values()]
     accum, order_length, total_steps = schedule(len(sample.examples), settings, world)
-    dtype = precision(settings["precision"])
+    dtype = precision(settings.precision)
     config = deepspeed_config(ds_config_path, settings, method.learning_rate(settings), accum, total_steps, dtype)
     job_hash = own_checkpoints(work / "checkpoints", {
-        "settings": {k: v for k, v in settings.items() if k not in FINETUNE_RUN_SETTINGS}, "keys": keys,
+        "settings": {k: v for k, v in settings.raw.items() if k not in FINETUNE_RUN_SETTINGS}, "keys": keys,
         "data": fingerprints, "world": world, "teacher": sample.teacher_meta}, rank)
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
@@ -304,17 +305,17 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     records, truncated_eval = trainee.evaluate(splits, keys, task["labels"], len(sample.rows) + teacher_shots, work)
     details = dict(training_summary(state, accum, total_steps, train_seconds), micro_steps=state["micro_step"],
                    train_tokens_per_s=round(state["tokens"] * world / max(train_seconds, 1e-9), 1), world_size=world,
-                   effective_batch=settings["effective_batch"], validation_accuracy_per_epoch=history,
+                   effective_batch=settings.effective_batch, validation_accuracy_per_epoch=history,
                    trainable_parameters=trainable, zero_stage=config["zero_optimization"]["stage"], precision=dtype,
                    truncated_train_inputs=sample.truncated, truncated_eval_inputs=truncated_eval,
                    lr=method.learning_rate(settings), saved=_save(engine, lm, method, work, settings),
                    best_epoch=None if best_epoch is None else best_epoch + 1, teacher=sample.teacher_meta)
     for record in records:
         record["details"] = details
-    if rank == 0 and not settings["keep_checkpoint"] and trainee.checkpoints.exists():
+    if rank == 0 and not settings.keep_checkpoint and trainee.checkpoints.exists():
         shutil.rmtree(trainee.checkpoints)  # the run finished; checkpoints only serve a restart
     result = finish(records, cost.as_dict(train_tokens_per_s=details["train_tokens_per_s"]),
-                    provenance(settings, lm.info["revision"], fingerprints))
+                    provenance(settings.raw, lm.info["revision"], fingerprints))
     if rank == 0:
         write_json(result, out)
     torch.distributed.barrier()
@@ -332,11 +333,11 @@ def training_summary(state: dict, accum: int, total_steps: int, seconds: float) 
             "train_padding_share": round(1 - state["tokens"] / max(state["padded"], 1), 4)}
 
 
-def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: dict, seed: int, rank: int, world: int,
+def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: Settings, seed: int, rank: int, world: int,
                  accum: int, checkpoints: Path, job_hash: str, batch_loss, extra: dict | None = None,
                  after_epoch=None) -> dict:
-    """The training loop of finetune and instruct: settings["epochs"] epochs of length-grouped micro-batches;
-    batch_loss(indices) -> (loss, attention mask). A checkpoint every settings["checkpoint_every"] optimizer
+    """The training loop of finetune and instruct: settings.epochs epochs of length-grouped micro-batches;
+    batch_loss(indices) -> (loss, attention mask). A checkpoint every settings.checkpoint_every optimizer
     steps holds the loop's state (micro-step, losses, token counts, `extra`, the RNG); a run that finds one
     resumes exactly (the same dropout masks and loss curve as one run). after_epoch(epoch, state) runs after each
     epoch. Returns the state, with `resumed_from` (the micro-step it resumed at, or None)."""
@@ -350,8 +351,8 @@ def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: dict,
         if client["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(client["cuda_rng"])
     start, micro = state["micro_step"], 0
-    for epoch in range(settings["epochs"]):
-        for batch in epoch_batches(lengths, order_length, seed, epoch, rank, world, settings["batch_size"]):
+    for epoch in range(settings.epochs):
+        for batch in epoch_batches(lengths, order_length, seed, epoch, rank, world, settings.batch_size):
             if micro < start:
                 micro += 1
                 continue
@@ -363,7 +364,7 @@ def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: dict,
             state["padded"] += mask.numel()
             micro += 1
             state["micro_step"] = micro
-            if micro % accum == 0 and (micro // accum) % settings["checkpoint_every"] == 0:
+            if micro % accum == 0 and (micro // accum) % settings.checkpoint_every == 0:
                 save_checkpoint(engine, checkpoints, job_hash, rank, client_state=dict(
                     state, rng=torch.get_rng_state(),
                     cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
@@ -381,7 +382,7 @@ def save_checkpoint(engine, checkpoints: Path, job_hash: str, rank: int, tag: st
         write_json({"job_hash": job_hash}, checkpoints / JOB_FILE)
 
 
-def _save(engine, lm, method: Method, work_dir: Path, settings: dict) -> str | None:
+def _save(engine, lm, method: Method, work_dir: Path, settings: Settings) -> str | None:
     """LoRA adapters are always kept (small); full weights only with save_model."""
     if method.lora:
         import deepspeed
@@ -392,7 +393,7 @@ def _save(engine, lm, method: Method, work_dir: Path, settings: dict) -> str | N
             if torch.distributed.get_rank() == 0:
                 engine.module.save_pretrained(target)
         return str(target)
-    if settings["save_model"]:
+    if settings.save_model:
         target = work_dir / "model"
         engine.save_16bit_model(str(target), "pytorch_model.bin")  # gathers ZeRO-3 partitions
         if torch.distributed.get_rank() == 0:
@@ -402,8 +403,9 @@ def _save(engine, lm, method: Method, work_dir: Path, settings: dict) -> str | N
     return None
 
 
-def run_classifier(name: str, base_dir: str, task: dict, train_path: str, eval_paths: dict[str, str], settings: dict,
-                   keys: dict, work_dir: str, ds_config_path: str, out_model: str, metrics_path: str) -> dict | None:
+def run_classifier(name: str, base_dir: str, task: dict, train_path: str, eval_paths: dict[str, str],
+                   settings: Settings, keys: dict, work_dir: str, ds_config_path: str, out_model: str,
+                   metrics_path: str) -> dict | None:
     """A derived classifier (derive: classifier, e.g. a PPO reward model): the base fine-tuned by method `head`
     on a task's training sample and evaluated like any fine-tuning cell (metrics_path), then written as a model
     folder with its head, the task's label names and the pattern its inputs were framed by (a reward frames texts
@@ -412,7 +414,7 @@ def run_classifier(name: str, base_dir: str, task: dict, train_path: str, eval_p
 
     from .derived import derived_record, save_derived
 
-    result = run_finetune(base_dir, task, train_path, eval_paths, metrics_path, dict(settings, save_model=True),
+    result = run_finetune(base_dir, task, train_path, eval_paths, metrics_path, settings.updated(save_model=True),
                           keys, work_dir, ds_config_path)
     if result is None:  # not rank 0
         return None
@@ -420,9 +422,9 @@ def run_classifier(name: str, base_dir: str, task: dict, train_path: str, eval_p
     model = AutoModelForSequenceClassification.from_pretrained(saved, dtype="auto")
     model.config.id2label = dict(enumerate(task["labels"]))
     model.config.label2id = {label: i for i, label in enumerate(task["labels"])}
-    pattern = task_pattern(task, settings.get("pattern"))
+    pattern = task_pattern(task, settings.pattern)
     data_fingerprint = result["records"][0]["provenance"]["data_fingerprint"]
-    record = derived_record(name, "classifier", model_record(base_dir), settings, data_fingerprint)
+    record = derived_record(name, "classifier", model_record(base_dir), settings.raw, data_fingerprint)
     record["pattern"] = asdict(pattern)
     save_derived(model, AutoTokenizer.from_pretrained(saved), out_model, record)
     shutil.rmtree(saved)  # now in out_model

@@ -21,6 +21,7 @@ from .models import load_model, load_tokens
 from .prompt import (PromptError, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern,
                      verbalizer_problems)
 from .sample import META_KEY
+from .settings import Settings
 
 
 def label_logprobs(forward: PrefixForward, examples: list[list[int]], verbalizers: list[list[int]],
@@ -79,13 +80,13 @@ def check_verbalizers(model_dir: str, patterns: list, first_token: bool = False)
         raise PromptError("; ".join(problems))
 
 def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict[str, str], out: str,
-            settings: dict, keys: dict) -> dict:
+            settings: Settings, keys: dict) -> dict:
     """Every pattern of one (model, task, shots, seed) cell, on the test and out-of-domain samples.
     train_path: the seed's demonstration pool (none for 0 shots)."""
     cost = Cost()
-    patterns = [task_pattern(task, name) for name in settings["patterns"] or list(task["prompt"]["patterns"])]
+    patterns = [task_pattern(task, name) for name in settings.patterns or list(task["prompt"]["patterns"])]
     check_verbalizers(model_dir, patterns)
-    lm = load_model(model_dir, dtype=settings["dtype"], head="auto")
+    lm = load_model(model_dir, dtype=settings.dtype, head="auto")
     shots, seed = keys["k"], keys["seed"]
     read = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
     if train_path:
@@ -93,7 +94,7 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     fingerprints = [meta["fingerprint"] for _, meta in read.values()]  # provenance sorts them
     evals = {split: read[split][0] for split in eval_paths}
     train = read["demonstrations"][0] if train_path else evals["test"].iloc[:0]
-    max_length = lm.context(settings.get("max_length"))
+    max_length = lm.context(settings.max_length)
     labels = task["labels"]
     records = []
     for pattern in patterns:
@@ -102,9 +103,9 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
                   for rows in evals.values()]
         needed = max(needed_after_prefix(e.examples, e.verbalizers) for e in guard)
         demos, prefix, counts = fit_demonstrations(lm, pattern, train, len(labels), shots, seed, needed,
-                                                   max_length, settings["fit"])
+                                                   max_length, settings.fit)
         if demos is None:
-            reason = "prompt does not fit the context" if settings["fit"] == "skip" else \
+            reason = "prompt does not fit the context" if settings.fit == "skip" else \
                 "the longest example does not fit the context even without demonstrations"
             records += [skipped_record(dict(cell, split=s), reason, **counts) for s in evals]
             continue
@@ -116,15 +117,15 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
             if forward is None:
                 inputs = [prefix + example + lm.trailing_ids() for example in examples]
                 scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, inputs, verbalizers,
-                                                settings["batch_size"], desc)
+                                                settings.batch_size, desc)
             else:
-                scores = label_logprobs(forward, examples, verbalizers, settings["batch_size"], desc)
+                scores = label_logprobs(forward, examples, verbalizers, settings.batch_size, desc)
             record = classification_record(dict(cell, split=split, examples=len(demos)), labels,
                                            rows["label"].to_numpy(), scores.argmax(1), group_columns(rows, rows["id"]))
             record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),
                                      mean_label_logprob={label: float(v) for label, v in zip(labels, scores.mean(0))})
             records.append(record)
-    result = finish(records, cost.as_dict(), provenance(settings, lm.info["revision"], fingerprints))
+    result = finish(records, cost.as_dict(), provenance(settings.raw, lm.info["revision"], fingerprints))
     write_json(result, out)
     return result
 
@@ -143,7 +144,7 @@ def teacher_demonstrations(tokens, pattern, rows: pd.DataFrame, pool: pd.DataFra
     return demos, prefix, counts
 
 
-def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | None, out: str, settings: dict,
+def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | None, out: str, settings: Settings,
                 seed: int) -> dict:
     """The `teacher` stage: the prompted model's label distribution on every training input, for context
     distillation. The prompt holds `shots` demonstrations from the seed's demonstration pool, which no training
@@ -152,17 +153,17 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
 
     from .io import write_parquet
 
-    pattern = task_pattern(task, settings.get("pattern"))
+    pattern = task_pattern(task, settings.pattern)
     check_verbalizers(model_dir, [pattern])
-    lm = load_model(model_dir, dtype=settings["dtype"])
+    lm = load_model(model_dir, dtype=settings.dtype)
     rows, sample_meta = read_table(train_path, META_KEY)
     pool = read_table(demos_path, META_KEY)[0] if demos_path else rows.iloc[:0]
-    demos, _, counts = teacher_demonstrations(lm, pattern, rows, pool, len(task["labels"]), settings["shots"], seed)
+    demos, _, counts = teacher_demonstrations(lm, pattern, rows, pool, len(task["labels"]), settings.shots, seed)
     prompt = encode_prompt(lm, pattern, rows, demos)
     scores = label_logprobs(PrefixForward(lm, prompt.prefix), prompt.examples, prompt.verbalizers,
-                            settings["batch_size"], desc="teacher")
+                            settings.batch_size, desc="teacher")
     probs = torch.tensor(scores).softmax(-1).numpy()
-    meta = {"model": lm.info, "pattern": pattern.name, "shots": len(demos), "shots_requested": settings["shots"],
+    meta = {"model": lm.info, "pattern": pattern.name, "shots": len(demos), "shots_requested": settings.shots,
             "prefix_tokens": counts["prefix_tokens"], "demonstration_ids": demos["id"].tolist(),
             "labels": task["labels"], "sample_fingerprint": sample_meta["fingerprint"],
             "teacher_accuracy": float((probs.argmax(1) == rows["label"].to_numpy()).mean())}

@@ -28,6 +28,7 @@ from .forward import pad_batch
 from .io import read_table, write_json, write_parquet
 from .metrics import Cost, code_version
 from .models import load_model
+from .settings import Settings
 
 # The Alpaca template (tatsu-lab/stanford_alpaca), with and without an input.
 PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
@@ -70,14 +71,14 @@ def read_instructions(inputs: dict[str, str], corpora: dict[str, dict]) -> pd.Da
     return pd.concat(parts, ignore_index=True)
 
 
-def split_rows(rows: pd.DataFrame, settings: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_rows(rows: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training rows, held-out rows): a seeded order; the held-out rows first, then at most max_rows."""
-    order = np.random.default_rng(settings["seed"]).permutation(len(rows))
-    held = rows.iloc[order[: settings["held_out"]]].reset_index(drop=True)
-    train = rows.iloc[order[settings["held_out"]:][: settings["max_rows"]]].reset_index(drop=True)
+    order = np.random.default_rng(settings.seed).permutation(len(rows))
+    held = rows.iloc[order[: settings.held_out]].reset_index(drop=True)
+    train = rows.iloc[order[settings.held_out:][: settings.max_rows]].reset_index(drop=True)
     if train.empty:
         raise ValueError(f"instruct: {len(rows)} instruction rows leave none to train on after "
-                         f"held_out={settings['held_out']}")
+                         f"held_out={settings.held_out}")
     return train, held
 
 
@@ -137,7 +138,7 @@ def response_batch_loss(engine, examples: list, pad_id: int, batch):
     return engine.module(input_ids=ids, attention_mask=mask, labels=labels).loss, mask
 
 
-def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict[str, dict], settings: dict,
+def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict[str, dict], settings: Settings,
                  ds_config_path: str, work_dir: str, out_model: str, metrics_path: str, generations_path: str
                  ) -> dict | None:
     """Instruction-tune the base model into the derived folder out_model; rank 0 writes the metrics and the
@@ -146,43 +147,43 @@ def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict
 
     rank, world = init_distributed()
     cost = Cost()
-    torch.manual_seed(settings["seed"])
+    torch.manual_seed(settings.seed)
     lm = load_model(base_dir, dtype="float32", head="causal", device=torch.device("cpu"),
-                    overrides=dict.fromkeys(DROPOUT_KEYS, settings["dropout"]))
+                    overrides=dict.fromkeys(DROPOUT_KEYS, settings.dropout))
     rows = read_instructions(inputs, corpora)
     data_fingerprint = fingerprint(rows[COLUMNS].to_numpy().tolist())
     train, held = split_rows(rows, settings)
     (examples, cut_train, dropped_train), (held_examples, cut_held, dropped_held) = encode_sets(
-        lm, train, held, settings["max_length"])
+        lm, train, held, settings.max_length)
     accum, order_length, total_steps = schedule(len(examples), settings, world)
-    dtype = precision(settings["precision"])
-    config = deepspeed_config(ds_config_path, settings, settings["lr"], accum, total_steps, dtype)
-    computed = {key: value for key, value in settings.items() if key != "checkpoint_every"}
+    dtype = precision(settings.precision)
+    config = deepspeed_config(ds_config_path, settings, settings.lr, accum, total_steps, dtype)
+    computed = {key: value for key, value in settings.raw.items() if key != "checkpoint_every"}
     checkpoints = Path(work_dir) / "checkpoints"
     job_hash = own_checkpoints(checkpoints, {"settings": computed, "data": data_fingerprint, "world": world,
                                              "stage": "instruct"}, rank)
     pad_id = lm.tokenizer.pad_token_id
-    before = response_loss(lm.model, held_examples, pad_id, settings["eval_batch_size"])
+    before = response_loss(lm.model, held_examples, pad_id, settings.eval_batch_size)
     model = trainable_model(lm.model, "pattern", settings)  # every weight, the LM head: as the preflight costs it
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
     train_start = time.time()
     state = train_epochs(engine, np.array([len(ids) for ids, _ in examples]), order_length, settings,
-                         settings["seed"], rank, world, accum, checkpoints, job_hash,
+                         settings.seed, rank, world, accum, checkpoints, job_hash,
                          partial(response_batch_loss, engine, examples, pad_id))
     train_seconds = time.time() - train_start
     engine.eval()
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        after = response_loss(engine.module, held_examples, pad_id, settings["eval_batch_size"])
+        after = response_loss(engine.module, held_examples, pad_id, settings.eval_batch_size)
         record = derived_record(name, "instruct", lm.info, computed, data_fingerprint)
         if rank == 0:
-            if settings["gradient_checkpointing"]:
+            if settings.gradient_checkpointing:
                 engine.module.config.use_cache = True  # the saved model generates with its cache
             save_derived(engine.module, lm.tokenizer, out_model, record)
     torch.distributed.barrier()
     if rank != 0:
         return None
-    write_generations(out_model, held.head(settings["generations"]), settings, generations_path)
+    write_generations(out_model, held.head(settings.generations), settings, generations_path)
     metrics = {
         "model": name, "derive": "instruct", "model_revision": record["revision"], "base": record["base"],
         "held_out": {"before": before, "after": after, "rows": len(held), "cut": cut_held, "dropped": dropped_held},
@@ -199,11 +200,11 @@ def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict
     return metrics
 
 
-def write_generations(model_dir: str, shown, settings: dict, path: str) -> None:
+def write_generations(model_dir: str, shown, settings: Settings, path: str) -> None:
     """The derived model's answers to held-out instructions, loaded through the one loader as every later stage
     loads it, beside each reference answer."""
     prompts = [alpaca_prompt(i, x) for i, x in shown[["instruction", "input"]].to_numpy()]
-    answers = generate(load_model(model_dir), prompts, settings["max_new_tokens"], settings["eval_batch_size"])
+    answers = generate(load_model(model_dir), prompts, settings.max_new_tokens, settings.eval_batch_size)
     write_parquet(pa.table({"origin": shown["origin"].tolist(), "instruction": shown["instruction"].tolist(),
                             "input": shown["input"].tolist(), "reference": shown["output"].tolist(),
                             "generated": answers}), path)

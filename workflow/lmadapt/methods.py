@@ -137,16 +137,17 @@ class Method:
             own["distill"] = {key: finetune["distill"][key] for key in ("temperature", "kl_weight", "ce_weight")}
         return own
 
-    def learning_rate(self, settings: dict) -> float:
-        return settings["lora"]["lr"] if self.lora else settings["lr"]
+    def learning_rate(self, settings) -> float:
+        """The rate of this method's optimizer (settings: the finetune stage's, settings.Settings)."""
+        return settings.lora.lr if self.lora else settings.lr
 
-    def loss(self, model, ids, mask, gold, verbalizers, settings: dict, teacher_probs=None):
+    def loss(self, model, ids, mask, gold, verbalizers, settings, teacher_probs=None):
         """A batch's training loss: the head's, or the distillation loss against the teacher's distribution."""
         if not self.teacher:
             return self.head.loss(model, ids, mask, gold, verbalizers)
-        d = settings["distill"]
+        d = settings.distill
         logits = self.head.logits(model, ids, mask, verbalizers).float()
-        return distill_loss(logits, teacher_probs, gold, d["temperature"], d["kl_weight"], d["ce_weight"])[0]
+        return distill_loss(logits, teacher_probs, gold, d.temperature, d.kl_weight, d.ce_weight)[0]
 
     def trained_parameters(self, shape: dict) -> int:
         """Parameters the optimizer updates (shape: costs.model_shape's)."""

@@ -37,6 +37,7 @@ from .prompt import (PREFIX_SHARE, classifier_inputs, encode_prompt, fit_demonst
                      prefix_demonstrations, task_pattern, verbalizer_problems)
 from .resources import unpinned_sources
 from .sample import META_KEY, normalised_texts
+from .settings import section_settings
 from .stages import STAGES, grid
 
 def sample_file(samples: Path, task: str, name: str) -> Path:
@@ -300,8 +301,8 @@ def plan_finetune(m: Measuring, cells: dict) -> None:
         held = ft.get("validation", 0)  # validated (forward only) after every epoch instead of trained on
         flops = shape["parameters"] * ((per_token * (1 - held) + 2 * held) * train["tokens"] * ft["epochs"] +
                                        2 * sum(e["tokens"] for e in evaluated.values()))
-        memory = training_memory(shape, method, finetune_settings(config, method, model), zero.stage, zero.offload,
-                                 gpus, train["longest"])
+        memory = training_memory(shape, method, section_settings("finetune", finetune_settings(config, method, model)),
+                                 zero.stage, zero.offload, gpus, train["longest"])
         m.plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
         if METHODS[method].lora and not shape["lora_parameters"]:
             m.plan.errors.append(f"{setting_key(config, 'finetune', model, 'lora', 'target_modules')}: "
@@ -319,10 +320,11 @@ def plan_instruct(m: Measuring, corpora: Path) -> None:
     for name in derived_models(config, "instruct"):
         if name not in m.fetched:
             continue
-        settings = stage_config(config, "instruct", name)
+        section = stage_config(config, "instruct", name)
+        settings = section_settings("instruct", section)
         sets = {corpus: corpus_path(config["corpora"][corpus], corpora / f"{corpus}.parquet")
-                for corpus in settings["data"]}
-        sets |= {task: sample_file(m.samples, task, "instructions") for task in settings["tasks"]}
+                for corpus in settings.data}
+        sets |= {task: sample_file(m.samples, task, "instructions") for task in section["tasks"]}
         where = dict(stage="instruct", model=name, task=",".join(sorted(sets)))
         absent = sorted(str(path) for path in sets.values() if not Path(path).is_file())
         if absent:
@@ -334,16 +336,16 @@ def plan_instruct(m: Measuring, corpora: Path) -> None:
             prompts = tokens.encode_many([alpaca_prompt(i, x) for i, x in frame[["instruction", "input"]].to_numpy()])
             responses = tokens.encode_many(list(frame["output"]))
             full = [len(tokens.leading_special_ids()) + len(p) + len(r) + 1 for p, r in zip(prompts, responses)]
-            kept = [min(n, settings["max_length"]) for n in full]
-            return {"tokens": sum(kept), "longest": max(kept), "cut": sum(n > settings["max_length"] for n in full)}
+            kept = [min(n, settings.max_length) for n in full]
+            return {"tokens": sum(kept), "longest": max(kept), "cut": sum(n > settings.max_length for n in full)}
 
-        measured_as = ("instruct", tuple(sorted(sets)), settings["seed"], settings["held_out"], settings["max_rows"],
-                       settings["max_length"])
+        measured_as = ("instruct", tuple(sorted(sets)), settings.seed, settings.held_out, settings.max_rows,
+                       settings.max_length)
         trained = m.measure(name, measured_as + ("train",), lambda t: instruction_lengths(t, train))
         evaluated = m.measure(name, measured_as + ("held",), lambda t: instruction_lengths(t, held))
         shape, gpus = m.shapes[name], config["models"][name]["gpus"]
-        per_token = METHODS["pattern"].flops_per_token(settings["gradient_checkpointing"])
-        flops = shape["parameters"] * (per_token * trained["tokens"] * settings["epochs"] + 2 * 2 * evaluated["tokens"])
+        per_token = METHODS["pattern"].flops_per_token(settings.gradient_checkpointing)
+        flops = shape["parameters"] * (per_token * trained["tokens"] * settings.epochs + 2 * 2 * evaluated["tokens"])
         memory = training_memory(shape, "pattern", settings, zero.stage, zero.offload, gpus, trained["longest"])
         m.plan.job("instruct", name, where["task"], gpus, flops, memory, shape)
         if trained["cut"]:

@@ -9,6 +9,8 @@ bow: CountVectorizer or tf-idf + the same logistic regression on the samples' te
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
@@ -20,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from .io import activation_column, read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance
 from .sample import META_KEY, validation_split
+from .settings import Settings
 
 
 def fit_logreg(features, y, Cs: list[float], folds: int, seed: int, scale: bool):
@@ -41,8 +44,8 @@ class MLPProbe:
 
     def __init__(self, hidden: int, dropout: float, weight_decay: float, lr: float, epochs: int, patience: int,
                  val_fraction: float, seed: int):
-        self.settings = dict(hidden=hidden, dropout=dropout, weight_decay=weight_decay, lr=lr, epochs=epochs,
-                             patience=patience, val_fraction=val_fraction)
+        self.settings = SimpleNamespace(hidden=hidden, dropout=dropout, weight_decay=weight_decay, lr=lr,
+                                        epochs=epochs, patience=patience, val_fraction=val_fraction)
         self.seed = seed
 
     def fit(self, features: np.ndarray, y: np.ndarray):
@@ -50,7 +53,7 @@ class MLPProbe:
 
         s = self.settings
         n_classes = int(y.max()) + 1
-        n_val = max(n_classes, int(round(len(y) * s["val_fraction"])))
+        n_val = max(n_classes, int(round(len(y) * s.val_fraction)))
         can_hold_out = np.bincount(y).min() >= 2 and len(y) - n_val >= n_classes
         if can_hold_out:
             train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y,
@@ -62,11 +65,11 @@ class MLPProbe:
         x = torch.tensor((features - self.mean) / self.std, dtype=torch.float32)
         target = torch.tensor(y)
         torch.manual_seed(self.seed)
-        self.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], s["hidden"]), torch.nn.ReLU(),
-                                       torch.nn.Dropout(s["dropout"]), torch.nn.Linear(s["hidden"], n_classes))
-        optimizer = torch.optim.AdamW(self.net.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-        best, best_state, waited, self.best_epoch = float("inf"), None, 0, s["epochs"]
-        for epoch in range(s["epochs"]):
+        self.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], s.hidden), torch.nn.ReLU(),
+                                       torch.nn.Dropout(s.dropout), torch.nn.Linear(s.hidden, n_classes))
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        best, best_state, waited, self.best_epoch = float("inf"), None, 0, s.epochs
+        for epoch in range(s.epochs):
             self.net.train()
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(self.net(x[train_idx]), target[train_idx]).backward()
@@ -80,7 +83,7 @@ class MLPProbe:
                     best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
                 else:
                     waited += 1
-                    if waited >= s["patience"]:
+                    if waited >= s.patience:
                         break
         if best_state is not None:
             self.net.load_state_dict(best_state)
@@ -100,7 +103,7 @@ def _matrix(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[str, str], out: str,
-              settings: dict, keys: dict) -> dict:
+              settings: Settings, keys: dict) -> dict:
     """Every layer x pooling x probe of one (model, task, prompt, k, seed) cell -> one metrics file."""
     cost = Cost()
     train, meta = read_table(train_path, META_KEY)
@@ -117,12 +120,12 @@ def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[st
             column = activation_column(how, layer)
             x_train = _matrix(train, column)
             fitted = {}
-            if "logreg" in settings["probes"]:
-                lr = settings["logreg"]
-                model, c = fit_logreg(x_train, y_train, lr["Cs"], lr["cv_folds"], seed, scale=True)
+            if "logreg" in settings.probes:
+                logreg = settings.logreg
+                model, c = fit_logreg(x_train, y_train, logreg.Cs, logreg.cv_folds, seed, scale=True)
                 fitted["probe_logreg"] = (model.predict, {"C": c})
-            if "mlp" in settings["probes"]:
-                mlp = MLPProbe(seed=seed, **settings["mlp"]).fit(x_train, y_train)
+            if "mlp" in settings.probes:
+                mlp = MLPProbe(seed=seed, **settings.mlp.values()).fit(x_train, y_train)
                 fitted["probe_mlp"] = (mlp.predict, {"best_epoch": mlp.best_epoch})
             for method, (predict, details) in fitted.items():
                 for split, frame in evals.items():
@@ -132,7 +135,7 @@ def run_probe(train_path: str, eval_paths: dict[str, str], eval_samples: dict[st
                         frame["label"].to_numpy(), predict(_matrix(frame, column)), groups[split])
                     record["details"] = dict(details, n_train=len(y_train), truncated=meta["truncated"])
                     records.append(record)
-    prov = provenance(settings, meta["model"]["revision"],
+    prov = provenance(settings.raw, meta["model"]["revision"],
                       [meta["sample"]["fingerprint"]] + [m["sample"]["fingerprint"] for _, m in read.values()])
     result = finish(records, cost.as_dict(), prov)
     write_json(result, out)
@@ -143,32 +146,32 @@ def text_of(frame: pd.DataFrame, fields: list[str]) -> list[str]:
     return frame[fields].astype(str).agg("\n".join, axis=1).tolist()
 
 
-def run_bow(train_path: str, eval_paths: dict[str, str], out: str, settings: dict, keys: dict) -> dict:
+def run_bow(train_path: str, eval_paths: dict[str, str], out: str, settings: Settings, keys: dict) -> dict:
     """Bag-of-words (or tf-idf) logistic regression on the raw text of the same samples. With a validation
     share (study 2's 80/20), that share of each label's rows is held out and scored beside the training rows."""
     cost = Cost()
     sample, meta = read_table(train_path, META_KEY)
     fields, labels = meta["fields"], meta["labels"]
-    share, seed = settings.get("validation", 0), keys.get("seed") or 0
+    share, seed = settings.validation or 0, keys.get("seed") or 0
     held = validation_split(sample["label"].to_numpy(), share, seed)
     train = sample[~held]
-    vectorizer_class = TfidfVectorizer if settings["vectorizer"] == "tfidf" else CountVectorizer
-    vectorizer = vectorizer_class(ngram_range=(1, settings["ngram_max"]), lowercase=True)
+    vectorizer_class = TfidfVectorizer if settings.vectorizer == "tfidf" else CountVectorizer
+    vectorizer = vectorizer_class(ngram_range=(1, settings.ngram_max), lowercase=True)
     x_train = vectorizer.fit_transform(text_of(train, fields))
     y_train = train["label"].to_numpy()
-    model, c = fit_logreg(x_train, y_train, settings["Cs"], settings["cv_folds"], seed, scale=False)
+    model, c = fit_logreg(x_train, y_train, settings.Cs, settings.cv_folds, seed, scale=False)
     records, fingerprints = [], [meta["fingerprint"]]
     splits = {"train": train, "validation": sample[held]} if share else {}
     for split, path in eval_paths.items():
         splits[split], frame_meta = read_table(path, META_KEY)
         fingerprints.append(frame_meta["fingerprint"])
     for split, frame in splits.items():
-        record = classification_record(dict(keys, method=f"bow_{settings['vectorizer']}", split=split,
+        record = classification_record(dict(keys, method=f"bow_{settings.vectorizer}", split=split,
                                             examples=len(sample)), labels,
                                        frame["label"].to_numpy(), model.predict(vectorizer.transform(
                                            text_of(frame, fields))), group_columns(frame, frame["id"]))
         record["details"] = {"C": c, "vocabulary": len(vectorizer.vocabulary_), "n_train": len(y_train)}
         records.append(record)
-    result = finish(records, cost.as_dict(), provenance(settings, None, fingerprints))
+    result = finish(records, cost.as_dict(), provenance(settings.raw, None, fingerprints))
     write_json(result, out)
     return result

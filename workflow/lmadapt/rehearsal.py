@@ -249,8 +249,8 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
         stand_in(source, corpus_table(source, rows, rng, vocabulary), out / "data" / "corpora" / f"{name}.parquet")
     corpus = texts(rng, vocabulary, 3000, 20, 0.5) + prompt_words * 50
     # the reward models' labels: the label a PPO model's reward names, unless the hub model's are known
-    rewards = {settings["model"]: settings for settings in (stage_config(checked, "ppo", m)["reward"]
-                                                             for m in derived_models(checked, "ppo"))}
+    rewards = {reward["model"]: reward for reward in (stage_config(checked, "ppo", m)["reward"]
+                                                        for m in derived_models(checked, "ppo"))}
     for i, (name, spec) in enumerate(sorted(config["models"].items())):
         if checked["models"][name].get("derive") or is_local_model(checked["models"][name]):
             continue  # a derived model is trained by the run; a local or packaged one runs as it is
