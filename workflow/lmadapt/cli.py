@@ -264,7 +264,8 @@ def cmd_rehearsal(args) -> int:
     from .rehearsal import build_rehearsal
 
     path = build_rehearsal(args.paper, args.out, seeds=args.seeds, models=args.models, ks=args.k,
-                           epochs=args.epochs, hans_rows=args.hans_rows or None, ppo_steps=args.ppo_steps)
+                           epochs=args.epochs, hans_rows=args.hans_rows or None, ppo_steps=args.ppo_steps,
+                           methods=args.methods)
     print(f"{path}: the grid of {args.paper} with tiny models and hub-shaped local data; run it with "
           f"snakemake --configfile {path} --directory {Path(args.out)}")
     return 0
@@ -385,6 +386,7 @@ VERBS = (
         arg("--epochs", type=int, help="fine-tuning and instruction-tuning epochs (default: the grid's; fewer cuts "
             "time, not shape)"),
         arg("--ppo-steps", type=int, help="PPO steps (default: the grid's; fewer cuts time, not shape)"),
+        arg("--methods", nargs="+", help="keep only these of the finetune section's methods (a model's own stay)"),
         arg("--hans-rows", type=int, default=3000, help="a stratified subset of HANS's 30,000 rows (0 = all of "
             "them)"))),
     Verb("check-skips", cmd_check_skips, "compare the preflight's expected skipped cells with a run's", (

@@ -177,10 +177,12 @@ def stand_in(source: dict, table: pd.DataFrame, path: Path) -> None:
 
 
 def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None = None,
-               ks: list[int] | None = None, epochs: int | None = None, ppo_steps: int | None = None) -> dict:
+               ks: list[int] | None = None, epochs: int | None = None, ppo_steps: int | None = None,
+               methods: list[str] | None = None) -> dict:
     """The grid cut down: its first `seeds` seeds, only `models`, only the k in `ks` (ICL: zero-shot and those
-    numbers of demonstrations), `epochs` of fine-tuning and instruction tuning, `ppo_steps` PPO steps (a copy; the
-    same cut applied to the real grid plans the same jobs as the rehearsal)."""
+    numbers of demonstrations), `epochs` of fine-tuning and instruction tuning, `ppo_steps` PPO steps, only
+    `methods` of the finetune section's (a model that names its own methods keeps them) (a copy; the same cut
+    applied to the real grid plans the same jobs as the rehearsal)."""
     config = copy.deepcopy(config)
     for section, key, value in (("finetune", "epochs", epochs), ("instruct", "epochs", epochs),
                                 ("ppo", "steps", ppo_steps)):
@@ -202,6 +204,13 @@ def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None 
                 config[stage]["models"] = [m for m in selected if m in models]
                 if not config[stage]["models"]:  # an empty selection would mean every model
                     raise ConfigError(f"the slice keeps none of {stage}.models {selected}; add one to --models")
+    if methods:
+        finetune = config.setdefault("finetune", {})
+        kept = [m for m in finetune.get("methods", methods) if m in methods]
+        if not kept:
+            raise ConfigError(f"the slice keeps none of finetune.methods {finetune.get('methods')}; add one to "
+                              f"--methods")
+        finetune["methods"] = kept
     if ks:  # training samples of these k, and ICL with as many demonstrations (zero-shot needs no sample: kept)
         for task in config["tasks"].values():
             task["k"] = [k for k in task.get("k", [2, 32, 128]) if k in ks]
@@ -216,10 +225,10 @@ def slice_grid(config: dict, seeds: int | None = None, models: list[str] | None 
 
 def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, models: list[str] | None = None,
                     ks: list[int] | None = None, epochs: int | None = None, hans_rows: int | None = 3000,
-                    ppo_steps: int | None = None) -> Path:
+                    ppo_steps: int | None = None, methods: list[str] | None = None) -> Path:
     """Write out/config.yaml (the grid, rehearsed, cut by slice_grid), out/models/ and out/data/; returns the
     config path."""
-    paper = slice_grid(yaml.safe_load(Path(paper_path).read_text()), seeds, models, ks, epochs, ppo_steps)
+    paper = slice_grid(yaml.safe_load(Path(paper_path).read_text()), seeds, models, ks, epochs, ppo_steps, methods)
     checked = check_config(copy.deepcopy(paper), origin=str(paper_path))
     out = Path(out).resolve()
     rng = np.random.default_rng(0)
