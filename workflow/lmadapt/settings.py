@@ -94,10 +94,16 @@ def _dataclass(name: str, properties: dict, defs: dict) -> type[Settings]:
 
 
 @functools.cache
+def _stage_schema(stage: str) -> dict:
+    """stage_settings_schema read once per process: a job checks its settings and builds their class from it."""
+    return stage_settings_schema(stage)
+
+
+@functools.cache
 def settings_class(stage: str) -> type[Settings]:
     """The settings class of a stage: a field per key of its --settings schema, with the schema's default and
     description (`dataclasses.fields(cls)[i].metadata`)."""
-    schema = stage_settings_schema(stage)
+    schema = _stage_schema(stage)
     return _dataclass(stage.title() + "Settings", schema["properties"], schema["$defs"])
 
 
@@ -105,7 +111,7 @@ def read_settings(stage: str, raw: dict, method: str | None = None) -> Settings:
     """A stage's --settings checked against its schema and read into its class: a bad, unknown or missing setting
     is a ConfigError naming it. Nothing is filled into `raw`: it is the job's JSON exactly as the rule wrote it."""
     section = STAGE_SETTINGS[stage][0]
-    schema = stage_settings_schema(stage)
+    schema = _stage_schema(stage)
     problems = [f"{section}.{key}: missing" for key in schema["required"] if key not in raw]
     errors = jsonschema.Draft202012Validator(dict(schema, required=[])).iter_errors(raw)
     for error in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
