@@ -1,6 +1,7 @@
 # Config validation, wildcard constraints and the functions every rule uses (none live in the rule files). What a
 # job gets (its params and the inputs its cell determines) is computed in the package, lmadapt/jobs.py; the
 # functions here adapt it to Snakemake's wildcards.
+import inspect
 import os
 import re
 import sys
@@ -66,6 +67,13 @@ CONDA_ENV = "../../envs/lmadapt.yaml"  # relative to workflow/rules/
 DEEPSPEED_CONFIG = os.path.relpath(Path(workflow.basedir) / f"config/deepspeed/{config['finetune']['zero']}.json")
 
 
+def known_signature(func):
+    """Snakemake inspects a rule function's signature at each call, about ten times a job (160,000 calls on the
+    paper grid); `inspect` reads a recorded `__signature__` instead of deriving it again."""
+    func.__signature__ = inspect.signature(func)
+    return func
+
+
 def offline(command):
     """A model job's command: offline, with exactly its threads. (The rule's shell text is unchanged by this
     helper: Snakemake reruns every job whose command text changes.)"""
@@ -81,25 +89,30 @@ def cell_of(wildcards):
 
 def job_params(rule):
     """A rule's params: exactly what its job computes with (a change reruns it, nothing else does)."""
-    return {name: (lambda wildcards, name=name: JOBS.params(rule, cell_of(wildcards))[name]) for name in PARAMS[rule]}
+    return {
+        name: known_signature(lambda wildcards, name=name: JOBS.params(rule, cell_of(wildcards))[name])
+        for name in PARAMS[rule]
+    }
 
 
 def job_inputs(rule):
     """The inputs a job's cell determines (model folders, samples, pools, teachers), named as the shell uses them."""
-    return lambda wildcards: JOBS.inputs(rule, cell_of(wildcards))
+    return known_signature(lambda wildcards: JOBS.inputs(rule, cell_of(wildcards)))
 
 
 def run_setting(value):
     """A param for how a job runs, not what it computes (checkpoint cadence). Snakemake counts a param function
     that takes `resources` as derived, and a derived param never makes a job stale."""
-    return lambda wildcards, resources: as_arg(value)
+    return known_signature(lambda wildcards, resources: as_arg(value))
 
 
+@known_signature
 def instruct_run_settings(wildcards, resources):
     """Checkpoint cadence: derived from resources, so that changing it reruns nothing."""
     return as_arg({"checkpoint_every": stage_config(config, "instruct", wildcards.model)["checkpoint_every"]})
 
 
+@known_signature
 def classifier_run_settings(wildcards, resources):
     finetune = stage_config(config, "finetune", wildcards.model)
     return as_arg({key: finetune[key] for key in FINETUNE_RUN_SETTINGS})
@@ -111,6 +124,7 @@ def classifier_run_settings(wildcards, resources):
 def input_option(name, flag):
     """`FLAG PATH` for an optional input."""
 
+    @known_signature
     def option(wildcards, input):
         path = getattr(input, name)
         return f"{flag} {path}" if path else ""
@@ -118,18 +132,22 @@ def input_option(name, flag):
     return option
 
 
+@known_signature
 def sample_roles(wildcards, input):
     return " ".join(f"{role.replace('ood_', 'ood:', 1)}={path}" for role, path in input.items())
 
 
+@known_signature
 def extract_demos_arg(wildcards, input):
     return f"--demos {input.demos} --seed {layout.prefix_seed(wildcards.prompt)}" if input.demos else ""
 
 
+@known_signature
 def probe_evals(wildcards, input):
     return " ".join(f"{split}={input[split]}" for split in JOBS.eval_splits(wildcards.task))
 
 
+@known_signature
 def instruction_sets_arg(wildcards, input):
     """NAME=PATH of each instruction set."""
     return " ".join(
@@ -143,6 +161,7 @@ def instruction_sets_arg(wildcards, input):
 def per_attempt(amount):
     """A resource that grows with the attempt (mem_mb, runtime): a job killed for it gets more on its retry."""
 
+    @known_signature
     def scaled(wildcards, attempt):
         return amount * attempt
 
@@ -153,9 +172,11 @@ def model_resources(scale=1, gpus="one"):
     """mem_mb (growing with the attempt) and GPUs of a model job: `one` for inference, `all` of the model's for
     fine-tuning (one task: torchrun starts a process per GPU)."""
 
+    @known_signature
     def mem_mb(wildcards, attempt):
         return config["models"][wildcards.model]["mem_mb"] * scale * attempt
 
+    @known_signature
     def gpu(wildcards):
         count = config["models"][wildcards.model]["gpus"]
         return count if gpus == "all" else min(count, 1)
@@ -163,6 +184,7 @@ def model_resources(scale=1, gpus="one"):
     return {"mem_mb": mem_mb, "gpu": gpu}
 
 
+@known_signature
 def launcher_tasks(wildcards):
     """Slurm tasks of a fine-tuning job: 0 on several GPUs (torchrun starts the processes, not the plugin)."""
     return 0 if config["models"][wildcards.model]["gpus"] > 1 else 1
@@ -190,6 +212,7 @@ def derived_summary_target():
     return [layout.DERIVE_SUMMARY] if derived_models(config) else []
 
 
+@known_signature
 def all_targets(wildcards):
     return (
         JOBS.sample_targets() + JOBS.inputs("aggregate", {})["metrics"] + JOBS.inputs("derived_summary", {})["metrics"]
