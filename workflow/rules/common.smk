@@ -68,8 +68,8 @@ DEEPSPEED_CONFIG = os.path.relpath(Path(workflow.basedir) / f"config/deepspeed/{
 
 
 def known_signature(func):
-    """Snakemake inspects a rule function's signature at each call, about ten times a job (160,000 calls on the
-    paper grid); `inspect` reads a recorded `__signature__` instead of deriving it again."""
+    """Snakemake inspects a rule function's signature two or three times at each call (90,000 times for these
+    functions as it plans the paper grid); `inspect` reads a recorded `__signature__` instead of deriving it."""
     func.__signature__ = inspect.signature(func)
     return func
 
