@@ -279,34 +279,33 @@ def plan_finetune(m: Measuring, cells: dict) -> None:
         model, task, method, k, seed = (cell[key] for key in ("model", "task", "method", "k", "seed"))
         if model not in m.fetched:
             continue
-        ft = stage_config(config, "finetune", model)
-        pattern = task_pattern(config["tasks"][task], ft["pattern"])
+        settings = section_settings("finetune", finetune_settings(config, method, model))  # the job's
+        pattern = task_pattern(config["tasks"][task], settings.pattern)
 
-        def inputs(tokens, name, pattern=pattern, max_length=ft["max_length"], task=task):
+        def inputs(tokens, name, pattern=pattern, max_length=settings.max_length, task=task):
             ids, truncated = classifier_inputs(tokens, pattern, m.sample(task, name), max_length)
             return {"tokens": sum(map(len, ids)), "longest": max(map(len, ids)), "truncated": truncated,
                     "n": len(ids)}
 
-        name, measured_as = train_sample(k, seed), (pattern.name, ft["max_length"])
+        name, measured_as = train_sample(k, seed), (pattern.name, settings.max_length)
         train = m.measure(model, ("finetune", task, name) + measured_as, lambda t: inputs(t, name))
         evaluated = {split: m.measure(model, ("finetune", task, split) + measured_as, lambda t, s=split: inputs(t, s))
                      for split in m.evals(task)}
         truncated = {"train": train["truncated"]} | {s: e["truncated"] for s, e in evaluated.items()}
-        if any(truncated.values()) and method == ft["methods"][0]:
+        if any(truncated.values()) and method == stage_config(config, "finetune", model)["methods"][0]:
             m.plan.cells.append(dict(stage="finetune", model=model, task=task, method="every method", k=k, seed=seed,
                                      what=f"inputs truncated to {setting_key(config, 'finetune', model, 'max_length')}"
                                           f": " + ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
         shape, gpus = m.shapes[model], config["models"][model]["gpus"]
-        per_token = METHODS[method].flops_per_token(ft["gradient_checkpointing"])
-        held = ft.get("validation", 0)  # validated (forward only) after every epoch instead of trained on
-        flops = shape["parameters"] * ((per_token * (1 - held) + 2 * held) * train["tokens"] * ft["epochs"] +
+        per_token = METHODS[method].flops_per_token(settings.gradient_checkpointing)
+        held = settings.validation or 0  # validated (forward only) after every epoch instead of trained on
+        flops = shape["parameters"] * ((per_token * (1 - held) + 2 * held) * train["tokens"] * settings.epochs +
                                        2 * sum(e["tokens"] for e in evaluated.values()))
-        memory = training_memory(shape, method, section_settings("finetune", finetune_settings(config, method, model)),
-                                 zero.stage, zero.offload, gpus, train["longest"])
+        memory = training_memory(shape, method, settings, zero.stage, zero.offload, gpus, train["longest"])
         m.plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
         if METHODS[method].lora and not shape["lora_parameters"]:
             m.plan.errors.append(f"{setting_key(config, 'finetune', model, 'lora', 'target_modules')}: "
-                                 f"{ft['lora']['target_modules']} name no projection of model {model}; {method} "
+                                 f"{settings.lora.target_modules} name no projection of model {model}; {method} "
                                  f"would adapt nothing (give the model's own, e.g. [q, v] for T5)")
         m.plan.errors += zero.too_big(m.plan, memory, gpus, f"models.{model}.gpus: {method} fine-tuning",
                                       setting_key(config, "finetune", model, "batch_size"))
