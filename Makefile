@@ -16,9 +16,11 @@ rehearsal: setup
 		--directory rehearsal
 	$(BIN)/lmadapt check-skips --plan rehearsal/results/plan/preflight.json --tidy rehearsal/results/tables/all.parquet
 
-# The ecosystem's own checks: ruff on the Python, snakefmt on the rules, Snakemake's linter on the workflow.
+# The ecosystem's own checks: ruff on the Python, snakefmt on the rules, Snakemake's linter on the workflow, and
+# import-linter on the package's layers (.importlinter: no upward import, no circle; docs/design.md draws them).
 lint: setup $(VENV)/.lint-installed
 	$(BIN)/ruff check workflow tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --dry-run --quiet all > $(VENV)/lint.log 2>&1 || { cat $(VENV)/lint.log; exit 1; }
 

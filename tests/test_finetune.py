@@ -133,7 +133,7 @@ def test_an_encoder_decoder_learns_the_verbalizer_as_its_decoder_target(tiny_t5,
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
-    from lmadapt.icl import seq2seq_label_logprobs
+    from lmadapt.forward import seq2seq_label_logprobs
 
     task, folder = rte
     lora = {"r": 8, "alpha": 16, "lr": 1e-2, "target_modules": ["q", "v"]}  # T5 names its projections q, v

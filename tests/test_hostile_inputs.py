@@ -14,7 +14,7 @@ from lmadapt.config import ConfigError
 from lmadapt.data import DataError, read_split
 from lmadapt.models import load_tokens
 from lmadapt.prompt import PromptError, task_pattern, verbalizer_problems
-from lmadapt.sample import run_sample
+from lmadapt.sample import overlap_message, run_sample
 from lmadapt.settings import section_settings
 
 NLI = ["premise", "hypothesis"], ["entailment", "not_entailment"]
@@ -200,19 +200,18 @@ def test_an_out_of_domain_set_that_repeats_training_texts_is_refused_by_the_pref
     (samples / "train.parquet").rename(samples / "train_k7_seed1.parquet")
     (samples / "demos.parquet").rename(samples / "demos_seed1.parquet")
     problems, notes = overlap_check(config, tmp_path / "samples", lambda path: read_table(path, "lmadapt")[0])
-    assert not notes and problems == [
-        f"tasks.rte: 2 row(s) of {samples / 'train_k7_seed1.parquet'} share their text with "
-        f"{samples / 'ood_hans.parquet'}; set tasks.rte.overlap: drop to leave such rows out of training"
-    ]  # the pair is in the fixture twice; the demonstration pool holds neither
+    leak = overlap_message("rte", 2, samples / "train_k7_seed1.parquet", "ood:hans", samples / "ood_hans.parquet")
+    assert leak == (f"tasks.rte: 2 training row(s) of {samples / 'train_k7_seed1.parquet'} share their text with the "
+                    f"ood:hans sample of {samples / 'ood_hans.parquet'}; a test text in training leaks the answer. "
+                    f"Remove them, or set tasks.rte.overlap: drop to leave them out of training")
+    assert not notes and problems == [leak]  # the pair is in the fixture twice; the demonstration pool holds neither
     # with drop, the training samples' jobs read the out-of-domain set and leave the pair out
     task = check_config({"tasks": {"rte": dict(spec, overlap="drop")}})["tasks"]["rte"]
     meta = run_sample("rte", task, inputs, "train", samples / "train_k5_seed1.parquet", k=5, seed=1)
     assert meta["dropped_overlap"] == {"ood:hans": 2}
     problems, notes = overlap_check(check_config({"tasks": {"rte": dict(spec, overlap="drop")}}),
                                     tmp_path / "samples", lambda path: read_table(path, "lmadapt")[0])
-    assert problems == [f"tasks.rte: 2 row(s) of {samples / 'train_k7_seed1.parquet'} share their text with "
-                        f"{samples / 'ood_hans.parquet'}; set tasks.rte.overlap: drop to leave such rows out of "
-                        f"training"]  # the sample drawn before the switch still holds them
+    assert problems == [leak]  # the sample drawn before the switch still holds them
     assert notes == [dict(stage="sample", model="-", task="rte", sample="train_k5_seed1", what="2 training row(s) left "
                           "out: they share their text with the ood:hans sample (tasks.rte.overlap: drop)")]
 

@@ -123,7 +123,7 @@ def test_one_label_for_everything_is_flagged(constant_model, rte, tmp_path):
 def test_encoder_decoder_scores_label_words_as_decoder_continuations(tiny_t5, rte, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
-    from lmadapt.icl import seq2seq_label_logprobs
+    from lmadapt.forward import seq2seq_label_logprobs
 
     task, folder = rte
     lm = load_model(tiny_t5, dtype="float32", head="auto")

@@ -7,7 +7,7 @@ import torch
 from transformers import BertConfig, GPT2Config, OPTConfig, T5Config
 
 from conftest import PATTERNS, REPO, fixture_config, planned_jobs, rte_task, run_snakemake, write_config
-from lmadapt.checks import check_config, model_kind_problems
+from lmadapt.checks import check_config, kind_problems, model_kind_problems
 from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, finetune_settings, load_schema
 from lmadapt.costs import model_shape
 from lmadapt.figures import KNOWN_METHODS, method_color
@@ -16,7 +16,6 @@ from lmadapt.methods import (DECODER, ENCODER, ENCODER_DECODER, METHODS, Classif
                              method_pattern, model_kind)
 from lmadapt.preflight import run_preflight
 from lmadapt.settings import read_settings, section_settings
-from lmadapt.stages import kind_problems
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -134,10 +133,8 @@ class MeanPooledHead(ClassifierHead):
 
     name, loads = "mean_pooled", "base"
 
-    def load(self, model_dir, n_labels, overrides):
-        lm = super().load(model_dir, n_labels, overrides)
-        lm.model = MeanPooled(lm.model, n_labels)
-        return lm
+    def build(self, model, n_labels):
+        return MeanPooled(model, n_labels)
 
     def logits(self, model, ids, mask, verbalizers):
         hidden = model.body(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -175,7 +172,8 @@ def test_a_method_with_a_new_head_is_one_entry_and_is_checked_trained_costed_and
     assert len(losses) == 6 * 4 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05
     predictions = pd.read_parquet(tmp_path / "work/predictions_test.parquet")
     assert len(predictions) == record["n"] and set(predictions["prediction"]) <= {0, 1}
-    model = MeanPooledHead().load(str(short_context / "models/tiny"), 2, {}).model
+    _, model = build_model(str(short_context / "models/tiny"), "mean_pooled", 2, section_settings("finetune", config[
+        "finetune"]))
     trained = sum(p.numel() for p in model.parameters())
     assert record["details"]["trainable_parameters"] == trained  # the body and the new layer
 

@@ -2,6 +2,7 @@
 checks and the CLI iterate: a toy stage added as one registry entry, one rule and its function is planned,
 costed, parsed and run, and every stage's Slurm group is the profile's."""
 import json
+import pkgutil
 import sys
 
 import pytest
@@ -9,8 +10,9 @@ import yaml
 
 from conftest import REPO, fixture_config, planned_jobs, run_snakemake, write_config
 from lmadapt.checks import check_config
-from lmadapt.cli import build_parser, main
-from lmadapt.io import producing_rule
+from lmadapt import layout
+from lmadapt.cli import Verb, build_parser, main
+from lmadapt.layout import producing_rule
 from lmadapt.jobs import Jobs
 from lmadapt.preflight import run_preflight
 from lmadapt.stages import STAGES, grid
@@ -23,6 +25,22 @@ import toy_stage  # noqa: E402
 def test_every_stage_is_submitted_in_the_profile_group_it_declares():
     groups = dict(line.split("=") for line in yaml.safe_load((REPO / "slurm/config.yaml").read_text())["groups"])
     assert {name: stage.group for name, stage in STAGES.items()} == {name: groups.get(name) for name in STAGES}
+
+
+def test_every_entry_names_its_verb_and_check_and_its_metrics_folder_names_its_rule():
+    """The registry names what the CLI and the preflight look up (it imports neither), and a metrics file's folder
+    is its stage's, which is how an unreadable one is traced to the rule that remakes it."""
+    for name, stage in STAGES.items():
+        verb = pkgutil.resolve_name(stage.verb)
+        assert isinstance(verb, Verb) and verb.name == name
+        assert stage.plan is None or callable(pkgutil.resolve_name(stage.plan))
+        assert stage.metrics.startswith(f"{layout.METRICS_DIR}/{name}/")
+        cell = {key: 1 for key in ("model", "task", "prompt", "method", "k", "seed", "shots")}
+        assert producing_rule(stage.metrics.format(**cell)) == name
+    assert producing_rule("results/samples/rte/test.parquet") == "sample"
+    assert producing_rule("/abs/results/activations/m/rte/none/test.parquet") == "extract"
+    assert producing_rule("results/teacher/m/rte/k2_seed1.parquet") == "teacher"
+    assert producing_rule("data/my_file.parquet") is None
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ WITHOUT_MODEL = ["sample", "bow", "probe", "aggregate", "runtimes", "resolved-co
 
 
 def verb_imports(verb: str) -> list[str]:
-    """The modules the verb's function in cli.py imports when it runs (each verb imports what it needs there)."""
-    tree = ast.parse((REPO / "workflow/lmadapt/cli.py").read_text())
+    """The modules the verb's function in commands.py imports when it runs (each verb imports what it needs there)."""
+    tree = ast.parse((REPO / "workflow/lmadapt/commands.py").read_text())
     function = next(node for node in tree.body
                     if isinstance(node, ast.FunctionDef) and node.name == f"cmd_{verb.replace('-', '_')}")
     modules = []

@@ -1,5 +1,6 @@
-"""A toy grid stage, as a researcher adds one: one registry entry, its function, and its rule (toy.smk beside
-this file). It counts each task's test sample rows per seed."""
+"""A toy grid stage, as a researcher adds one: one registry entry (naming its verb and its preflight check, defined
+beside it), its function, and its rule (toy.smk beside this file). It counts each task's test sample rows per
+seed."""
 import json
 
 from lmadapt.cli import OUT, Verb, arg
@@ -24,11 +25,9 @@ def plan_toy(measuring, cells) -> None:
     measuring.plan.cells += [dict(stage="toy", model="-", task=cell["task"], what="counted") for cell in cells["toy"]]
 
 
-TOY = Stage("toy", "bow", None, toy_cells, TOY_METRICS,
-            Verb("toy", run_toy, "count a task's test rows", (
-                arg("--task", required=True), arg("--seed", type=int, required=True), arg("--sample", required=True),
-                OUT)),
-            "cpu", plan_toy)
+TOY_VERB = Verb("toy", run_toy, "count a task's test rows", (
+    arg("--task", required=True), arg("--seed", type=int, required=True), arg("--sample", required=True), OUT))
+TOY = Stage("toy", "bow", None, toy_cells, TOY_METRICS, "toy_stage:TOY_VERB", "cpu", "toy_stage:plan_toy")
 
 
 def register() -> None:

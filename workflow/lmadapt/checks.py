@@ -18,8 +18,8 @@ from .data import empty_sources, resolve_path
 from .errors import DataError
 from .grid import demonstration_needs, stage_models, stage_names
 from .io import write_text
-from .methods import ENCODER, folder_kind, with_article
-from .stages import STAGES, grid, kind_problems, stage_key
+from .methods import ENCODER, METHODS, folder_kind, kind_refusal, with_article
+from .stages import RULE_KINDS, STAGES, grid
 from .resources import is_local_model, local_model_path, model_folders, model_layers, prepared_problems, resolve_layers
 from .sample import overlap_problems
 
@@ -292,6 +292,32 @@ def layer_problems(config: dict, models_dir: str | Path = layout.PREPARED_MODELS
             except ConfigError as e:
                 problems.append(str(e).replace("extract.layers", setting_key(config, "extract", name, "layers"), 1))
     return problems
+
+
+def stage_key(section: str, model: str) -> str:
+    """The config key that sends a model to a stage (finetune: the key listing its methods)."""
+    return "finetune.methods" if section == "finetune" else f"{section}.models"
+
+
+def kind_problems(cells: dict[str, list[dict]], kinds: dict[str, str], key_of=stage_key) -> list[str]:
+    """Cells a model cannot run, one line per (stage or method, model), naming the config key that asks for it.
+    cells: the grid by stage; kinds: model name -> kind, for the models whose config.json is at hand;
+    key_of(section, model): the config key that asks for a model's cells of a stage."""
+    problems = {}
+    for name, stage_cells in cells.items():
+        stage = STAGES.get(name)
+        section, runs_on = (stage.section, stage.kinds) if stage else (name, RULE_KINDS.get(name))
+        for cell in stage_cells:
+            kind = kinds.get(cell.get("model"))
+            if "method" in cell:
+                runs_on, what = METHODS[cell["method"]].kinds, f"method {cell['method']}"
+            else:
+                what = section
+            if kind is None or runs_on is None or kind in runs_on:
+                continue
+            key = key_of(section, cell["model"])
+            problems[key, what, cell["model"]] = f"{key}: {kind_refusal(what, runs_on, cell['model'], kind)}"
+    return list(problems.values())
 
 
 def model_kind_problems(config: dict, models_dir: str | Path = layout.PREPARED_MODELS) -> list[str]:

@@ -24,15 +24,13 @@ import torch
 
 from .forward import pad_batch
 from .config import FINETUNE_RUN_SETTINGS, ConfigError, fingerprint
-from .icl import check_verbalizers
 from .io import read_table, write_json, write_parquet
-from .methods import METHODS, Method, folder_kind
+from .methods import METHODS, Method, folder_kind, kind_refusal
 from .metrics import Cost, classification_record, finish, group_columns, provenance
-from .models import model_record
-from .prompt import classifier_inputs, task_pattern
+from .models import load_model, load_tokens, model_record
+from .prompt import check_verbalizers, classifier_inputs, task_pattern
 from .sample import META_KEY, validation_split
 from .settings import Settings
-from .stages import kind_problems
 
 
 def init_distributed() -> tuple[int, int]:
@@ -141,9 +139,13 @@ def own_checkpoints(checkpoints: Path, job: dict, rank: int) -> str:
 DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate")
 
 
-def build_model(model_dir: str, method: str, n_labels: int, settings: Settings):
-    """The method's model (its head's loader) with the job's dropout, made trainable."""
-    lm = METHODS[method].head.load(model_dir, n_labels, dict.fromkeys(DROPOUT_KEYS, settings.dropout))
+def build_model(model_dir: str, method: str, n_labels: int, settings: Settings, tokens=None):
+    """The method's model (as its head loads and builds it) with the job's dropout, made trainable. tokens: the
+    folder's tokenizer, where the verbalizer check already read it."""
+    head = METHODS[method].head
+    lm = load_model(model_dir, dtype="float32", head=head.loads, num_labels=n_labels, device=torch.device("cpu"),
+                    overrides=dict.fromkeys(DROPOUT_KEYS, settings.dropout), tokens=tokens)
+    lm.model = head.build(lm.model, n_labels)
     return lm, trainable_model(lm.model, method, settings)
 
 
@@ -168,10 +170,10 @@ def checked_method(model_dir: str, keys: dict) -> Method:
     """The cell's method, refused before the weights load where it is unknown or the model's kind cannot run it."""
     if keys["method"] not in METHODS:
         raise ConfigError(f"unknown method {keys['method']!r}: one of {', '.join(METHODS)}")
-    kind_problem = kind_problems({"finetune": [keys]}, {keys["model"]: folder_kind(model_dir)})
-    if kind_problem:
-        raise ConfigError(kind_problem[0])
-    return METHODS[keys["method"]]
+    name, method, kind = keys["method"], METHODS[keys["method"]], folder_kind(model_dir)
+    if kind is not None and kind not in method.kinds:
+        raise ConfigError(f"finetune.methods: {kind_refusal(f'method {name}', method.kinds, keys['model'], kind)}")
+    return method
 
 
 @dataclass
@@ -271,9 +273,10 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
     method, cost, work = checked_method(model_dir, keys), Cost(), Path(work_dir)
     torch.manual_seed(keys["seed"])
     pattern = task_pattern(task, settings.pattern)
+    tokens = load_tokens(model_dir)
     if method.head.verbalizer is not None:  # refused where the tokenizer cannot tell the labels apart
-        check_verbalizers(model_dir, [pattern], first_token=method.head.verbalizer == "first")
-    lm, model = build_model(model_dir, keys["method"], len(task["labels"]), settings)
+        check_verbalizers(tokens, [pattern], first_token=method.head.verbalizer == "first")
+    lm, model = build_model(model_dir, keys["method"], len(task["labels"]), settings, tokens)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     sample = TrainingSample.read(train_path, lm, pattern, method, settings, keys["seed"], teacher_path)
     evals = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 import torch
+from tqdm import tqdm
 from transformers import DynamicCache
 
 
@@ -139,6 +141,28 @@ class PrefixForward:
         cols = torch.tensor([i for p in positions for i in p], device=hidden.device)
         logprobs = self.model.get_output_embeddings()(hidden[rows, cols]).float().log_softmax(-1)
         return list(logprobs.split([len(p) for p in positions]))
+
+
+@torch.no_grad()
+def seq2seq_label_logprobs(model, pad_id: int, inputs: list[list[int]], verbalizers: list[list[int]],
+                           batch_size: int, desc: str = "icl") -> np.ndarray:
+    """Encoder-decoder models (Flan-T5): each whole input (prompt and the tokenizer's closing </s>) goes to the
+    encoder, each verbalizer is scored as the decoder's continuation. The encoder attends both ways, so there is
+    no prefix cache: each batch is encoded once and its states reused for every label. `seq2seq` fine-tuning
+    predicts with this too."""
+    device = next(model.parameters()).device
+    start = model.config.decoder_start_token_id
+    out = np.zeros((len(inputs), len(verbalizers)))
+    for batch in tqdm(batches_by_length([len(i) for i in inputs], batch_size), desc=desc, unit="batch"):
+        ids, mask = pad_batch([inputs[i] for i in batch], pad_id, device)
+        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        for c, verbalizer in enumerate(verbalizers):
+            decoder_ids = torch.tensor([[start] + verbalizer[:-1]] * len(batch), device=device)
+            logprobs = model(encoder_outputs=encoded, attention_mask=mask,
+                             decoder_input_ids=decoder_ids).logits.float().log_softmax(-1)
+            targets = torch.tensor(verbalizer, device=device)
+            out[batch, c] = logprobs[:, torch.arange(len(verbalizer)), targets].sum(-1).cpu().numpy()
+    return out
 
 
 class EncoderForward:

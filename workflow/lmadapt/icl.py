@@ -14,12 +14,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .forward import PrefixForward, batches_by_length, pad_batch
+from .forward import PrefixForward, batches_by_length, seq2seq_label_logprobs
 from .io import read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
 from .models import load_model, load_tokens
-from .prompt import (PromptError, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern,
-                     verbalizer_problems)
+from .prompt import PromptError, check_verbalizers, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
 from .sample import META_KEY
 from .settings import Settings
 
@@ -49,44 +48,14 @@ def label_logprobs(forward: PrefixForward, examples: list[list[int]], verbalizer
     return out
 
 
-@torch.no_grad()
-def seq2seq_label_logprobs(model, pad_id: int, inputs: list[list[int]], verbalizers: list[list[int]],
-                           batch_size: int, desc: str = "icl") -> np.ndarray:
-    """Encoder-decoder models (Flan-T5): each whole input (prompt and the tokenizer's closing </s>) goes to the
-    encoder, each verbalizer is scored as the decoder's continuation. The encoder attends both ways, so there is
-    no prefix cache: each batch is encoded once and its states reused for every label. `seq2seq` fine-tuning
-    predicts with this too."""
-    device = next(model.parameters()).device
-    start = model.config.decoder_start_token_id
-    out = np.zeros((len(inputs), len(verbalizers)))
-    for batch in tqdm(batches_by_length([len(i) for i in inputs], batch_size), desc=desc, unit="batch"):
-        ids, mask = pad_batch([inputs[i] for i in batch], pad_id, device)
-        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
-        for c, verbalizer in enumerate(verbalizers):
-            decoder_ids = torch.tensor([[start] + verbalizer[:-1]] * len(batch), device=device)
-            logprobs = model(encoder_outputs=encoded, attention_mask=mask,
-                             decoder_input_ids=decoder_ids).logits.float().log_softmax(-1)
-            targets = torch.tensor(verbalizer, device=device)
-            out[batch, c] = logprobs[:, torch.arange(len(verbalizer)), targets].sum(-1).cpu().numpy()
-    return out
-
-
-def check_verbalizers(model_dir: str, patterns: list, first_token: bool = False) -> None:
-    """Refuse, before the weights load, patterns whose labels this model's tokenizer cannot tell apart (the
-    preflight says so for every cell; a job run by hand says it here)."""
-    tokens = load_tokens(model_dir)
-    problems = [problem for pattern in patterns for problem in verbalizer_problems(tokens, pattern, first_token)]
-    if problems:
-        raise PromptError("; ".join(problems))
-
 def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict[str, str], out: str,
             settings: Settings, keys: dict) -> dict:
     """Every pattern of one (model, task, shots, seed) cell, on the test and out-of-domain samples.
     train_path: the seed's demonstration pool (none for 0 shots)."""
     cost = Cost()
     patterns = [task_pattern(task, name) for name in settings.patterns or list(task["prompt"]["patterns"])]
-    check_verbalizers(model_dir, patterns)
-    lm = load_model(model_dir, dtype=settings.dtype, head="auto")
+    tokens = check_verbalizers(load_tokens(model_dir), patterns)
+    lm = load_model(model_dir, dtype=settings.dtype, head="auto", tokens=tokens)
     shots, seed = keys["k"], keys["seed"]
     read = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
     if train_path:
@@ -154,8 +123,8 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
     from .io import write_parquet
 
     pattern = task_pattern(task, settings.pattern)
-    check_verbalizers(model_dir, [pattern])
-    lm = load_model(model_dir, dtype=settings.dtype)
+    tokens = check_verbalizers(load_tokens(model_dir), [pattern])
+    lm = load_model(model_dir, dtype=settings.dtype, tokens=tokens)
     rows, sample_meta = read_table(train_path, META_KEY)
     pool = read_table(demos_path, META_KEY)[0] if demos_path else rows.iloc[:0]
     demos, _, counts = teacher_demonstrations(lm, pattern, rows, pool, len(task["labels"]), settings.shots, seed)

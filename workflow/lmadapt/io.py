@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UnreadableFile
+from .layout import producing_rule
 
 
 @contextmanager
@@ -62,16 +63,7 @@ def activation_column(pooling: str, layer: int) -> str:
     return f"{pooling}_{layer}"
 
 
-# Which rule makes the files under a folder, for the message that tells the user what will remake it.
 PARQUET_MAGIC = b"PAR1"
-
-
-def producing_rule(path: str | Path) -> str | None:
-    """The rule whose output a path is (stages.producers), named when the file is unreadable."""
-    from .stages import producers  # the registry (and the CLI it imports) sits above io
-
-    text = Path(path).as_posix()
-    return next((rule for folder, rule in producers().items() if f"{folder}/" in text), None)
 
 
 def _unreadable(path: Path, reason: str) -> UnreadableFile:

@@ -1,6 +1,7 @@
 """Where every artifact lives: the one home of the workflow's path patterns (rules take their `output:`, `log:` and
-`benchmark:` from here; targets, the preflight and `io`'s producers format the same patterns) and of the sample
-name (`train_k8_seed1`, `demos_seed1`, `test`, `instructions`, `ood_hans`), which `SampleName` parses and writes.
+`benchmark:` from here; targets and the preflight format the same patterns; `producing_rule` names the rule that
+remakes an unreadable intermediate) and of the sample name (`train_k8_seed1`, `demos_seed1`, `test`,
+`instructions`, `ood_hans`), which `SampleName` parses and writes.
 
 A pattern's {fields} are the rule's wildcards; a job's log and benchmark follow its cell:
 results/logs/<rule>/<cell>.log and results/benchmarks/<rule>/<cell>.tsv (a rule with one job: results/logs/<rule>.log
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # fetched and prepared resources (login node; never replaced)
 DATASET = "resources/data/{task}/{role}.parquet"
@@ -23,6 +25,7 @@ TRAIN_SAMPLE = SAMPLE.replace("{sample}", "train_k{k}_seed{seed}")  # a rule's i
 ACTIVATIONS = "results/activations/{model}/{task}/{prompt}/{sample}.parquet"
 TEACHER = "results/teacher/{model}/{task}/k{k}_seed{seed}.parquet"
 METRICS_DIR = "results/metrics"
+# a grid stage's cells (stages.py): results/metrics/<stage>/..., so that the folder names the rule that writes it
 METRICS = {
     "probe": "results/metrics/probe/{model}/{task}/{prompt}/k{k}_seed{seed}.json",
     "bow": "results/metrics/bow/{task}/k{k}_seed{seed}.json",
@@ -54,6 +57,19 @@ CELLS = {
     "instruct": "{model}", "classifier": "{model}", "ppo": "{model}",
     "preflight": "", "aggregate": "", "derived_summary": "", "runtimes": "", "resolved_config": "",
 }
+
+
+def producing_rule(path) -> str | None:
+    """The rule whose output an intermediate is, named when the file is unreadable: a sample's, an activation's,
+    a teacher's, or a grid stage's metrics file (results/metrics/<stage>/..., written by the stage's rule)."""
+    text = Path(path).as_posix()
+    for folder, rule in ((SAMPLES, "sample"), (folder_and_glob(ACTIVATIONS)[0], "extract"),
+                         (folder_and_glob(TEACHER)[0], "teacher")):
+        if f"{folder}/" in text:
+            return rule
+    stage = re.search(rf"(?:^|/){METRICS_DIR}/(\w+)/", text)
+    return stage.group(1) if stage else None
+
 
 def folder_and_glob(pattern: str) -> tuple[str, str]:
     """The folder of a pattern's files and the glob of every file it names below it (fields as *):

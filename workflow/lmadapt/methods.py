@@ -1,9 +1,10 @@
 """The registry of fine-tuning methods and model kinds. A method is one `Method` entry: the head that scores the
-classes (the model it loads, its loss, its prediction), whether LoRA adapters train instead of every weight and
-whether it learns a prompted teacher's distribution, the model kinds it runs on, the settings it computes with
-and its cost (parameters trained, FLOPs per token, optimizer-state bytes). `finetune` trains with it, the
-preflight costs it, the config checks and the schema read it, the rules constrain `{method}` to it. Torch is
-imported only where a head computes, so the rules and the checks read the registry without it.
+classes (the model head it loads and builds on, its loss, its prediction), whether LoRA adapters train instead of
+every weight and whether it learns a prompted teacher's distribution, the model kinds it runs on, the settings it
+computes with and its cost (parameters trained, FLOPs per token, optimizer-state bytes). `finetune` trains with
+it, the preflight costs it, the config checks and the schema read it, the rules constrain `{method}` to it. Torch is
+imported only where a head computes, so the rules and the checks read the registry without it; the heads compute
+through forward.py alone, so that the registry sits below everything that reads it.
 """
 from __future__ import annotations
 
@@ -26,12 +27,10 @@ class ClassifierHead:
     peft_task = "SEQ_CLS"  # peft's task type for LoRA adapters on it
     verbalizer: str | None = None  # which verbalizer tokens it scores (None, "first", "whole"): checked before a job
 
-    def load(self, model_dir: str, n_labels: int, overrides: dict):
-        import torch
-
-        from .models import load_model
-        return load_model(model_dir, dtype="float32", head=self.loads, num_labels=n_labels, overrides=overrides,
-                          device=torch.device("cpu"))
+    def build(self, model, n_labels: int):
+        """The model this head trains, from the one models.load_model gave for `loads` (a new head may add its
+        own layers here)."""
+        return model
 
     def logits(self, model, ids, mask, verbalizers: list[list[int]]):
         """[B, C] class scores of a padded batch."""
@@ -100,7 +99,7 @@ class Seq2SeqHead(ClassifierHead):
         return model(input_ids=ids, attention_mask=mask, labels=self.targets(verbalizers, gold, ids.device)).loss
 
     def predict(self, model, inputs, pad_id, verbalizers, batch_size, desc):
-        from .icl import seq2seq_label_logprobs
+        from .forward import seq2seq_label_logprobs
         return seq2seq_label_logprobs(model, pad_id, inputs, verbalizers, batch_size, desc).argmax(1)
 
 
@@ -215,3 +214,8 @@ def folder_kind(folder: str | Path) -> str | None:
 
 def with_article(kind: str) -> str:
     return f"{'an' if kind.startswith('e') else 'a'} {kind}"
+
+
+def kind_refusal(what: str, runs_on: tuple[str, ...], model: str, kind: str) -> str:
+    """Why a model cannot run a stage or method (what), in the words of the config check and of the job."""
+    return f"{what} runs on {' and '.join(runs_on)} models; {model} is {with_article(kind)} model"

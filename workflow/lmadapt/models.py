@@ -244,10 +244,12 @@ def model_record(folder: str | Path) -> dict:
 
 
 def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", num_labels: int | None = None,
-               device: torch.device | None = None, overrides: dict | None = None) -> LoadedModel:
+               device: torch.device | None = None, overrides: dict | None = None,
+               tokens: PromptTokens | None = None) -> LoadedModel:
     """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', 'classification' (new head), 'base' (no
     head), or 'auto' (seq2seq for encoder-decoder models such as Flan-T5, base for encoders, else causal).
-    overrides: config values to change where the model has them (e.g. dropout, attention_dropout)."""
+    overrides: config values to change where the model has them (e.g. dropout, attention_dropout).
+    tokens: the folder's load_tokens, where a check before the weights already read them."""
     from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
@@ -258,7 +260,7 @@ def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", nu
         head = {ENCODER_DECODER: "seq2seq", ENCODER: "base"}.get(
             model_kind(AutoConfig.from_pretrained(folder).to_dict()), "causal")
     info = model_record(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = tokens.tokenizer if tokens is not None else AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "base": AutoModel,

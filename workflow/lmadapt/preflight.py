@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from .plan import Plan, to_markdown
 from .prompt import (PREFIX_SHARE, classifier_inputs, encode_prompt, fit_demonstrations, needed_after_prefix,
                      prefix_demonstrations, task_pattern, verbalizer_problems)
 from .resources import unpinned_sources
-from .sample import META_KEY, normalised_texts
+from .sample import META_KEY, normalised_texts, overlap_message
 from .settings import section_settings
 from .stages import STAGES, grid
 
@@ -71,8 +72,8 @@ def overlap_check(config: dict, samples: Path, read) -> tuple[list[str], list[di
             for path, evaluated in texts.items():
                 shared = sum(text in evaluated for text in own)
                 if shared:
-                    problems.append(f"tasks.{task_name}: {shared} row(s) of {training} share their text with "
-                                    f"{path}; set tasks.{task_name}.overlap: drop to leave such rows out of training")
+                    problems.append(overlap_message(task_name, shared, training, SampleName.parse(path.stem).role,
+                                                    path))
             for name, n in read_metadata(training, META_KEY).get("dropped_overlap", {}).items():
                 notes.append(dict(stage="sample", model="-", task=task_name, sample=training.stem,
                                   what=f"{n} training row(s) left out: they share their text with the {name} sample "
@@ -369,9 +370,9 @@ def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str
     problems, notes = overlap_check(config, samples, measuring.read)
     plan.errors += problems
     plan.cells += notes
-    for stage in STAGES.values():  # each grid stage's check and cost of its cells
+    for stage in STAGES.values():  # each grid stage's check and cost of its cells, as its entry names it
         if stage.plan:
-            stage.plan(measuring, cells)
+            pkgutil.resolve_name(stage.plan)(measuring, cells)
     plan_instruct(measuring, models.parent / "corpora")
     for source in unpinned_sources(config, models.parent):
         got = f"its fetch got {source['commit']}: pin it" if source["commit"] else "fetch it and pin the commit"

@@ -81,6 +81,16 @@ def verbalizer_problems(tokens, pattern: Pattern, first_token: bool) -> list[str
                  f"{list(key)}: the scorer cannot tell them apart" for key, labels in same.items() if len(labels) > 1]
     return problems
 
+
+def check_verbalizers(tokens, patterns: list[Pattern], first_token: bool = False):
+    """Refuse, before the weights load, patterns whose labels this tokenizer cannot tell apart (the preflight says
+    so for every cell; a job run by hand says it here). Returns the tokens, for models.load_model to reuse."""
+    problems = [problem for pattern in patterns for problem in verbalizer_problems(tokens, pattern, first_token)]
+    if problems:
+        raise PromptError("; ".join(problems))
+    return tokens
+
+
 def choose_demonstrations(train: pd.DataFrame, n_labels: int, m: int, seed: int) -> pd.DataFrame:
     """m demonstrations from a training sample: balanced across classes (the remainder to classes drawn at
     random), shuffled, seeded."""

@@ -51,6 +51,8 @@ def normalised_texts(rows: pd.DataFrame, fields: list[str]) -> np.ndarray:
 
 
 def overlap_message(task_name: str, n: int, train_path, name: str, path) -> str:
+    """The one wording of a leak between training and evaluation texts: the sample job's refusal, the workflow's
+    start check (overlap_problems) and the preflight's check of the samples (name: the evaluation split)."""
     return (f"tasks.{task_name}: {n} training row(s) of {train_path} share their text with the {name} sample of "
             f"{path}; a test text in training leaks the answer. Remove them, or set tasks.{task_name}.overlap: drop "
             f"to leave them out of training")

@@ -1,23 +1,22 @@
 """The registry of the grid's stages: the stages whose cells make the grid, each writing one metrics file per
-cell that the tables read. An entry declares the stage's config section, the model kinds it runs on, its cells
-for a config, its metrics file, its CLI verb, its Slurm group and the preflight's check of its cells. The grid,
-the aggregate's inputs (the workflow's targets), `io`'s producers, the preflight, the kind checks and the CLI
-iterate it. A new stage is one entry here, one rule (workflow/rules/) and its function, and a test
-(tests/test_stages.py shows one).
+cell that the tables read. An entry declares what a stage is: its config section, the model kinds it runs on, its
+cells for a config, its metrics file (results/metrics/<stage>/..., layout.METRICS), its Slurm group, and by name
+(`module:attribute`, as Python's entry points name a function) the CLI verb its rule runs and the preflight's check
+of its cells. The registry imports neither: the CLI and the preflight sit above it and look them up. The grid, the
+workflow's targets (jobs.py), the config checks (checks.py), the preflight and the CLI iterate it. A new stage is
+one entry here, one rule (workflow/rules/) and its function, and a test (tests/test_stages.py shows one).
 
 The rules that feed the stages (sample, extract, teacher) and the derived models' rules (instruct, ppo,
-classifier: grid.DERIVE_KINDS) are not grid stages. Torch-free: the rules read it as they load."""
+classifier: config.DERIVE_KINDS) are not grid stages. Torch-free: the rules read it as they load."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import layout
-from .cli import (EVAL, MODEL_TASK, OUT, TRAIN, TRAINING, Verb, arg, cmd_bow, cmd_finetune, cmd_icl, cmd_probe,
-                  json_value, keys_arg, settings_arg)
 from .config import DERIVE_KINDS, stage_config
 from .grid import derived_models, stage_models, stage_names
-from .methods import DECODER, ENCODER, ENCODER_DECODER, METHODS, with_article
+from .methods import DECODER, ENCODER, ENCODER_DECODER, METHODS
 
 
 @dataclass(frozen=True)
@@ -27,9 +26,9 @@ class Stage:
     kinds: tuple[str, ...] | None  # the model kinds it runs on (None: no model, or each method's, methods.py)
     cells: Callable[[dict], list[dict]]  # its cells for a checked config (a cell: the rule's wildcards)
     metrics: str  # the metrics file of a cell (layout's pattern; the rule's output)
-    verb: Verb  # `lmadapt <verb>`: what the rule runs
+    verb: str  # the Verb its rule runs (`lmadapt <verb.name>`), as module:attribute (the CLI's PROBE_VERB, ...)
     group: str | None  # the Slurm group its jobs are submitted in (slurm/config.yaml's groups)
-    plan: Callable | None = None  # plan(measuring, grid): the preflight's check and cost of its cells
+    plan: str | None = None  # plan(measuring, grid): the preflight's check and cost of its cells, as module:function
 
 
 def train_cells(config: dict, task: str) -> list[tuple]:
@@ -76,42 +75,14 @@ def finetune_cells(config: dict) -> list[dict]:
         if not finetune["k"] or k in finetune["k"]])
 
 
-def preflight(name: str) -> Callable:
-    """A preflight check of lmadapt/preflight.py, imported when it runs (it reads tokenizers and model shapes)."""
-    def plan(measuring, cells):
-        from . import preflight as module
-        return getattr(module, name)(measuring, cells)
-    return plan
-
-
 STAGES = {
     "probe": Stage("probe", "extract", (DECODER, ENCODER_DECODER, ENCODER), probe_cells, layout.METRICS["probe"],
-                   Verb("probe", cmd_probe, "probes on activations of every layer and pooling", (
-                       arg("--train", required=True, help="training activations"), EVAL,
-                       arg("--eval-sample", nargs="+", required=True, metavar="SPLIT=PATH",
-                           help="the evaluation samples (for per-heuristic scores)"),
-                       settings_arg("probe"), keys_arg(), OUT)),
-                   "cpu", preflight("plan_extract")),
-    "bow": Stage("bow", "bow", None, bow_cells, layout.METRICS["bow"],
-                 Verb("bow", cmd_bow, "bag-of-words baseline on the samples' text", (
-                     arg("--train", required=True, help="the training sample"), EVAL, settings_arg("bow"),
-                     keys_arg(), OUT)),
-                 "cpu"),
-    "icl": Stage("icl", "icl", (DECODER, ENCODER_DECODER), icl_cells, layout.METRICS["icl"],
-                 Verb("icl", cmd_icl, "in-context learning with k demonstrations, every pattern of the task", (
-                     *MODEL_TASK, arg("--train", help="the seed's demonstration pool (not needed for 0 shots)"),
-                     EVAL, settings_arg("icl"), keys_arg("task, model, k (shots), seed"), OUT)),
-                 "gpu_{model}", preflight("plan_icl")),
+                   "lmadapt.cli:PROBE_VERB", "cpu", "lmadapt.preflight:plan_extract"),
+    "bow": Stage("bow", "bow", None, bow_cells, layout.METRICS["bow"], "lmadapt.cli:BOW_VERB", "cpu"),
+    "icl": Stage("icl", "icl", (DECODER, ENCODER_DECODER), icl_cells, layout.METRICS["icl"], "lmadapt.cli:ICL_VERB",
+                 "gpu_{model}", "lmadapt.preflight:plan_icl"),
     "finetune": Stage("finetune", "finetune", None, finetune_cells, layout.METRICS["finetune"],
-                      Verb("finetune", cmd_finetune, "DeepSpeed fine-tuning of one method on one training sample, "
-                           "then evaluation", (
-                               *MODEL_TASK, TRAIN, EVAL,
-                               arg("--teacher", help="teacher label distributions (method distill)"),
-                               settings_arg("finetune"),
-                               arg("--run-settings", type=json_value, default={}, help="checkpoint_every, "
-                                   "keep_checkpoint, as JSON (how it runs; never part of a checkpoint's hash)"),
-                               *TRAINING, keys_arg("task, model, method, k, seed"), OUT)),
-                      "finetune_{model}", preflight("plan_finetune")),
+                      "lmadapt.cli:FINETUNE_VERB", "finetune_{model}", "lmadapt.preflight:plan_finetune"),
 }
 
 
@@ -125,39 +96,5 @@ def grid(config: dict) -> dict[str, list[dict]]:
     return out
 
 
-def producers() -> dict[str, str]:
-    """The folders of intermediates a job reads, and the rule that makes them (named when one is unreadable)."""
-    return {layout.SAMPLES: "sample", layout.folder_and_glob(layout.ACTIVATIONS)[0]: "extract",
-            layout.folder_and_glob(layout.TEACHER)[0]: "teacher",
-            **{layout.folder_and_glob(stage.metrics)[0]: name for name, stage in STAGES.items()}}
-
-
 # The model kinds a derived model's rule runs on (its base's kind); extract's are the probes'.
 RULE_KINDS = {"instruct": (DECODER,), "ppo": (DECODER, ENCODER_DECODER), "classifier": METHODS["head"].kinds}
-
-
-def stage_key(section: str, model: str) -> str:
-    """The config key that sends a model to a stage (finetune: the key listing its methods)."""
-    return "finetune.methods" if section == "finetune" else f"{section}.models"
-
-
-def kind_problems(cells: dict[str, list[dict]], kinds: dict[str, str], key_of=stage_key) -> list[str]:
-    """Cells a model cannot run, one line per (stage or method, model), naming the config key that asks for it.
-    cells: the grid by stage; kinds: model name -> kind, for the models whose config.json is at hand;
-    key_of(section, model): the config key that asks for a model's cells of a stage."""
-    problems = {}
-    for name, stage_cells in cells.items():
-        stage = STAGES.get(name)
-        section, runs_on = (stage.section, stage.kinds) if stage else (name, RULE_KINDS.get(name))
-        for cell in stage_cells:
-            kind = kinds.get(cell.get("model"))
-            if "method" in cell:
-                runs_on, what = METHODS[cell["method"]].kinds, f"method {cell['method']}"
-            else:
-                what = section
-            if kind is None or runs_on is None or kind in runs_on:
-                continue
-            key = key_of(section, cell["model"])
-            problems[key, what, cell["model"]] = (f"{key}: {what} runs on {' and '.join(runs_on)} models; "
-                                                  f"{cell['model']} is {with_article(kind)} model")
-    return list(problems.values())
