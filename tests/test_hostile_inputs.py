@@ -86,6 +86,17 @@ CONFIG_CASES = [
     ("a model deriving from itself", setting("models", {"a": {"base": "b", "derive": "instruct"},
                                                          "b": {"base": "a", "derive": "instruct"}}),
      r"models\.[ab]\.base: (a -> b -> a|b -> a -> b) derive from each other"),
+    ("the gold label as a prompt field", lambda c: c["tasks"]["rte"].update(fields=["premise", "label"]),
+     r"tasks\.rte\.fields: 'label' is the gold label, not an input; a prompt showing it would carry the answer"),
+    ("a field read from the label's column",
+     lambda c: c["tasks"]["rte"]["data"]["test"].update(columns={"hypothesis": "label"}),
+     r"tasks\.rte\.data\.test\.columns\.hypothesis: 'label' is also the label's column; a prompt showing it would "
+     r"carry the answer"),
+    ("a verbalizer of only whitespace", lambda c: pattern(c)["verbalizer"].update(not_entailment="   "),
+     r"tasks\.rte\.prompt\.patterns\.gpt3\.verbalizer\.not_entailment: '   ' is only whitespace; every label needs "
+     r"a word a reader can see"),
+    ("a test sample of no rows", lambda c: c["tasks"]["rte"].update(n_test=0),
+     r"tasks\.rte\.n_test: 0 is not valid; give an integer >= 1, or 'all'$"),
 ]
 
 
@@ -118,6 +129,16 @@ DATA_CASES = [
      r"^line 2 of .*pairs\.tsv: 4 fields, the header has 3 \(a tab inside a text\?\)$"),
     ("a tab inside a later TSV text", "pairs.tsv",
      b"premise\thypothesis\tlabel\nx\ty\tentailment\na\tb\tc\tentailment\n", {}, r"pairs\.tsv.*line 3, saw 4"),
+    ("a header naming a column twice", "pairs.csv", b"premise,hypothesis,label,premise\na,b,entailment,c\n", {},
+     r"^.*pairs\.csv: the header names a column twice \('premise' is column 1 and 4\); rename one, or the first "
+     r"would be read and the other silently ignored$"),
+    ("a bare carriage return inside an unquoted text", "pairs.csv",
+     b"premise,hypothesis,label\na,b,entailment\nbroken\rtext,c,not_entailment\n", {},
+     r"^line 3 of .*pairs\.csv: 1 field, the header has 3 \(a stray line break split the row: a bare carriage "
+     r"return, or a newline inside an unquoted text\?\)$"),
+    ("a JSON array of lists, not of objects", "pairs.json", b'[["a", "b", "entailment"]]', {},
+     r"^.*pairs\.json: a JSON array whose item 1 is not an object; give one object per row, as JSON Lines \(one per "
+     r"line\) or one array of objects$"),
 ]
 
 
@@ -128,6 +149,50 @@ def test_a_data_file_mistake_names_the_file_and_line(tmp_path, name, content, so
     path.write_bytes(content)
     with pytest.raises(DataError, match=message):
         read_split(source, path, *NLI)
+
+
+def test_a_json_file_holding_one_array_of_records_is_read_as_its_rows(tmp_path):
+    rows = [{"premise": "a", "hypothesis": "b", "label": "entailment"},
+            {"premise": "c", "hypothesis": "d", "label": "not_entailment"}]
+    (tmp_path / "pairs.json").write_text(json.dumps(rows, indent=2))
+    split = read_split({}, tmp_path / "pairs.json", *NLI)
+    assert split.rows[["premise", "hypothesis", "label"]].to_dict("records") == [
+        {"premise": "a", "hypothesis": "b", "label": 0}, {"premise": "c", "hypothesis": "d", "label": 1}]
+    (tmp_path / "pairs.json").write_text(json.dumps(rows[:1] + [dict(rows[1], label="neutral")]))
+    with pytest.raises(DataError, match=r"^record 2 of .*pairs\.json: .*'neutral'"):
+        read_split({}, tmp_path / "pairs.json", *NLI)
+
+
+def test_every_alternative_of_the_schema_is_said_as_a_person_would_act_on_it():
+    """Every oneOf/anyOf of the schema: a value that fits none of its alternatives is told what they are."""
+    from lmadapt.config import load_schema
+
+    def alternatives(node, path=""):
+        if isinstance(node, dict):
+            found = [path + "/" + key for key in ("oneOf", "anyOf") if key in node]
+            return found + [f for key, value in node.items() for f in alternatives(value, f"{path}/{key}")]
+        return [f for i, value in enumerate(node) for f in alternatives(value, f"{path}[{i}]")] \
+            if isinstance(node, list) else []
+
+    assert sorted(alternatives(load_schema())) == sorted([  # each one below; a new one needs its case here
+        "/$defs/source/oneOf", "/$defs/source/oneOf[1]/not/anyOf", "/$defs/task/properties/n_test/oneOf",
+        "/$defs/model/properties/extract/properties/layers/oneOf", "/properties/extract/properties/layers/oneOf"])
+    said = {"extract.layers: 5 is not valid; give 'all', or a list of at least 1 integer(s), each once":
+            setting("extract.layers", 5),
+            "models.opt.extract.layers: [] is not valid; give 'all', or a list of at least 1 integer(s), each once":
+            setting("models.opt.extract", {"layers": []}),
+            "tasks.rte.n_test: 'half' is not valid; give an integer >= 1, or 'all'":
+            lambda c: c["tasks"]["rte"].update(n_test="half"),
+            "tasks.rte.data.train: give `path` (a local file, inside `package` where set) without `hub`, or `hub` (a "
+            "hub dataset) without `path` or `package`": lambda c: c["tasks"]["rte"]["data"]["train"].update(hub="x"),
+            "tasks.rte.ood.hans: give `path` (a local file, inside `package` where set) without `hub`, or `hub` (a hub "
+            "dataset) without `path` or `package`": lambda c: c["tasks"]["rte"]["ood"]["hans"].pop("path")}
+    for message, change in said.items():
+        config = base()
+        change(config)
+        with pytest.raises(ConfigError) as refused:
+            check_config(config)
+        assert str(refused.value).splitlines()[1:] == [f"  {message}"]
 
 
 def leaky_task(tmp_path, overlap=None):
@@ -164,7 +229,7 @@ def test_the_workflow_refuses_the_leak_as_it_loads_before_any_job(tmp_path):
     assert proc.returncode != 0 and not (tmp_path / "results").exists()
     assert (f"tasks.rte: 4 training row(s) of {FIXTURES / 'glue_rte/train.tsv'} share their text with the test sample "
             f"of {tmp_path / 'dev.tsv'}; a test text in training leaks the answer.") in proc.stdout + proc.stderr
-    assert list((tmp_path / ".snakemake/lmadapt").glob("overlap-*.json"))  # the next plan reads no data
+    assert list((tmp_path / ".snakemake/lmadapt").glob("sources-*.json"))  # the next plan reads no data
 
 
 def test_overlap_drop_leaves_the_shared_rows_out_of_training_and_counts_them(tmp_path):
@@ -245,6 +310,35 @@ def test_verbalizers_a_tokenizer_cannot_tell_apart_are_refused_before_the_weight
                 {"task": "rte", "model": "tiny", "k": 0, "seed": 1})
 
 
+def test_files_a_sample_job_would_refuse_are_named_as_the_workflow_loads_and_by_validate_config(tmp_path):
+    """The files at hand are read as the workflow loads: a test file with a label the task does not declare and a
+    training file whose header names a column twice stop it before any job, with validate-config's lines."""
+    import subprocess
+
+    from conftest import BIN, clean_env, fixture_config, run_snakemake, write_config
+
+    dev = pd.read_csv(FIXTURES / "glue_rte/dev.tsv", sep="\t")
+    dev.loc[3, "label"] = "neutral"
+    dev.to_csv(tmp_path / "dev.tsv", sep="\t", index=False)
+    (tmp_path / "tweets.csv").write_text("text,label,text\nsunny again,2,x\nrain,0,y\n")
+    config = fixture_config()
+    config["tasks"]["rte"]["data"]["test"]["path"] = str(tmp_path / "dev.tsv")
+    config["tasks"]["tweets"]["data"]["train"] = {"path": str(tmp_path / "tweets.csv")}
+    path = write_config(tmp_path / "config.yaml", config)
+    lines = [f"  tasks.rte.data.test: line 5 of {tmp_path / 'dev.tsv'} (id 3): column 'label': label 'neutral' is "
+             f"not one of",
+             f"  tasks.tweets.data.train: {tmp_path / 'tweets.csv'}: the header names a column twice ('text' is "
+             f"column 1 and 3); rename one, or the first would be read and the other silently ignored"]
+    validate = subprocess.run([str(BIN / "lmadapt"), "validate-config", str(path), "--directory", str(tmp_path)],
+                              capture_output=True, text=True, env=clean_env())
+    said = validate.stderr.splitlines()
+    assert validate.returncode == 2 and said[0] == f"lmadapt validate-config: error: {path}: invalid configuration:"
+    assert len(said) == 3 and said[1].startswith(lines[0]) and said[2] == lines[1], said
+    workflow = run_snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    assert workflow.returncode != 0 and not (tmp_path / "results").exists()
+    assert said[1] in workflow.stdout + workflow.stderr and said[2] in workflow.stdout + workflow.stderr
+
+
 def test_validate_config_says_what_the_workflow_would_say_as_it_loads(tmp_path, tiny_opt):
     import subprocess
 
@@ -261,3 +355,56 @@ def test_validate_config_says_what_the_workflow_would_say_as_it_loads(tmp_path, 
         f"lmadapt validate-config: error: {path}: invalid configuration:",
         "  extract.layers: layer 99 is out of range for model tiny, which has 3 layers (0..3, or -1..-4)",
         f"  tasks.rte.data.test: {tmp_path / 'dev.tsv'}: no data rows (only a header line)"]
+
+
+def test_one_overlong_example_is_left_out_and_counted_the_rest_scored_as_the_preflight_predicts(short_context,
+                                                                                                  tmp_path):
+    """Six test examples, one far longer than the tiny model's 256-token context: under fit skip_examples the five
+    that fit are scored (as a sample of those five alone would be), the sixth is counted with its id, the table
+    marks the cell, and the preflight predicted the count (check-skips compares them)."""
+    from lmadapt.aggregate import build_table, load_records
+    from lmadapt.icl import run_icl
+    from lmadapt.plan import skipped_cells
+    from lmadapt.preflight import run_preflight
+
+    dev = pd.read_csv(FIXTURES / "glue_rte/dev.tsv", sep="\t").iloc[:6].copy()
+    dev.loc[2, "sentence1"] = " ".join(["word"] * 3000)
+    dev.to_csv(tmp_path / "dev.tsv", sep="\t", index=False)
+    dev.drop(index=2).to_csv(tmp_path / "five.tsv", sep="\t", index=False)
+    spec = rte_task(k=[2], n_test=6, prompt={"patterns": PATTERNS}, demonstrations=3, ood={})
+    spec["data"]["test"]["path"] = str(tmp_path / "dev.tsv")
+    models = short_context / "models"
+    config = check_config({"seeds": [1], "tasks": {"rte": spec}, "models": {"tiny": {"id": str(models / "tiny"),
+                                                                                      "gpus": 0}},
+                           "extract": {"shots": 2}, "finetune": {"methods": ["head"]},
+                           "icl": {"shots": [0], "patterns": ["gpt3"], "fit": "skip_examples"}})
+    task, samples = config["tasks"]["rte"], tmp_path / "samples/rte"
+    inputs = {"train": str(FIXTURES / "glue_rte/train.tsv"), "test": str(tmp_path / "dev.tsv")}
+    for name, split, kwargs in (("train_k2_seed1", "train", {"k": 2, "seed": 1}), ("demos_seed1", "demos", {"seed": 1}),
+                                ("test", "test", {})):
+        run_sample("rte", task, inputs, split, samples / f"{name}.parquet", **kwargs)
+    run_sample("rte", dict(task, n_test="all"), dict(inputs, test=str(tmp_path / "five.tsv")), "test",
+               tmp_path / "five.parquet")
+    plan = run_preflight(config, tmp_path / "samples", models, tmp_path / "plan.json", tmp_path / "plan.md")
+
+    def icl(test: str, fit: str) -> list[dict]:
+        settings = section_settings("icl", dict(config["icl"], fit=fit, dtype="float32"))
+        run_icl(str(models / "tiny"), task, None, {"test": test}, str(tmp_path / f"{fit}.json"), settings,
+                {"task": "rte", "model": "tiny", "k": 0, "seed": 1})
+        return json.loads((tmp_path / f"{fit}.json").read_text())["records"]
+
+    [left_out] = icl(str(samples / "test.parquet"), "skip_examples")
+    long_id = str(dev.loc[2, "index"])
+    assert left_out["n"] == 5 and left_out["skipped_examples"] == 1 and left_out["skipped"] is None
+    assert left_out["details"]["skipped_example_ids"] == [long_id]
+    [five] = icl(str(tmp_path / "five.parquet"), "skip")
+    assert (five["n"], five["accuracy"], five["confusion"]) == (5, left_out["accuracy"], left_out["confusion"])
+    [skipped] = icl(str(samples / "test.parquet"), "skip")  # the default: the whole cell, as before
+    assert skipped["n"] == 0 and skipped["skipped"]["reason"] == "prompt does not fit the context"
+
+    tidy = load_records([str(tmp_path / "skip_examples.json")])
+    predicted, recorded = skipped_cells(plan, tidy)
+    assert predicted == recorded == {("tiny", "rte", "gpt3", 0, 1, "left out", 1)}
+    text, _ = build_table(tidy, {"methods": ["icl"], "rows": ["model"], "columns": ["split"], "splits": [],
+                                 "groups": False}, "accuracy")
+    assert text.loc["tiny", "test"].endswith("(1)‡")

@@ -2,7 +2,8 @@
 
 One row per cell x evaluation split (and per group, e.g. HANS heuristic), with cost and provenance columns.
 Tables show mean ± std over seeds with the number of seeds, the best value of each column in bold, the
-majority-class baseline as its own row, skipped cells with their reason and degenerate cells marked.
+majority-class baseline as its own row, skipped cells with their reason, degenerate cells marked, and cells
+some of whose evaluation examples were left out for their length marked.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .io import UnreadableFile, atomic_path, read_json, write_text
 
 ROW_KEYS = ["task", "model", "method", "pooling", "layer", "prompt", "k", "examples", "seed", "split", "group"]
 DEGENERATE_MARK = "†"
+LEFT_OUT_MARK = "‡"  # some evaluation examples did not fit the context and were left out (icl.fit: skip_examples)
 # Column names with their unit: ICL, probes and fine-tuning compare in labeled examples used in total.
 KEY_LABELS = {"k": "k (per class)", "examples": "labeled examples"}
 
@@ -34,7 +36,7 @@ def load_records(paths: list[str]) -> pd.DataFrame:
             prov, cost = r.get("provenance", {}), r.get("cost", {})
             base.update(group=None, n=r["n"], accuracy=r["accuracy"], macro_f1=r["macro_f1"],
                         majority_baseline=r.get("majority_baseline"), degenerate=r["degenerate"],
-                        skipped=(r["skipped"] or {}).get("reason"),
+                        skipped=(r["skipped"] or {}).get("reason"), skipped_examples=r.get("skipped_examples") or 0,
                         skipped_detail=json.dumps(r["skipped"]) if r["skipped"] else None,
                         predicted_distribution=json.dumps(r.get("predicted_distribution")),
                         wall_seconds=cost.get("wall_seconds"), device=cost.get("device"),
@@ -47,8 +49,9 @@ def load_records(paths: list[str]) -> pd.DataFrame:
                     rows.append(dict(base, group=f"{column}={name}", n=scores["n"], accuracy=scores["accuracy"],
                                      macro_f1=None, majority_baseline=None, degenerate=False))
     frame = pd.DataFrame(rows, columns=ROW_KEYS + ["n", "accuracy", "macro_f1", "majority_baseline", "degenerate",
-                                                   "skipped", "skipped_detail", "predicted_distribution",
-                                                   "wall_seconds", "device", "peak_rss_mb", "config_hash",
+                                                   "skipped", "skipped_examples", "skipped_detail",
+                                                   "predicted_distribution", "wall_seconds", "device", "peak_rss_mb",
+                                                   "config_hash",
                                                    "code_version", "model_revision", "data_fingerprint", "source"])
     for column in ("layer", "k", "examples", "seed"):
         frame[column] = frame[column].astype("Int64")
@@ -69,15 +72,17 @@ def summarize(frame: pd.DataFrame, rows: list[str], columns: list[str], metric: 
     keys = rows + columns
     grouped = _filled(frame, keys).groupby(keys, dropna=False)
     out = grouped.agg(mean=(metric, "mean"), std=(metric, "std"), seeds=(metric, "count"),
-                      degenerate=("degenerate", "sum"), skipped=("skipped", lambda s: next(iter(s.dropna()), None)))
+                      degenerate=("degenerate", "sum"), skipped=("skipped", lambda s: next(iter(s.dropna()), None)),
+                      left_out=("skipped_examples", "sum"))
     return out.reset_index()
 
 
-def cell_text(mean, std, seeds, degenerate, skipped) -> str:
+def cell_text(mean, std, seeds, degenerate, skipped, left_out) -> str:
     if seeds == 0:
         return f"skipped: {skipped}" if skipped else "–"
     std_text = f" ± {std * 100:.1f}" if seeds > 1 and not np.isnan(std) else ""
-    return f"{mean * 100:.1f}{std_text} ({seeds}){DEGENERATE_MARK if degenerate else ''}"
+    marks = (DEGENERATE_MARK if degenerate else "") + (LEFT_OUT_MARK if left_out else "")
+    return f"{mean * 100:.1f}{std_text} ({seeds}){marks}"
 
 
 def build_table(frame: pd.DataFrame, table: dict, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -88,7 +93,8 @@ def build_table(frame: pd.DataFrame, table: dict, metric: str) -> tuple[pd.DataF
     if part.empty:
         return pd.DataFrame(), pd.DataFrame()
     summary = summarize(part, table["rows"], table["columns"], metric)
-    summary["text"] = [cell_text(*v) for v in summary[["mean", "std", "seeds", "degenerate", "skipped"]].to_numpy()]
+    summary["text"] = [cell_text(*v) for v in summary[["mean", "std", "seeds", "degenerate", "skipped",
+                                                       "left_out"]].to_numpy()]
     for key in table["rows"] + table["columns"]:  # keys shown as text, a missing one (bow has no layer) as '–'
         summary[key] = summary[key].map(_label).astype(object)
     pivot = dict(index=table["rows"], columns=table["columns"], aggfunc="first", sort=False)
@@ -140,8 +146,8 @@ def to_markdown(text: pd.DataFrame, means: pd.DataFrame) -> str:
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", DEGENERATE_MARK: r"$^\dagger$", "–": "--", "—": "---", "≥": r"$\geq$",
-                  "≤": r"$\leq$", "×": r"$\times$", "→": r"$\rightarrow$", "−": "$-$"}
+                  "±": r"$\pm$", DEGENERATE_MARK: r"$^\dagger$", LEFT_OUT_MARK: r"$^\ddagger$", "–": "--",
+                  "—": "---", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "→": r"$\rightarrow$", "−": "$-$"}
 
 
 def latex_escape(text: str) -> str:
@@ -170,6 +176,9 @@ def write_tables(frame: pd.DataFrame, tables: dict, metric: str, out_dir: Path) 
             continue
         note = (f"{metric} in %, mean ± std over seeds (number of seeds); best per column in bold; "
                 f"{DEGENERATE_MARK} = one label predicted for ≥ 95% of the examples in some run.")
+        if text.map(lambda cell: LEFT_OUT_MARK in str(cell)).to_numpy().any():
+            note += (f" {LEFT_OUT_MARK} = some evaluation examples were longer than the context and left out "
+                     f"(icl.fit: skip_examples; counted in all.parquet's skipped_examples).")
         write_text(f"### {table['title']}\n\n{to_markdown(text, means)}\n\n{note}\n", out_dir / f"{name}.md")
         write_text(to_latex(text, means, f"{table['title']}. {note}"), out_dir / f"{name}.tex")
         with atomic_path(out_dir / f"{name}.csv") as tmp:

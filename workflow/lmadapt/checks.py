@@ -14,7 +14,7 @@ from pathlib import Path
 from . import layout
 from .config import (DERIVE_KINDS, INHERITED, MODEL_STAGES, ConfigError, check_schema, fingerprint, merge_settings,
                      read_yaml, setting_key, source_file_role, stage_config, task_sources)
-from .data import empty_sources, resolve_path
+from .data import read_split, resolve_path, source_columns
 from .errors import DataError
 from .grid import demonstration_needs, stage_models, stage_names
 from .io import write_text
@@ -27,41 +27,49 @@ from .sample import overlap_problems
 def start_problems(config: dict, root: str | Path = ".") -> list[str]:
     """For a checked config run in the working directory `root`: a prepared model or fetched dataset whose
     identity the config now changes (the fetch would replace it), layers a model does not have, a stage or method
-    a model's kind cannot run, a data file without rows, training rows that share a text with a test or
-    out-of-domain sample."""
+    a model's kind cannot run, a data file a sample job would refuse, training rows that share a text with a test
+    or out-of-domain sample."""
     models = Path(root) / layout.PREPARED_MODELS
     return (prepared_problems(config, root) + layer_problems(config, models) + model_kind_problems(config, models)
-            + empty_sources(config) + leak_problems(config, root))
+            + data_problems(config, root))
 
 
-def leak_problems(config: dict, root: str | Path = ".") -> list[str]:
-    """sample.overlap_problems of every task whose files are at hand (local files; hub datasets once fetched).
-    Reading a large dataset takes seconds, so the answer is kept in .snakemake/lmadapt/ by the files' size and
-    modification time and the task's settings: a plan of an unchanged grid reads no data."""
+def data_problems(config: dict, root: str | Path = ".") -> list[str]:
+    """Every task's source files at hand (local files; hub datasets once fetched), read as the sample jobs read
+    them: a file they would refuse (no rows, a column named twice, a row split by a stray line break, a label the
+    task does not declare, ...) by its config key, then sample.overlap_problems of the files that read. Reading a
+    large dataset takes seconds, so the answer is kept in .snakemake/lmadapt/ by the files' size and modification
+    time and the task's settings: a plan of an unchanged grid reads no data."""
     problems = []
     for task_name, task in sorted(config["tasks"].items()):
         paths = {}
         for key, source in task_sources(task).items():
-            role = source_file_role(key)
-            path = Path(root) / layout.DATASET.format(task=task_name, role=role) if source.get("hub") else \
-                resolve_path(source)
+            try:
+                path = Path(root) / layout.DATASET.format(task=task_name, role=source_file_role(key)) \
+                    if source.get("hub") else resolve_path(source)
+            except DataError as e:  # a package not installed
+                problems.append(f"tasks.{task_name}.{key}: {e}")
+                continue
             if path.exists():
-                paths[role.replace("ood_", "ood:", 1)] = path
-        if "train" not in paths:
-            continue
-        stats = {role: [str(path), path.stat().st_size, path.stat().st_mtime_ns] for role, path in paths.items()}
-        cache = Path(root) / ".snakemake/lmadapt" / f"overlap-{fingerprint([task, config['test_seed'], stats])}.json"
-        if cache.is_file():
-            problems += json.loads(cache.read_text())
-            continue
-        try:
-            found = overlap_problems(task_name, task, {role: str(path) for role, path in paths.items()},
-                                     config["test_seed"])
-        except DataError:  # a file that cannot be read: its own check and the sample job say why
-            continue
-        write_text(json.dumps(found), cache)
-        problems += found
+                paths[key] = path
+        stats = {key: [str(path), path.stat().st_size, path.stat().st_mtime_ns] for key, path in paths.items()}
+        cache = Path(root) / ".snakemake/lmadapt" / f"sources-{fingerprint([task, config['test_seed'], stats])}.json"
+        if not cache.is_file():
+            write_text(json.dumps(_read_problems(task_name, task, paths, config["test_seed"])), cache)
+        problems += json.loads(cache.read_text())
     return problems
+
+
+def _read_problems(task_name: str, task: dict, paths: dict[str, Path], test_seed: int) -> list[str]:
+    """A task's source files (config key -> path) read: what the sample jobs would refuse."""
+    problems, read = [], {}
+    for key, path in paths.items():
+        try:
+            read[key.removeprefix("data.").replace("ood.", "ood:", 1)] = read_split(
+                task_sources(task)[key], path, task["fields"], task["labels"])
+        except DataError as e:
+            problems.append(f"tasks.{task_name}.{key}: {e}")
+    return problems + overlap_problems(task_name, task, read, test_seed)
 
 
 def check_config(config: dict, origin: str = "config") -> dict:
@@ -174,7 +182,7 @@ def _check_cross_references(config: dict, origin: str) -> None:
         for name in names:
             if name not in config[kind]:
                 problems.append(f"{key}: {name!r} is not declared under {kind} (declared: {sorted(config[kind])})")
-    problems += _derived_problems(config) + _pattern_problems(config)
+    problems += _derived_problems(config) + _field_problems(config) + _pattern_problems(config)
     if problems:  # the checks below look the selected names up
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
     problems += _demonstration_problems(config) + _model_source_problems(config) + _batch_problems(config)
@@ -194,6 +202,29 @@ def _check_cross_references(config: dict, origin: str) -> None:
     problems = list(dict.fromkeys(problems))  # models sharing the section's settings share its problems
     if problems:
         raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
+
+
+# The columns every sample has beside the task's fields: a field of the same name would be the label (its id or
+# name: every prompt would carry the answer) or the row's id.
+SAMPLE_COLUMNS = {"label": "the gold label", "label_name": "the gold label's name", "id": "the row's id"}
+
+
+def _field_problems(config: dict) -> list[str]:
+    """A task's fields are the inputs its prompts show: never the label column (nor label_name or id), and in no
+    source the same column as the label."""
+    problems = []
+    for task_name, task in config["tasks"].items():
+        for field in task["fields"]:
+            if field in SAMPLE_COLUMNS:
+                problems.append(f"tasks.{task_name}.fields: {field!r} is {SAMPLE_COLUMNS[field]}, not an input; a "
+                                f"prompt showing it would carry the answer (fields are the texts a model reads)")
+        for key, source in task_sources(task).items():
+            text_columns, label_column, _, _ = source_columns(source, task["fields"])
+            for field, column in text_columns.items():
+                if column == label_column and field not in SAMPLE_COLUMNS:
+                    problems.append(f"tasks.{task_name}.{key}.columns.{field}: {column!r} is also the label's "
+                                    f"column; a prompt showing it would carry the answer")
+    return problems
 
 
 def _pattern_problems(config: dict) -> list[str]:
@@ -216,6 +247,8 @@ def _pattern_problems(config: dict) -> list[str]:
                 problems.append(f"{key}.template: uses none of the task's fields {task['fields']} (e.g. "
                                 f"{{{task['fields'][0]}}}): every example's prompt would be the same")
             verbalizer = pattern["verbalizer"]
+            problems += [f"{key}.verbalizer.{label}: {word!r} is only whitespace; every label needs a word a reader "
+                         f"can see" for label, word in verbalizer.items() if not word.strip()]
             missing = [label for label in task["labels"] if label not in verbalizer]
             extra = sorted(set(verbalizer) - set(task["labels"]))
             if missing or extra:

@@ -257,7 +257,8 @@ def cmd_check_skips(args) -> int:
     from .plan import skipped_cells
 
     predicted, recorded = skipped_cells(json.loads(Path(args.plan).read_text()), pd.read_parquet(args.tidy))
-    print(f"skipped cells: {len(predicted)} predicted by the preflight, {len(recorded)} recorded by the run")
+    print(f"skipped cells and cells with examples left out: {len(predicted)} predicted by the preflight, "
+          f"{len(recorded)} recorded by the run")
     for label, cells in (("predicted, not skipped", predicted - recorded),
                          ("skipped, not predicted", recorded - predicted)):
         for cell in sorted(cells, key=str):

@@ -109,12 +109,44 @@ def key_path(path) -> str:
     return out or "(top level)"
 
 
+TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+              "array": "a list", "object": "a mapping", "null": "null"}
+
+
+def describe_alternative(schema: dict) -> str:
+    """One alternative of a oneOf/anyOf, as a person would say it: its title where the schema gives one, else
+    from its const, enum, type and bounds (an integer >= 1, a list of at least 1 integer(s), 'all')."""
+    if "title" in schema:
+        return schema["title"]
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return "one of " + ", ".join(map(repr, schema["enum"]))
+    types = schema.get("type", [])
+    text = " or ".join(TYPE_WORDS[kind] for kind in ([types] if isinstance(types, str) else types))
+    if "minimum" in schema:
+        text += f" >= {schema['minimum']}"
+    if "maximum" in schema:
+        text += f" <= {schema['maximum']}"
+    if types == "array":
+        items = TYPE_WORDS.get(schema.get("items", {}).get("type"), "item").split(" ", 1)[-1]
+        text += f" of at least {schema.get('minItems', 0)} {items}(s)" + (", each once" if schema.get(
+            "uniqueItems") else "")
+    return text
+
+
 def describe_error(error: jsonschema.ValidationError) -> str:
-    # For oneOf/anyOf the most useful message is the deepest one among the alternatives.
+    # For oneOf/anyOf the most useful message is the deepest one among the alternatives; where every alternative
+    # fails at the value itself, what the alternatives are.
     if error.context:
         deepest = max(error.context, key=lambda e: len(e.absolute_path))
         if len(deepest.absolute_path) > len(error.absolute_path):
             return describe_error(deepest)
+    if error.validator in ("oneOf", "anyOf"):
+        shown = "" if isinstance(error.instance, (dict, list)) and len(repr(error.instance)) > 40 else \
+            f"{error.instance!r} is not valid; "
+        alternatives = ", or ".join(describe_alternative(schema) for schema in error.validator_value)
+        return f"{key_path(error.absolute_path)}: {shown}give {alternatives}"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - allowed)

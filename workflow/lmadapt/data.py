@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import task_sources
 from .resources import FETCH_KEY, dataset_identity, package_folder
 from .errors import DataError
 
@@ -83,11 +82,10 @@ def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
         raise DataError(f"{path}: empty file (no header, no rows)")
     try:
         if reader in ("csv", "tsv"):
-            opts = dict(sep="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else {}
-            with warnings.catch_warnings():  # a first row with one field more than the header: an error, not an
-                warnings.simplefilter("error", pd.errors.ParserWarning)  # index column (pandas' default)
-                return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, index_col=False, **opts)
+            return _read_delimited(path, reader, encoding)
         if reader == "jsonl":
+            if _is_json_array(path, encoding):  # one JSON array of records (a .json file), not JSON Lines
+                return _read_json_array(path, encoding)
             return pd.read_json(path, lines=True, dtype=False, encoding=encoding)
         if reader == "parquet":
             return pd.read_parquet(path)
@@ -116,6 +114,66 @@ def _read_raw(path: Path, reader: str, encoding: str) -> pd.DataFrame:
     raise DataError(f"{path}: unknown reader {reader!r}")
 
 
+def _csv_rows(f, reader: str):
+    return csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else csv.reader(f)
+
+
+def _read_delimited(path: Path, reader: str, encoding: str) -> pd.DataFrame:
+    """A CSV or TSV file (compressed or not) with a header, every value as text; a header that names a column
+    twice, or a row of a text file with fewer fields than the header (pandas would fill them with empty texts), is
+    a DataError naming it."""
+    opts = dict(sep="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else {}
+    header = list(pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding,
+                              **opts).iloc[0])
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        places = "; ".join(f"{name!r} is column {' and '.join(str(i + 1) for i, n in enumerate(header) if n == name)}"
+                           for name in twice)
+        raise DataError(f"{path}: the header names a column twice ({places}); rename one, or the first would be "
+                        f"read and the other silently ignored")
+    with warnings.catch_warnings():  # a first row with one field more than the header: an error, not an
+        warnings.simplefilter("error", pd.errors.ParserWarning)  # index column (pandas' default)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, index_col=False, **opts)
+    if path.suffix in PLAIN_TEXT and (raw == "").to_numpy().any():  # a short row reads as empty trailing fields
+        short = _field_count_error(path, reader, encoding)
+        if short is not None:
+            raise short
+    return raw
+
+
+def _field_count_error(path: Path, reader: str, encoding: str) -> DataError | None:
+    """The first row whose number of fields is not the header's, as the csv module reads the file."""
+    with open(path, newline="", encoding=encoding) as f:
+        rows = _csv_rows(f, reader)
+        header = next(rows, [])
+        for row in rows:
+            if row and len(row) != len(header):
+                hint = ("a stray line break split the row: a bare carriage return, or a newline inside an unquoted "
+                        "text?" if len(row) < len(header) else
+                        "a tab inside a text?" if reader == "tsv" else "a comma inside an unquoted text?")
+                return DataError(f"line {rows.line_num} of {path}: {len(row)} field{'s' * (len(row) != 1)}, the "
+                                 f"header has {len(header)} ({hint})")
+    return None
+
+
+def _is_json_array(path: Path, encoding: str) -> bool:
+    with open(path, encoding=encoding) as f:
+        return f.read(4096).lstrip().startswith("[")
+
+
+def _read_json_array(path: Path, encoding: str) -> pd.DataFrame:
+    """A .json file holding one array of objects, one per row."""
+    try:
+        records = json.loads(path.read_text(encoding=encoding))
+    except json.JSONDecodeError as e:
+        raise DataError(f"line {e.lineno} of {path}: not valid JSON ({e.msg}, column {e.colno})") from None
+    odd = next((i for i, record in enumerate(records) if not isinstance(record, dict)), None)
+    if not isinstance(records, list) or odd is not None:
+        raise DataError(f"{path}: a JSON array whose item {odd + 1 if odd is not None else ''} is not an object; "
+                        f"give one object per row, as JSON Lines (one per line) or one array of objects")
+    return pd.DataFrame.from_records(records)
+
+
 PLAIN_TEXT = (".csv", ".tsv", ".jsonl", ".json", ".txt")  # a compressed file's lines are not the file's lines
 
 
@@ -135,15 +193,10 @@ def _read_error(path: Path, reader: str, encoding: str, error: Exception) -> Dat
                         break
         return DataError(f"{where}: not {encoding} text; give the file's encoding as the source's `encoding:` "
                          f"(e.g. encoding: latin-1)")
-    if isinstance(error, pd.errors.ParserWarning) and plain:
-        with open(path, newline="", encoding=encoding) as f:
-            rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else csv.reader(f)
-            header = next(rows)
-            for row in rows:
-                if len(row) != len(header):
-                    hint = "a tab inside a text?" if reader == "tsv" else "a comma inside an unquoted text?"
-                    return DataError(f"line {rows.line_num} of {path}: {len(row)} fields, the header has "
-                                     f"{len(header)} ({hint})")
+    counted = _field_count_error(path, reader, encoding) if isinstance(error, pd.errors.ParserWarning) and plain \
+        else None
+    if counted is not None:
+        return counted
     if reader == "jsonl" and plain:
         with open(path, encoding=encoding) as f:
             for number, line in enumerate(f, 1):
@@ -161,7 +214,7 @@ def _record_lines(path: Path, reader: str, encoding: str) -> list[int]:
     with open(path, newline="", encoding=encoding) as f:
         if reader == "jsonl":
             return [number for number, line in enumerate(f, 1) if line.strip()]
-        records = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if reader == "tsv" else csv.reader(f)
+        records = _csv_rows(f, reader)
         starts, line = [], 1
         for record in records:
             if record:
@@ -175,6 +228,8 @@ def locate(path: Path, reader: str, encoding: str, position: int, record_id: str
     Parquet file, a file of an aclImdb folder."""
     if reader == "aclimdb" and record_id is not None:
         return str(path / f"{record_id}.txt")
+    if reader == "jsonl" and _is_json_array(path, encoding):
+        return f"record {position + 1} of {path}"
     if reader in ("csv", "tsv", "jsonl", "ag_news_csv"):
         lines = _record_lines(path, reader, encoding)
         if position < len(lines):
@@ -198,59 +253,27 @@ def reader_of(source: dict, path: Path) -> str:
     return READERS_BY_SUFFIX[suffixes[-1]]
 
 
-def empty_source(source: dict, path: Path) -> str | None:
-    """Why a source file holds no data rows (empty, or a header alone), found without reading it whole; None
-    when it has rows or cannot be checked this cheaply (the sample job then reads it)."""
-    reader = reader_of(source, path)
-    if not path.is_file():
-        return None
-    if path.stat().st_size == 0:
-        return f"{path}: empty file (no header, no rows)"
-    if reader == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return f"{path}: no data rows" if pq.read_metadata(path).num_rows == 0 else None
-        except (OSError, ValueError):
-            return None  # unreadable: the sample job names it
-    if reader in ("csv", "tsv", "jsonl", "ag_news_csv"):
-        needed = 1 if reader in ("jsonl", "ag_news_csv") else 2  # the header line, then a row
-        with open(path, encoding=source.get("encoding", "utf-8"), errors="replace") as f:
-            lines = sum(1 for _, line in zip(range(needed), (line for line in f if line.strip())))
-        if lines < needed:
-            return f"{path}: no data rows" + (" (only a header line)" if lines else "")
-    return None
-
-
-def empty_sources(config: dict) -> list[str]:
-    """The local source files of every task that hold no rows, by config key: known before any job runs."""
-    problems = []
-    for task_name, task in config["tasks"].items():
-        for key, source in task_sources(task).items():
-            if source.get("hub"):
-                continue
-            try:
-                why = empty_source(source, resolve_path(source))
-            except DataError as e:  # a package not installed, a format not known: the sample job says it too
-                why = str(e)
-            if why:
-                problems.append(f"tasks.{task_name}.{key}: {why}")
-    return problems
-
-
-def _columns(source: dict, path: Path, fields: list[str], present: list[str]):
+def source_columns(source: dict, fields: list[str]):
     """The source columns of the task's fields, the label, the id (or None) and the kept columns: the official
-    format's, where it has one, under the source's own `columns`; each one checked to be in the file."""
-    fmt = source.get("format", "auto")
-    official = OFFICIAL_FORMATS.get(fmt)
+    format's, where it has one, under the source's own `columns`."""
+    official = OFFICIAL_FORMATS.get(source.get("format", "auto"))
     columns = dict(source.get("columns") or {})
-    if official and len(official.text) != len(fields) and not all(f in columns for f in fields):
-        raise DataError(f"{path}: layout {fmt} has {len(official.text)} text column(s) {list(official.text)} "
-                        f"but the task has fields {fields}; map them with `columns`")
-    text_columns = {f: columns.get(f, official.text[i] if official else f) for i, f in enumerate(fields)}
+    text_columns = {f: columns.get(f, official.text[i] if official and i < len(official.text) else f)
+                    for i, f in enumerate(fields)}
     label_column = columns.get("label", official.label if official else "label")
     id_column = columns.get("id", official.id if official else None)
     keep = list(source.get("keep_columns") or (official.keep if official else ()))
+    return text_columns, label_column, id_column, keep
+
+
+def _columns(source: dict, path: Path, fields: list[str], present: list[str]):
+    """source_columns, each one checked to be in the file."""
+    fmt = source.get("format", "auto")
+    official = OFFICIAL_FORMATS.get(fmt)
+    if official and len(official.text) != len(fields) and not all(f in (source.get("columns") or {}) for f in fields):
+        raise DataError(f"{path}: layout {fmt} has {len(official.text)} text column(s) {list(official.text)} "
+                        f"but the task has fields {fields}; map them with `columns`")
+    text_columns, label_column, id_column, keep = source_columns(source, fields)
     needed = list(text_columns.values()) + [label_column] + ([id_column] if id_column else []) + keep
     missing = [c for c in needed if c not in present]
     if missing:

@@ -18,7 +18,8 @@ from .forward import PrefixForward, batches_by_length, seq2seq_label_logprobs
 from .io import read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
 from .models import load_model, load_tokens
-from .prompt import PromptError, check_verbalizers, encode_prompt, fit_demonstrations, needed_after_prefix, task_pattern
+from .prompt import (PromptError, check_verbalizers, encode_prompt, examples_that_fit, fit_demonstrations,
+                     needed_after_prefix, task_pattern)
 from .sample import META_KEY
 from .settings import Settings
 
@@ -56,47 +57,58 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     patterns = [task_pattern(task, name) for name in settings.patterns or list(task["prompt"]["patterns"])]
     tokens = check_verbalizers(load_tokens(model_dir), patterns)
     lm = load_model(model_dir, dtype=settings.dtype, head="auto", tokens=tokens)
-    shots, seed = keys["k"], keys["seed"]
     read = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
     if train_path:
         read["demonstrations"] = read_table(train_path, META_KEY)
     fingerprints = [meta["fingerprint"] for _, meta in read.values()]  # provenance sorts them
     evals = {split: read[split][0] for split in eval_paths}
     train = read["demonstrations"][0] if train_path else evals["test"].iloc[:0]
-    max_length = lm.context(settings.max_length)
-    labels = task["labels"]
     records = []
     for pattern in patterns:
-        cell = dict(keys, method="icl", prompt=pattern.name, layer=None, examples=shots)
-        guard = [encode_prompt(lm, pattern, rows, rows.iloc[:0], after_demonstrations=shots > 0)
-                  for rows in evals.values()]
-        needed = max(needed_after_prefix(e.examples, e.verbalizers) for e in guard)
-        demos, prefix, counts = fit_demonstrations(lm, pattern, train, len(labels), shots, seed, needed,
-                                                   max_length, settings.fit)
-        if demos is None:
-            reason = "prompt does not fit the context" if settings.fit == "skip" else \
-                "the longest example does not fit the context even without demonstrations"
-            records += [skipped_record(dict(cell, split=s), reason, **counts) for s in evals]
-            continue
-        forward = None if lm.model.config.is_encoder_decoder else PrefixForward(lm, prefix)
-        encoded = {split: encode_prompt(lm, pattern, rows, demos) for split, rows in evals.items()}
-        for split, rows in evals.items():
-            examples, verbalizers = encoded[split].examples, encoded[split].verbalizers
-            desc = f"icl {keys['task']} {pattern.name} {shots}-shot {split}"
-            if forward is None:
-                inputs = [prefix + example + lm.trailing_ids() for example in examples]
-                scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, inputs, verbalizers,
-                                                settings.batch_size, desc)
-            else:
-                scores = label_logprobs(forward, examples, verbalizers, settings.batch_size, desc)
-            record = classification_record(dict(cell, split=split, examples=len(demos)), labels,
-                                           rows["label"].to_numpy(), scores.argmax(1), group_columns(rows, rows["id"]))
-            record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),
-                                     mean_label_logprob={label: float(v) for label, v in zip(labels, scores.mean(0))})
-            records.append(record)
+        cell = dict(keys, method="icl", prompt=pattern.name, layer=None, examples=keys["k"])
+        records += pattern_records(lm, pattern, cell, train, evals, task["labels"], settings)
     result = finish(records, cost.as_dict(), provenance(settings.raw, lm.info["revision"], fingerprints))
     write_json(result, out)
     return result
+
+
+def pattern_records(lm, pattern, cell: dict, train: pd.DataFrame, evals: dict[str, pd.DataFrame], labels: list[str],
+                    settings: Settings) -> list[dict]:
+    """One pattern's records, a split each: the prompt fitted to the context as settings.fit says (skip: the cell,
+    max: fewer demonstrations, skip_examples: the examples that do not fit, counted), scored, or skipped."""
+    shots, seed, max_length = cell["k"], cell["seed"], lm.context(settings.max_length)
+    left_out = settings.fit == "skip_examples"
+    guard = [encode_prompt(lm, pattern, rows, rows.iloc[:0], after_demonstrations=shots > 0) for rows in evals.values()]
+    # skip_examples: the cell runs where each split has an example that fits after the prefix
+    needed = max(needed_after_prefix(e.examples, e.verbalizers, shortest=left_out) for e in guard)
+    demos, prefix, counts = fit_demonstrations(lm, pattern, train, len(labels), shots, seed, needed, max_length,
+                                               settings.fit)
+    if demos is None:
+        reason = "the longest example does not fit the context even without demonstrations" if settings.fit == "max" \
+            else "prompt does not fit the context"
+        return [skipped_record(dict(cell, split=split), reason, **counts) for split in evals]
+    forward = None if lm.model.config.is_encoder_decoder else PrefixForward(lm, prefix)
+    records = []
+    for split, rows in evals.items():
+        encoded = encode_prompt(lm, pattern, rows, demos)
+        fits = examples_that_fit(encoded.examples, encoded.verbalizers, len(prefix), max_length) if left_out else \
+            np.ones(len(rows), dtype=bool)
+        examples = [example for example, fit in zip(encoded.examples, fits) if fit]
+        desc = f"icl {cell['task']} {pattern.name} {shots}-shot {split}"
+        if forward is None:
+            scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, [prefix + example + lm.trailing_ids()
+                                            for example in examples], encoded.verbalizers, settings.batch_size, desc)
+        else:
+            scores = label_logprobs(forward, examples, encoded.verbalizers, settings.batch_size, desc)
+        scored = rows[fits]
+        record = classification_record(dict(cell, split=split, examples=len(demos)), labels, scored["label"].to_numpy(),
+                                       scores.argmax(1), group_columns(scored, scored["id"]))
+        record["skipped_examples"] = int((~fits).sum())
+        record["details"] = dict(counts, demonstration_ids=demos["id"].tolist(),
+                                 skipped_example_ids=rows["id"][~fits].tolist(),
+                                 mean_label_logprob={label: float(v) for label, v in zip(labels, scores.mean(0))})
+        records.append(record)
+    return records
 
 
 def teacher_demonstrations(tokens, pattern, rows: pd.DataFrame, pool: pd.DataFrame, n_labels: int, shots: int,

@@ -32,11 +32,17 @@ class Plan:
 
 
 def skipped_cells(plan: dict, tidy: pd.DataFrame) -> tuple[set, set]:
-    """(predicted, recorded) skipped ICL cells as (model, task, pattern, shots, seed): the preflight's list
-    against the skipped records of a finished run (results/tables/all.parquet)."""
+    """(predicted, recorded) skipped ICL cells as (model, task, pattern, shots, seed), and cells that left
+    evaluation examples out (icl.fit: skip_examples) as (model, task, pattern, shots, seed, "left out", count):
+    the preflight's plan against the records of a finished run (results/tables/all.parquet)."""
     predicted = {(c["model"], c["task"], c["pattern"], c["shots"], c["seed"]) for c in plan["expected_skipped"]}
-    rows = tidy[(tidy["method"] == "icl") & tidy["skipped"].notna() & tidy["group"].isna()]
-    recorded = {(r.model, r.task, r.prompt, int(r.k), int(r.seed)) for r in rows.itertuples()}
+    predicted |= {(c["model"], c["task"], c["pattern"], c["shots"], c["seed"], "left out", c["skipped_examples"])
+                  for c in plan["notes"] if c.get("skipped_examples")}
+    icl = tidy[(tidy["method"] == "icl") & tidy["group"].isna()]
+    recorded = {(r.model, r.task, r.prompt, int(r.k), int(r.seed)) for r in icl[icl["skipped"].notna()].itertuples()}
+    left_out = icl[icl["skipped_examples"] > 0].groupby(["model", "task", "prompt", "k", "seed"])["skipped_examples"]
+    recorded |= {(model, task, prompt, int(k), int(seed), "left out", int(n))
+                 for (model, task, prompt, k, seed), n in left_out.sum().items()}
     return predicted, recorded
 
 

@@ -196,27 +196,11 @@ def plan_icl(m: Measuring, cells: dict) -> None:
         icl, task_config = stage_config(m.config, "icl", model), m.config["tasks"][task]
         for name in icl["patterns"] or list(task_config["prompt"]["patterns"]):
             pattern = task_pattern(task_config, name)
-
-            def evaluation(tokens, pattern=pattern, task=task, task_config=task_config,
-                           joined=shots > 0):  # per task and pattern
-                encoded = [encode_prompt(tokens, pattern, rows, rows.iloc[:0], after_demonstrations=joined)
-                           for rows in m.evals(task).values()]
-                return {"needed": max(needed_after_prefix(e.examples, e.verbalizers) for e in encoded),
-                        "tokens": sum(len(ids) for e in encoded for ids in e.examples),
-                        "n": sum(len(e.examples) for e in encoded), "labels": len(task_config["labels"]),
-                        "multi": max(map(len, encoded[0].verbalizers)) > 1}
-
-            evaluated = m.measure(model, ("icl", task, name, shots > 0), evaluation)
-
-            def fit(tokens, pattern=pattern, evaluated=evaluated, task=task, task_config=task_config, shots=shots,
-                    seed=seed):
-                pool = m.sample(task, demonstration_pool(seed)) if shots else m.evals(task)["test"].iloc[:0]
-                _, prefix, counts = fit_demonstrations(tokens, pattern, pool, len(task_config["labels"]), shots, seed,
-                                                       evaluated["needed"], tokens.context(icl["max_length"]),
-                                                       icl["fit"])
-                return counts | evaluated | {"runs": prefix is not None}
-
-            counts = m.measure(model, ("icl", task, name, shots, seed, icl["fit"], icl["max_length"]), fit)
+            evaluated = m.measure(model, ("icl", task, name, shots > 0), lambda tokens, pattern=pattern, task=task,
+                                  joined=shots > 0: icl_evaluation(m, tokens, task, pattern, joined))
+            counts = m.measure(model, ("icl", task, name, shots, seed, icl["fit"], icl["max_length"]),
+                               lambda tokens, pattern=pattern, task=task, shots=shots, seed=seed, evaluated=evaluated:
+                               icl_fit(m, tokens, task, pattern, evaluated, shots, seed, icl["fit"], icl["max_length"]))
             where = dict(stage="icl", model=model, task=task, pattern=name, shots=shots, seed=seed)
             if not counts["runs"]:
                 m.plan.cells.append(dict(where, what="skipped: prompt does not fit the context",
@@ -225,12 +209,44 @@ def plan_icl(m: Measuring, cells: dict) -> None:
                 continue
             if counts["shots_used"] < shots:
                 m.plan.cells.append(dict(where, what=f"runs with {counts['shots_used']} of {shots} demonstrations"))
+            if counts["left_out"]:
+                m.plan.cells.append(dict(where, skipped_examples=counts["left_out"], what=f"{counts['left_out']} of "
+                                         f"{counts['n']} evaluation examples left out: longer than the context leaves "
+                                         f"after the prefix (icl.fit: skip_examples)"))
             shape = m.shapes[model]
             scored = counts["tokens"] * (counts["labels"] if counts["multi"] else 1)
             m.plan.job("icl", model, task, m.inference_gpus(model),
                        2 * shape["parameters"] * (counts["prefix_tokens"] + scored),
                        inference_memory(shape, icl["batch_size"], counts["prefix_tokens"] +
                                         counts["tokens_after_prefix"]), shape, shots=shots, seed=seed, pattern=name)
+
+
+def icl_fit(m: Measuring, tokens, task: str, pattern, evaluated: dict, shots: int, seed: int, fit: str,
+            max_length) -> dict:
+    """An ICL cell's prompt as its job fits it (icl.pattern_records): its demonstrations, whether it runs, the
+    evaluation tokens it scores and, under fit skip_examples, how many examples it leaves out."""
+    left_out = fit == "skip_examples"
+    pool = m.sample(task, demonstration_pool(seed)) if shots else m.evals(task)["test"].iloc[:0]
+    context = tokens.context(max_length)
+    _, prefix, counts = fit_demonstrations(tokens, pattern, pool, evaluated["labels"], shots, seed,
+                                           evaluated["shortest" if left_out else "needed"], context, fit)
+    lengths = [n for n in evaluated["lengths"] if not left_out or prefix is None or
+               n <= context - len(prefix) - evaluated["verbalizer"]]
+    return counts | {"runs": prefix is not None, "n": len(evaluated["lengths"]), "tokens": sum(lengths),
+                     "left_out": len(evaluated["lengths"]) - len(lengths), "labels": evaluated["labels"],
+                     "multi": evaluated["verbalizer"] > 1}
+
+
+def icl_evaluation(m: Measuring, tokens, task: str, pattern, joined: bool) -> dict:
+    """A task's evaluation examples under a pattern: their lengths, the longest label word, and the tokens a prompt
+    needs after its prefix: for the longest example, and for the shortest of each split (skip_examples runs a cell
+    where each split keeps one)."""
+    encoded = [encode_prompt(tokens, pattern, rows, rows.iloc[:0], after_demonstrations=joined)
+               for rows in m.evals(task).values()]
+    return {"needed": max(needed_after_prefix(e.examples, e.verbalizers) for e in encoded),
+            "shortest": max(needed_after_prefix(e.examples, e.verbalizers, shortest=True) for e in encoded),
+            "lengths": [len(ids) for e in encoded for ids in e.examples], "labels": len(pattern.labels),
+            "verbalizer": max(map(len, encoded[0].verbalizers))}
 
 
 def plan_teachers(m: Measuring, cells: dict) -> None:

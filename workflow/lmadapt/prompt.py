@@ -167,7 +167,8 @@ def fit_demonstrations(lm, pattern, train: pd.DataFrame, n_labels: int, shots: i
                        needed_after_prefix: int, max_length: int, fit: str):
     """(demonstrations, prefix ids, counts) whose prompt fits the context, or (None, None, counts) showing why not.
     needed_after_prefix: the tokens to leave after the prefix (ICL, the teacher: the longest example and label
-    word). fit: skip = `shots` demonstrations or none; max = the most of them that fit."""
+    word; the shortest where examples that do not fit are left out). fit: skip or skip_examples = `shots`
+    demonstrations or none; max = the most of them that fit."""
     for used in range(shots, -1, -1):
         demos = choose_demonstrations(train, n_labels, used, seed)
         prefix = encode_prompt(lm, pattern, train.iloc[:0], demos).prefix
@@ -175,7 +176,7 @@ def fit_demonstrations(lm, pattern, train: pd.DataFrame, n_labels: int, shots: i
                   "shots_requested": shots, "shots_used": used}
         if len(prefix) + needed_after_prefix <= max_length:
             return demos, prefix, counts
-        if fit == "skip":
+        if fit != "max":
             break
     return None, None, counts
 
@@ -193,6 +194,15 @@ def prefix_demonstrations(tokens, pattern, pool: pd.DataFrame, n_labels: int, sh
     return demos, counts
 
 
-def needed_after_prefix(examples: list[list[int]], verbalizers: list[list[int]]) -> int:
-    """Tokens a prompt needs after its prefix: the longest example and the longest verbalizer."""
-    return max(map(len, examples)) + max(map(len, verbalizers))
+def needed_after_prefix(examples: list[list[int]], verbalizers: list[list[int]], shortest: bool = False) -> int:
+    """Tokens a prompt needs after its prefix: the longest example (the shortest, where the examples that do not
+    fit are left out: icl.fit skip_examples) and the longest verbalizer."""
+    return (min if shortest else max)(map(len, examples)) + max(map(len, verbalizers))
+
+
+def examples_that_fit(examples: list[list[int]], verbalizers: list[list[int]], prefix_tokens: int,
+                      context: int) -> np.ndarray:
+    """Which examples fit the context after the prefix with every label word (icl.fit skip_examples scores
+    these and leaves the others out, counted)."""
+    room = context - prefix_tokens - max(map(len, verbalizers))
+    return np.array([len(example) <= room for example in examples], dtype=bool)

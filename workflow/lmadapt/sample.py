@@ -74,15 +74,12 @@ def without_overlap(pool: pd.DataFrame, evaluations: dict[str, tuple[pd.DataFram
     return pool[~shared].reset_index(drop=True), dropped
 
 
-def overlap_problems(task_name: str, task: dict, paths: dict[str, str], test_seed: int) -> list[str]:
-    """What the sample jobs of a task would refuse, from its source files (role -> path: train, test, ood:<name>)
-    before any job: training rows sharing a text with the test sample of a separate test file or with an
-    out-of-domain sample (none where the task drops them)."""
-    if task.get("overlap") == "drop" or not ("test" in paths or any(r.startswith("ood:") for r in paths)):
+def overlap_problems(task_name: str, task: dict, read: dict[str, Split], test_seed: int) -> list[str]:
+    """What the sample jobs of a task would refuse, from its source files as read (role -> Split: train, test,
+    ood:<name>) before any job: training rows sharing a text with the test sample of a separate test file or with
+    an out-of-domain sample (none where the task drops them)."""
+    if task.get("overlap") == "drop" or "train" not in read:
         return []
-    read = {role: read_split(source, paths[role], task["fields"], task["labels"]) for role, source in
-            [("train", task["data"]["train"]), ("test", task["data"].get("test"))] +
-            [(f"ood:{name}", source) for name, source in task["ood"].items()] if role in paths}
     pool = normalised_texts(training_pool(read["train"].rows, None, task["fields"]), task["fields"])
     problems = []
     for role, split in read.items():
