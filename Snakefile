@@ -28,6 +28,7 @@ rule all:
         layout.PREFLIGHT_JSON,
         layout.RESOLVED_CONFIG,
         layout.RUNTIMES,
+        layout.CALIBRATION_JSON,
         derived_summary_target(),
         layout.TABLES,
         layout.FIGURES,

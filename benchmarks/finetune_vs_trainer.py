@@ -81,7 +81,8 @@ def worker(args) -> None:
     import deepspeed
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from lmadapt.finetune import accumulation_steps, build_model, deepspeed_config
+    from lmadapt.finetune import build_model
+    from lmadapt.training import accumulation_steps, deepspeed_config
     from lmadapt.io import read_table
     from lmadapt.prompt import classifier_inputs, task_pattern
     from lmadapt.sample import META_KEY

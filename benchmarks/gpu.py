@@ -3,7 +3,7 @@
 Random weights in the real architectures (OPT-1.3B and OPT-6.7B, built from their hub configs on the GPU: the real
 shapes, memory and speed, nothing downloaded) through lmadapt's own code:
 - fine-tuning: the paper grid's OPT-1.3B full fine-tuning cell (config/paper.yaml: micro-batch, max length, ZeRO
-  stage, gradient checkpointing, fp16 on a GPU) for >= 30 optimizer steps through finetune.train_epochs, then
+  stage, gradient checkpointing, fp16 on a GPU) for >= 30 optimizer steps through training.train_epochs, then
   OPT-6.7B with LoRA and with full fine-tuning in the first ZeRO configuration the preflight says fits one GPU:
   tokens/s, MFU, peak memory, fp16 loss-scale events, and measured / predicted memory and step time;
 - ICL at 0 and 32 shots (stand-in RTE prompts of real lengths): lmadapt's prefix cache vs batched full
@@ -125,8 +125,8 @@ def finetune_case(case: dict, where: Path) -> dict:
 
     from lmadapt.checks import load_config
     from lmadapt.config import finetune_settings
-    from lmadapt.finetune import (DROPOUT_KEYS, deepspeed_config, init_distributed, precision, schedule,
-                                  train_epochs, trainable_model)
+    from lmadapt.finetune import DROPOUT_KEYS, trainable_model
+    from lmadapt.training import deepspeed_config, init_distributed, precision, schedule, train_epochs
     from lmadapt.forward import pad_batch
     from lmadapt.costs import model_shape, training_memory
     from lmadapt.methods import METHODS

@@ -13,7 +13,8 @@ import torch
 from conftest import BIN, REPO, clean_env, kill_after_first_checkpoint, rte_task
 from lmadapt.checks import check_config
 from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, finetune_settings
-from lmadapt.finetune import build_model, epoch_batches, run_finetune
+from lmadapt.finetune import build_model, run_finetune
+from lmadapt.training import epoch_batches
 from lmadapt.forward import pad_batch
 from lmadapt.methods import DECODER, METHODS, distill_loss
 from lmadapt.icl import run_teacher

@@ -76,8 +76,47 @@ def test_the_report_holds_tables_figures_plan_config_and_runtimes(finished_run, 
     runtimes = {row[0]: int(row[1]) for row in (line.strip("| ").split(" | ")
                                                 for line in items["results/plan/runtimes.md"].splitlines()
                                                 if line.startswith("| ") and not line.startswith("| rule"))}
-    assert runtimes == {rule: n for rule, n in logs.items() if rule not in ("runtimes", "resolved_config")}
+    assert runtimes == {rule: n for rule, n in logs.items() if rule not in ("runtimes", "resolved_config",
+                                                                          "calibration")}
     assert runtimes["probe"] == len(list((results / "metrics/probe").rglob("*.json"))) and runtimes["aggregate"] == 1
+
+
+def test_each_model_job_measures_the_work_the_preflight_predicted_and_the_calibration_sizes_requests(finished_run):
+    """A model job's cost record counts its work in the preflight's units, and equals its prediction for the
+    cell; the calibration fits every costed stage and model on them; the requests of the jobs follow it."""
+    from lmadapt.calibration import cell_key, plan_predictions, read_measurements
+    from lmadapt.checks import load_config
+    from lmadapt.sizing import Requests
+
+    results = finished_run.workdir / "results"
+    predictions = plan_predictions(json.loads((results / "plan/preflight.json").read_text()))
+    measured = [m for m in read_measurements(results / "benchmarks") if m["cost"]]
+    rules = Counter(m["rule"] for m in measured)
+    assert set(rules) == {"extract", "icl", "teacher", "finetune"} and rules["finetune"] == 6  # every model job
+    for m in measured:
+        cost = m["cost"]
+        assert cost["load_seconds"] > 0 and cost["compute_seconds"] > 0 and cost["peak_rss_mb"] > 0
+        assert cost["device"] == "cpu" and m["wall_s"] > cost["wall_seconds"]  # the process started before
+        assert cost["flops"] == pytest.approx(predictions[m["rule"], cell_key(m["rule"], m["cell"])]["flops"]), m
+    calibration = json.loads((results / "plan/calibration.json").read_text())
+    fitted = {(fit["stage"], fit["model"]) for fit in calibration["fits"]}
+    assert fitted == {(m["rule"], m["cell"]["model"]) for m in measured}
+    assert "## The grid" in (results / "plan/calibration.md").read_text()
+    assert "0 failed" in (results / "plan/status.md").read_text()
+    # every job asks for its calibrated prediction; without a calibration, for the preflight's estimate
+    config = load_config(finished_run.config)
+    cell = {"model": "tiny", "task": "rte", "shots": "2", "seed": "1"}
+    requests = Requests(config, finished_run.workdir)
+    assert requests.prediction("icl", cell)[2] == "calibrated" and requests.prediction("probe", dict(
+        cell, prompt="none", k="2"))[2] == "measured"
+    seconds, megabytes, _ = requests.prediction("icl", cell)
+    assert requests.runtime("icl", cell, 2, 240) == 2 * max(-(-seconds * 1.5 // 60), 10)
+    assert requests.mem_mb("icl", cell, 1, 1000) == max(-(-megabytes * 1.5 // 1), 1000)
+    elsewhere = finished_run.workdir.parent / "plan_only"
+    (elsewhere / "results/plan").mkdir(parents=True, exist_ok=True)
+    (elsewhere / "results/plan/preflight.json").write_text((results / "plan/preflight.json").read_text())
+    assert Requests(config, elsewhere).prediction("icl", cell)[2] == "preflight"
+    assert Requests(config, elsewhere).mem_mb("icl", cell, 1, 1000) == 1000  # host memory: once measured
 
 
 def test_a_finished_run_reruns_only_the_jobs_a_change_makes_stale(finished_run, tiny_opt, tiny_bert):
@@ -87,12 +126,13 @@ def test_a_finished_run_reruns_only_the_jobs_a_change_makes_stale(finished_run, 
     def resources(c):  # Slurm requests and how jobs run: never what they compute
         c["models"]["tiny"]["mem_mb"] = 3000
         c["threads"] = 3
+        c["requests"] = {"margin": 3.0, "min_runtime": 30}
         c["finetune"].update(checkpoint_every=7, keep_checkpoint=True)
     assert plan_after(run, models, resources) == {}
 
     def probe(c):  # one probe hyperparameter: only the probes (both models') and the tables
         c["probe"]["mlp"]["epochs"] = 21
-    report = {"resolved_config": 1, "aggregate": 1, "runtimes": 1, "all": 1}  # cheap local jobs of the report
+    report = {"resolved_config": 1, "aggregate": 1, "runtimes": 1, "calibration": 1, "all": 1}  # the report's
     assert plan_after(run, models, probe) == {"probe": 2 * 8} | report
 
     def lora(c):  # a LoRA setting: only the LoRA jobs (and the plan, which estimates LoRA's size)

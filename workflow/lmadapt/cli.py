@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout
-from .commands import (cmd_aggregate, cmd_bow, cmd_check_skips, cmd_classifier, cmd_config_reference,
+from .commands import (cmd_aggregate, cmd_bow, cmd_calibrate, cmd_check_skips, cmd_classifier, cmd_config_reference,
                        cmd_derived_summary, cmd_extract, cmd_fetch_data, cmd_fetch_model, cmd_finetune, cmd_icl,
                        cmd_instruct, cmd_ppo, cmd_preflight, cmd_probe, cmd_rehearsal, cmd_resolved_config,
-                       cmd_runtimes, cmd_sample, cmd_teacher, cmd_validate_config)
+                       cmd_runtimes, cmd_sample, cmd_status, cmd_teacher, cmd_validate_config)
 from .config import load_schema
 from .errors import ConfigError, DataError, ModelError, PromptError, UnreadableFile
 from .settings import settings_help
@@ -150,6 +150,16 @@ VERBS = (
         arg("--settings", type=json_value, help="the aggregate config section, as JSON"),
         arg("--config", default="config/config.yaml", help="take the aggregate settings from this config"),
         arg("--tables", default=layout.TABLES), arg("--figures", default=layout.FIGURES))),
+    Verb("calibrate", cmd_calibrate, "fit the preflight's cost model to the finished jobs; write the calibration and "
+         "its page", (
+             arg("--plan", default=layout.PREFLIGHT_JSON), arg("--benchmarks", default=layout.BENCHMARKS),
+             arg("--out-json", default=layout.CALIBRATION_JSON), arg("--out-md", default=layout.CALIBRATION_MD))),
+    Verb("status", cmd_status, "where the grid stands: jobs finished, failed and not yet run, hours spent and "
+         "predicted, per stage and model", (
+             arg("--config", default="config/config.yaml", help="a config file (validated)"),
+             arg("--config-json", type=json_value, help="an already validated config, as JSON (the rule's way)"),
+             arg("--directory", default=".", help="the working directory the workflow runs in"),
+             arg("--out", help="write the page here (default: print it)"))),
     Verb("runtimes", cmd_runtimes, "each rule's runtime and memory from the jobs' benchmark files, as Markdown", (
         arg("--benchmarks", default=layout.BENCHMARKS, help="the folder of Snakemake benchmark files"), OUT)),
     Verb("resolved-config", cmd_resolved_config, "the config the results depend on (defaults filled in), as YAML",

@@ -195,6 +195,27 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .calibration import run_calibration
+
+    calibration = run_calibration(args.plan, args.benchmarks, args.out_json, args.out_md)
+    print(f"{args.out_md}: {len(calibration['fits'])} fit(s) from {calibration['jobs']} finished job(s)")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .checks import load_config
+    from .io import write_text
+    from .status import grid_jobs, status_markdown
+
+    config = args.config_json if args.config_json is not None else load_config(args.config)
+    text = status_markdown(grid_jobs(config, args.directory))
+    if args.out:
+        write_text(text, args.out)
+    print(text if not args.out else f"{args.out}: {text.splitlines()[2]}")
+    return 0
+
+
 def cmd_runtimes(args) -> int:
     from .runtimes import write_runtimes
 

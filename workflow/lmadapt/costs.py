@@ -1,6 +1,7 @@
 """The cost model the preflight plans with (and benchmarks/gpu.py checks on a GPU): a model's shape read from its
-config.json on the meta device, FLOPs per trained token, bytes on one GPU for training under ZeRO and for
-inference."""
+config.json on the meta device, the FLOPs of inference and of training, bytes on one GPU for training under ZeRO
+and for inference. The jobs count their own work with the same functions, so that the calibration compares the
+preflight's prediction and a job's measurement in one unit."""
 from __future__ import annotations
 
 import json
@@ -31,6 +32,18 @@ def model_shape(folder: str | Path, lora: dict | None = None) -> dict:
     text = config.get_text_config()
     return {"parameters": params, "lora_parameters": lora_params, "layers": text.num_hidden_layers,
             "hidden": text.hidden_size, "heads": text.num_attention_heads}
+
+
+def inference_flops(parameters: int, tokens: int) -> float:
+    """A forward pass over `tokens` tokens: 2 FLOPs a token and parameter (extract, icl, the teacher)."""
+    return 2.0 * parameters * tokens
+
+
+def training_flops(parameters: int, per_token: int, epochs: int, trained: int, validated: int = 0,
+                   evaluated: int = 0) -> float:
+    """A training job: each epoch trains on `trained` tokens (per_token FLOPs a token and parameter:
+    methods.Method.flops_per_token) and validates `validated` ones (a forward); then forwards over `evaluated`."""
+    return parameters * ((per_token * trained + 2 * validated) * epochs + 2 * evaluated)
 
 
 def activation_bytes(shape: dict, batch: int, tokens: int, checkpointing: bool) -> float:

@@ -17,10 +17,12 @@ import torch
 from tqdm import tqdm
 
 from .config import ConfigError
+from .costs import inference_flops, model_shape
 from .resources import model_layers, resolve_layers
 from .forward import EncoderForward, PrefixForward, batches_by_length, pool
 from .io import activation_column, atomic_path, read_table
 from .methods import DECODER, ENCODER, folder_kind
+from .metrics import Cost, write_cost
 from .models import load_model
 from .prompt import encode_prompt, prefix_demonstrations, prefix_text, task_pattern
 from .sample import META_KEY
@@ -29,14 +31,18 @@ from .settings import Settings
 ROWS_PER_GROUP = 256
 def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], settings: Settings,
                 demos_path: str | None = None, seed: int | None = None) -> list[dict]:
-    """Write the activations of every (sample, out) pair, loading the model and encoding the prefix once.
+    """Write the activations of every (sample, out) pair, loading the model and encoding the prefix once, and each
+    one's cost record (the workflow's jobs give one pair; with more, each record counts the time until its own).
     settings: layers, pooling (list), pattern, shots, batch_size, max_length, store_dtype, dtype."""
     n_layers = model_layers(model_dir)  # checked before the weights load
     layers = resolve_layers(settings.layers, n_layers, f"model {model_dir}") if n_layers is not None else None
     if "cls" in settings.pooling and folder_kind(model_dir) != ENCODER:
         raise ConfigError(f"extract.pooling: cls pooling reads an encoder's [CLS] / <s> token; {model_dir} holds "
                           f"a {folder_kind(model_dir)} model")
+    cost = Cost()
     lm = load_model(model_dir, dtype=settings.dtype, head="auto")
+    cost.loaded()
+    parameters = model_shape(model_dir)["parameters"]
     pattern = task_pattern(task, settings.pattern)
     max_length = lm.prompt_budget(settings.max_length)
     demos = None
@@ -57,6 +63,9 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
                                   sample_path, sample_meta, out)
         meta["seconds"] = time.time() - start
         metas.append(meta)
+        ran = len(prompt.prefix) + sum(map(len, prompt.examples))  # as the preflight costs an extract job
+        write_cost("extract", out, cost.as_dict(tokens=ran, flops=inference_flops(parameters, ran),
+                                                batch_size=settings.batch_size))
     return metas
 
 

@@ -15,8 +15,9 @@ import torch
 from tqdm import tqdm
 
 from .forward import PrefixForward, batches_by_length, seq2seq_label_logprobs
+from .costs import inference_flops, model_shape
 from .io import read_table, write_json
-from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record
+from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record, write_cost
 from .models import load_model, load_tokens
 from .prompt import (PromptError, check_verbalizers, encode_prompt, examples_that_fit, fit_demonstrations,
                      needed_after_prefix, task_pattern)
@@ -57,25 +58,32 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     patterns = [task_pattern(task, name) for name in settings.patterns or list(task["prompt"]["patterns"])]
     tokens = check_verbalizers(load_tokens(model_dir), patterns)
     lm = load_model(model_dir, dtype=settings.dtype, head="auto", tokens=tokens)
+    cost.loaded()
     read = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
     if train_path:
         read["demonstrations"] = read_table(train_path, META_KEY)
     fingerprints = [meta["fingerprint"] for _, meta in read.values()]  # provenance sorts them
     evals = {split: read[split][0] for split in eval_paths}
     train = read["demonstrations"][0] if train_path else evals["test"].iloc[:0]
-    records = []
+    records, tokens = [], 0
     for pattern in patterns:
         cell = dict(keys, method="icl", prompt=pattern.name, layer=None, examples=keys["k"])
-        records += pattern_records(lm, pattern, cell, train, evals, task["labels"], settings)
-    result = finish(records, cost.as_dict(), provenance(settings.raw, lm.info["revision"], fingerprints))
+        pattern_done, pattern_tokens = pattern_records(lm, pattern, cell, train, evals, task["labels"], settings)
+        records, tokens = records + pattern_done, tokens + pattern_tokens
+    work = cost.as_dict(tokens=tokens, flops=inference_flops(model_shape(model_dir)["parameters"], tokens),
+                        batch_size=settings.batch_size)
+    result = finish(records, work, provenance(settings.raw, lm.info["revision"], fingerprints))
     write_json(result, out)
+    write_cost("icl", out, work)
     return result
 
 
 def pattern_records(lm, pattern, cell: dict, train: pd.DataFrame, evals: dict[str, pd.DataFrame], labels: list[str],
-                    settings: Settings) -> list[dict]:
+                    settings: Settings) -> tuple[list[dict], int]:
     """One pattern's records, a split each: the prompt fitted to the context as settings.fit says (skip: the cell,
-    max: fewer demonstrations, skip_examples: the examples that do not fit, counted), scored, or skipped."""
+    max: fewer demonstrations, skip_examples: the examples that do not fit, counted), scored, or skipped; and the
+    tokens it ran through the model (the prefix once, each scored example once per label with a multi-token
+    verbalizer), as the preflight counts them."""
     shots, seed, max_length = cell["k"], cell["seed"], lm.context(settings.max_length)
     left_out = settings.fit == "skip_examples"
     guard = [encode_prompt(lm, pattern, rows, rows.iloc[:0], after_demonstrations=shots > 0) for rows in evals.values()]
@@ -86,14 +94,15 @@ def pattern_records(lm, pattern, cell: dict, train: pd.DataFrame, evals: dict[st
     if demos is None:
         reason = "the longest example does not fit the context even without demonstrations" if settings.fit == "max" \
             else "prompt does not fit the context"
-        return [skipped_record(dict(cell, split=split), reason, **counts) for split in evals]
+        return [skipped_record(dict(cell, split=split), reason, **counts) for split in evals], 0
     forward = None if lm.model.config.is_encoder_decoder else PrefixForward(lm, prefix)
-    records = []
+    records, tokens = [], len(prefix)
     for split, rows in evals.items():
         encoded = encode_prompt(lm, pattern, rows, demos)
         fits = examples_that_fit(encoded.examples, encoded.verbalizers, len(prefix), max_length) if left_out else \
             np.ones(len(rows), dtype=bool)
         examples = [example for example, fit in zip(encoded.examples, fits) if fit]
+        tokens += sum(map(len, examples)) * (len(labels) if max(map(len, encoded.verbalizers)) > 1 else 1)
         desc = f"icl {cell['task']} {pattern.name} {shots}-shot {split}"
         if forward is None:
             scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, [prefix + example + lm.trailing_ids()
@@ -108,7 +117,7 @@ def pattern_records(lm, pattern, cell: dict, train: pd.DataFrame, evals: dict[st
                                  skipped_example_ids=rows["id"][~fits].tolist(),
                                  mean_label_logprob={label: float(v) for label, v in zip(labels, scores.mean(0))})
         records.append(record)
-    return records
+    return records, tokens
 
 
 def teacher_demonstrations(tokens, pattern, rows: pd.DataFrame, pool: pd.DataFrame, n_labels: int, shots: int,
@@ -134,9 +143,10 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
 
     from .io import write_parquet
 
-    pattern = task_pattern(task, settings.pattern)
+    cost, pattern = Cost(), task_pattern(task, settings.pattern)
     tokens = check_verbalizers(load_tokens(model_dir), [pattern])
     lm = load_model(model_dir, dtype=settings.dtype, tokens=tokens)
+    cost.loaded()
     rows, sample_meta = read_table(train_path, META_KEY)
     pool = read_table(demos_path, META_KEY)[0] if demos_path else rows.iloc[:0]
     demos, _, counts = teacher_demonstrations(lm, pattern, rows, pool, len(task["labels"]), settings.shots, seed)
@@ -151,4 +161,7 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
     table = pa.table({"id": rows["id"].tolist(), "label": rows["label"].tolist(),
                       "probs": pa.array(probs.tolist(), pa.list_(pa.float32()))})
     write_parquet(table.replace_schema_metadata({"lmadapt": json.dumps(meta, sort_keys=True)}), out)
+    ran = len(prompt.prefix) + sum(map(len, prompt.examples))  # as the preflight costs a teacher
+    write_cost("teacher", out, cost.as_dict(tokens=ran, flops=inference_flops(model_shape(model_dir)["parameters"],
+                                                                              ran), batch_size=settings.batch_size))
     return meta

@@ -22,11 +22,14 @@ import torch
 from .config import fingerprint
 from .data import read_corpus
 from .derived import derived_record, save_derived
-from .finetune import (DROPOUT_KEYS, deepspeed_config, init_distributed, own_checkpoints, precision, schedule,
-                       train_epochs, trainable_model, training_summary)
+from .finetune import DROPOUT_KEYS, trainable_model
+from .training import (deepspeed_config, init_distributed, own_checkpoints, precision, schedule, train_epochs,
+                       training_summary)
 from .forward import pad_batch
 from .io import read_table, write_json, write_parquet
-from .metrics import Cost, code_version
+from .costs import model_shape, training_flops
+from .methods import METHODS
+from .metrics import Cost, code_version, write_cost
 from .models import load_model
 from .settings import Settings
 
@@ -131,6 +134,12 @@ def encode_sets(lm, train, held, max_length: int) -> tuple[tuple, tuple]:
     return trained, evaluated
 
 
+def instruction_rows(inputs: dict[str, str], corpora: dict[str, dict], settings: Settings):
+    """(training rows, held-out rows, the fingerprint of all of them) of the job's instruction sets."""
+    rows = read_instructions(inputs, corpora)
+    return *split_rows(rows, settings), fingerprint(rows[COLUMNS].to_numpy().tolist())
+
+
 def response_batch_loss(engine, examples: list, pad_id: int, batch):
     """A micro-batch's loss on its responses' tokens (train_epochs' batch_loss)."""
     ids, mask = pad_batch([examples[i][0] for i in batch], pad_id, engine.device)
@@ -145,14 +154,12 @@ def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict
     generations and returns the metrics."""
     import deepspeed
 
-    rank, world = init_distributed()
-    cost = Cost()
+    (rank, world), cost = init_distributed(), Cost()
     torch.manual_seed(settings.seed)
     lm = load_model(base_dir, dtype="float32", head="causal", device=torch.device("cpu"),
                     overrides=dict.fromkeys(DROPOUT_KEYS, settings.dropout))
-    rows = read_instructions(inputs, corpora)
-    data_fingerprint = fingerprint(rows[COLUMNS].to_numpy().tolist())
-    train, held = split_rows(rows, settings)
+    cost.loaded()
+    train, held, data_fingerprint = instruction_rows(inputs, corpora, settings)
     (examples, cut_train, dropped_train), (held_examples, cut_held, dropped_held) = encode_sets(
         lm, train, held, settings.max_length)
     accum, order_length, total_steps = schedule(len(examples), settings, world)
@@ -191,13 +198,25 @@ def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict
                   "sets": {origin: int(n) for origin, n in train["origin"].value_counts().sort_index().items()},
                   **training_summary(state, accum, total_steps, train_seconds),
                   "zero_stage": config["zero_optimization"]["stage"], "precision": dtype, "world_size": world},
-        "cost": cost.as_dict(),
+        "cost": instruct_cost(cost, base_dir, settings, examples, held_examples, world),
         "provenance": {"config_hash": record["settings_hash"], "code_version": code_version(),
                        "data_fingerprint": data_fingerprint},
     }
     write_json(metrics, metrics_path)
+    write_cost("instruct", metrics_path, metrics["cost"])
     shutil.rmtree(checkpoints, ignore_errors=True)  # the job is done; checkpoints only serve a restart
     return metrics
+
+
+def instruct_cost(cost: Cost, base_dir: str, settings: Settings, examples, held_examples, world: int) -> dict:
+    """The job's cost with its work as the preflight counts it: every epoch over the training examples (the LM
+    head trains every weight, as method pattern), the held-out ones forwarded before and after."""
+    trained, held = sum(len(ids) for ids, _ in examples), sum(len(ids) for ids, _ in held_examples)
+    flops = training_flops(model_shape(base_dir)["parameters"],
+                           METHODS["pattern"].flops_per_token(settings.gradient_checkpointing), settings.epochs,
+                           trained, evaluated=2 * held)
+    return cost.as_dict(tokens=trained * settings.epochs + 2 * held, flops=flops, batch_size=settings.batch_size,
+                        gpus=world)
 
 
 def write_generations(model_dir: str, shown, settings: Settings, path: str) -> None:

@@ -32,6 +32,9 @@ PARAMS = {
 }
 
 
+TRAINING_RULES = ("finetune", "instruct", "classifier")  # their jobs take all of their model's GPUs
+
+
 def as_arg(value) -> str:
     """A config slice as one shell-quoted JSON argument."""
     return shlex.quote(json.dumps(value, sort_keys=True))
@@ -108,6 +111,12 @@ class Jobs:
         pattern = layout.DERIVED_MODEL if self.config["models"][model].get("derive") else layout.PREPARED_MODEL
         return pattern.format(model=model)
 
+    def gpus(self, rule: str, model: str) -> int:
+        """The GPUs a model job takes: every one of its model's to train (finetune, instruct, classifier: a
+        process each), one to infer."""
+        count = self.config["models"][model]["gpus"]
+        return count if rule in TRAINING_RULES else min(count, 1)
+
     def launcher(self, model: str) -> str:
         """One process per GPU through torchrun; a plain process on CPU or one GPU."""
         gpus = self.config["models"][model]["gpus"]
@@ -154,9 +163,10 @@ class Jobs:
         return classifier["task"], classifier["k"], classifier["seed"]
 
     def computed_config(self) -> dict:
-        """The config without how jobs run (threads, mem_mb, checkpoint cadence): what the results depend on."""
+        """The config without how jobs run (threads, requests, mem_mb, checkpoint cadence): what the results depend
+        on."""
         config = self.config
-        computed = {key: value for key, value in config.items() if key != "threads"}
+        computed = {key: value for key, value in config.items() if key not in ("threads", "requests")}
         computed["finetune"] = {k: v for k, v in config["finetune"].items() if k not in FINETUNE_RUN_SETTINGS}
         computed["instruct"] = {k: v for k, v in config["instruct"].items() if k != "checkpoint_every"}
         computed["models"] = {name: {k: v for k, v in spec.items() if k != "mem_mb"}

@@ -46,6 +46,20 @@ TABLES = "results/tables"
 FIGURES = "results/figures"
 TIDY = "results/tables/all.parquet"
 BENCHMARKS = "results/benchmarks"
+CALIBRATION_JSON = "results/plan/calibration.json"  # of the grid's finished jobs (rule calibration)
+CALIBRATION_MD = "results/plan/calibration.md"
+PILOT_CALIBRATION_JSON = "results/plan/pilot/calibration.json"  # of the pilot's cells (rule pilot), until then
+PILOT_CALIBRATION_MD = "results/plan/pilot/calibration.md"
+STATUS_MD = "results/plan/status.md"
+# what a model job measured of itself (Cost, with its work in the preflight's units), beside its benchmark file:
+# the calibration reads them; no rule declares them (how a job ran is not what it computed)
+COST = BENCHMARKS + "/{rule}/{cell}.json"
+# the file each model rule writes that names its cell (its cost record is found from it)
+MODEL_OUTPUTS = {"extract": ACTIVATIONS, "teacher": TEACHER, "icl": METRICS["icl"], "finetune": METRICS["finetune"],
+                 "instruct": DERIVE_METRICS, "classifier": DERIVE_METRICS, "ppo": DERIVE_METRICS}
+# the file whose presence says a job of the grid finished (lmadapt status)
+OUTPUTS = MODEL_OUTPUTS | {"sample": SAMPLE, "probe": METRICS["probe"], "bow": METRICS["bow"],
+                           "preflight": PREFLIGHT_JSON, "aggregate": TIDY, "resolved_config": RESOLVED_CONFIG}
 
 # each rule's cell: the part of its log's and benchmark's path after the rule's folder ("": one job)
 CELLS = {
@@ -55,7 +69,8 @@ CELLS = {
     "icl": "{model}/{task}/shots{shots}_seed{seed}", "teacher": "{model}/{task}/k{k}_seed{seed}",
     "finetune": "{model}/{task}/{method}/k{k}_seed{seed}",
     "instruct": "{model}", "classifier": "{model}", "ppo": "{model}",
-    "preflight": "", "aggregate": "", "derived_summary": "", "runtimes": "", "resolved_config": "",
+    "preflight": "", "aggregate": "", "derived_summary": "", "runtimes": "", "resolved_config": "", "calibration": "",
+    "pilot": "",
 }
 
 
@@ -85,6 +100,17 @@ def log(rule: str) -> str:
 
 def benchmark(rule: str) -> str:
     return f"{BENCHMARKS}/{rule}/{CELLS[rule] or rule}.tsv"
+
+
+def cost_record(rule: str, output) -> Path | None:
+    """Where a model job writes what it measured: results/benchmarks/<rule>/<cell>.json, beside its benchmark file
+    and under the same working directory as its output (None for an output outside the layout, a job run by hand
+    into another folder)."""
+    fields = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(MODEL_OUTPUTS[rule]))
+    found = re.fullmatch(rf"(?P<root>(?:.*/)?){fields}", Path(output).as_posix())
+    if found is None:
+        return None
+    return Path(found["root"] + COST.format(rule=rule, cell=CELLS[rule].format(**found.groupdict())))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, layout
 from .config import fingerprint
+from .io import write_json
 
 # k: training examples per class; examples: labeled examples the method used in total (training rows plus
 # demonstrations), the unit in which tables and figures compare ICL, probes and fine-tuning.
@@ -110,21 +111,38 @@ def _cuda():
 
 
 class Cost:
-    """Wall seconds, device and peak memory of a stage, measured from construction to `as_dict()`."""
+    """Wall seconds, device and peak memory of a stage, measured from construction to `as_dict()`, split as the
+    preflight's cost model splits a job: loading (until a model job calls `loaded()`) and computing (the rest).
+    A model job adds its work in the preflight's units (costs.py: tokens, FLOPs) and the batch it ran with."""
 
     def __init__(self):
         self.start = time.time()
+        self.load_end = None
         if cuda := _cuda():
             cuda.reset_peak_memory_stats()
 
+    def loaded(self) -> None:
+        """The model's weights are in memory: what follows is computing."""
+        self.load_end = time.time()
+
     def as_dict(self, **extra) -> dict:
-        cuda = _cuda()
-        out = {"wall_seconds": round(time.time() - self.start, 3),
+        cuda, now = _cuda(), time.time()
+        load = (self.load_end or self.start) - self.start
+        out = {"wall_seconds": round(now - self.start, 3), "load_seconds": round(load, 3),
+               "compute_seconds": round(now - self.start - load, 3),
                "device": cuda.get_device_name() if cuda else "cpu",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "peak_gpu_mb": round(cuda.max_memory_allocated() / 2**20, 1) if cuda else None}
         out.update(extra)
         return out
+
+
+def write_cost(rule: str, output, cost: dict) -> None:
+    """A model job's cost (Cost.as_dict with its work) where the calibration reads every job's: beside its
+    benchmark file (layout.cost_record); a job run by hand outside the layout writes none."""
+    path = layout.cost_record(rule, output)
+    if path is not None:
+        write_json(dict(cost, rule=rule), path)
 
 
 def finish(records: list[dict], cost: dict, prov: dict) -> dict:

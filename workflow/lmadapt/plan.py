@@ -24,8 +24,8 @@ class Plan:
     def job(self, stage: str, model: str, task: str, gpus: int, flops: float, memory: float, shape: dict, **cell):
         load = BYTES_16BIT * shape["parameters"] / (self.cluster["load_gb_per_s"] * 1e9)
         compute = flops / (max(gpus, 1) * self.cluster["gpu_tflops"] * 1e12 * self.cluster["mfu"])
-        self.jobs.append(dict(stage=stage, model=model, task=task, gpus=gpus, flops=flops,
-                              memory_gb=memory / 1e9, fits=memory / 1e9 <= self.cluster["gpu_memory_gb"],
+        self.jobs.append(dict(stage=stage, model=model, task=task, gpus=gpus, parameters=shape["parameters"],
+                              flops=flops, memory_gb=memory / 1e9, fits=memory / 1e9 <= self.cluster["gpu_memory_gb"],
                               load_seconds=load, compute_seconds=compute,
                               gpu_hours=(load + compute) * max(gpus, 1) / 3600, **cell))
 

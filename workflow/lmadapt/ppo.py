@@ -24,7 +24,7 @@ from .derived import derived_record, save_derived
 from .forward import pad_batch
 from .io import write_json, write_parquet
 from .methods import DECODER
-from .metrics import Cost, code_version
+from .metrics import Cost, code_version, write_cost
 from .models import load_model
 from .prompt import Pattern, classifier_inputs
 from .settings import Settings
@@ -231,6 +231,7 @@ def run_ppo(name: str, base_dir: str, reward_dir: str, prompts_path: str, prompt
     train, held, too_long = read_prompts(prompts_path, prompts_source, policy.lm, settings)
     wanted = settings.reward
     reward = Reward(reward_dir, wanted.avoid if wanted.label is None else wanted.label, avoid=wanted.label is None)
+    cost.loaded()  # the policy, its reference and the reward model (the preflight costs no PPO job: no FLOPs here)
     start = time.time()
     trained = train_policy(policy, reward, train, held, settings)
     train_seconds = time.time() - start
@@ -251,4 +252,5 @@ def run_ppo(name: str, base_dir: str, reward_dir: str, prompts_path: str, prompt
                "provenance": {"config_hash": record["settings_hash"], "code_version": code_version(),
                               "data_fingerprint": data_fingerprint}}
     write_json(metrics, metrics_path)
+    write_cost("ppo", metrics_path, metrics["cost"])
     return metrics

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .checks import layer_problems, model_kind_problems
 from .config import ConfigError, finetune_settings, setting_key, stage_config
-from .costs import Zero, inference_memory, model_shape, training_memory
+from .costs import Zero, inference_flops, inference_memory, model_shape, training_flops, training_memory
 from .data import corpus_path
 from .grid import demonstration_needs, derived_models, root_model
 from .io import read_metadata, read_table, write_json, write_text
@@ -182,7 +182,7 @@ def plan_extract(m: Measuring, cells: dict) -> None:
         shape = m.shapes[model]
         length = counts["prefix"] + counts["tokens"] // max(counts["n"], 1)
         m.plan.job("extract", model, task, m.inference_gpus(model),
-                   2 * shape["parameters"] * (counts["tokens"] + counts["prefix"]),
+                   inference_flops(shape["parameters"], counts["tokens"] + counts["prefix"]),
                    inference_memory(shape, extract["batch_size"], length), shape, prompt=prompt, sample=name)
 
 
@@ -216,7 +216,7 @@ def plan_icl(m: Measuring, cells: dict) -> None:
             shape = m.shapes[model]
             scored = counts["tokens"] * (counts["labels"] if counts["multi"] else 1)
             m.plan.job("icl", model, task, m.inference_gpus(model),
-                       2 * shape["parameters"] * (counts["prefix_tokens"] + scored),
+                       inference_flops(shape["parameters"], counts["prefix_tokens"] + scored),
                        inference_memory(shape, icl["batch_size"], counts["prefix_tokens"] +
                                         counts["tokens_after_prefix"]), shape, shots=shots, seed=seed, pattern=name)
 
@@ -270,7 +270,7 @@ def plan_teachers(m: Measuring, cells: dict) -> None:
                                                                ft["distill"]["shots"], seed)
             except PromptError as e:
                 return {"error": str(e)}
-            return dict(counts, tokens=sum(map(len, encode_prompt(tokens, pattern, rows, rows.iloc[:0]).examples)))
+            return dict(counts, tokens=sum(map(len, encode_prompt(tokens, pattern, rows, demos).examples)))
 
         counts = m.measure(model, ("teacher", task, k, seed, pattern.name, ft["distill"]["shots"]), teach)
         if "error" in counts:
@@ -282,7 +282,7 @@ def plan_teachers(m: Measuring, cells: dict) -> None:
                                           f"demonstrations (the longest training input must fit)"))
         shape = m.shapes[model]
         m.plan.job("teacher", model, task, m.inference_gpus(model),
-                   2 * shape["parameters"] * (counts["prefix_tokens"] + counts["tokens"]),
+                   inference_flops(shape["parameters"], counts["prefix_tokens"] + counts["tokens"]),
                    inference_memory(shape, ft["distill"]["batch_size"], counts["prefix_tokens"] +
                                     counts["tokens_after_prefix"]), shape, k=k, seed=seed)
 
@@ -316,8 +316,9 @@ def plan_finetune(m: Measuring, cells: dict) -> None:
         shape, gpus = m.shapes[model], config["models"][model]["gpus"]
         per_token = METHODS[method].flops_per_token(settings.gradient_checkpointing)
         held = settings.validation or 0  # validated (forward only) after every epoch instead of trained on
-        flops = shape["parameters"] * ((per_token * (1 - held) + 2 * held) * train["tokens"] * settings.epochs +
-                                       2 * sum(e["tokens"] for e in evaluated.values()))
+        flops = training_flops(shape["parameters"], per_token, settings.epochs, (1 - held) * train["tokens"],
+                               held * train["tokens"], sum(e["tokens"] for e in evaluated.values()) +
+                               (train["tokens"] if held else 0))  # with validation, the job evaluates its rows too
         memory = training_memory(shape, method, settings, zero.stage, zero.offload, gpus, train["longest"])
         m.plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
         if METHODS[method].lora and not shape["lora_parameters"]:
@@ -361,7 +362,8 @@ def plan_instruct(m: Measuring, corpora: Path) -> None:
         evaluated = m.measure(name, measured_as + ("held",), lambda t: instruction_lengths(t, held))
         shape, gpus = m.shapes[name], config["models"][name]["gpus"]
         per_token = METHODS["pattern"].flops_per_token(settings.gradient_checkpointing)
-        flops = shape["parameters"] * (per_token * trained["tokens"] * settings.epochs + 2 * 2 * evaluated["tokens"])
+        flops = training_flops(shape["parameters"], per_token, settings.epochs, trained["tokens"],
+                               evaluated=2 * evaluated["tokens"])  # the held-out set before and after
         memory = training_memory(shape, "pattern", settings, zero.stage, zero.offload, gpus, trained["longest"])
         m.plan.job("instruct", name, where["task"], gpus, flops, memory, shape)
         if trained["cut"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .io import UnreadableFile, markdown_table, write_text
@@ -17,23 +18,33 @@ COLUMNS = {"s": "wall_s", "max_rss": "max_rss_mb", "cpu_time": "cpu_s"}
 
 def read_benchmarks(folder: str | Path) -> pd.DataFrame:
     """One row per job: rule (the first folder under `folder`), job (the rest of the path), wall_s, max_rss_mb,
-    cpu_s. Repeated runs of a job (`repeat()`) count by their mean wall and CPU time and their peak memory."""
+    cpu_s. Repeated runs of a job (`repeat()`) count by their mean wall and CPU time and their peak memory. Read
+    as plain text: the paper grid has thousands of these small files."""
     folder = Path(folder)
     rows = []
     for path in sorted(folder.rglob("*.tsv")):
         relative = path.relative_to(folder)
         try:
-            table = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            header, *lines = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+        except (ValueError, UnicodeDecodeError) as e:
             raise UnreadableFile(f"{path}: not a Snakemake benchmark file ({e})") from None
-        missing = [column for column in COLUMNS if column not in table.columns]
-        if missing or table.empty:
+        missing = [column for column in COLUMNS if column not in header]
+        if missing or not lines:
             raise UnreadableFile(f"{path}: not a Snakemake benchmark file (no {', '.join(missing) or 'rows'})")
-        values = table[list(COLUMNS)].apply(pd.to_numeric, errors="coerce")
+        values = {column: _numbers(line[header.index(column)] for line in lines) for column in COLUMNS}
         rows.append({"rule": relative.parts[0], "job": str(relative.with_suffix("")),
-                     "wall_s": values["s"].mean(), "max_rss_mb": values["max_rss"].max(),
-                     "cpu_s": values["cpu_time"].mean()})
+                     "wall_s": _summary(values["s"], np.mean), "max_rss_mb": _summary(values["max_rss"], max),
+                     "cpu_s": _summary(values["cpu_time"], np.mean)})
     return pd.DataFrame(rows, columns=["rule", "job", *COLUMNS.values()])
+
+
+def _numbers(texts) -> list[float]:
+    """The measured values (NA or -: a job that ended before Snakemake measured it, left out)."""
+    return [float(text) for text in texts if text not in ("NA", "-", "")]
+
+
+def _summary(values: list[float], how) -> float:
+    return float(how(values)) if values else float("nan")
 
 
 def summarise(jobs: pd.DataFrame) -> pd.DataFrame:

@@ -24,8 +24,7 @@ rule aggregate:
     benchmark:
         layout.benchmark("aggregate")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **sized("aggregate", runtime=30, mem_mb=4000),
     params:
         **job_params("aggregate"),
     run:
@@ -65,3 +64,28 @@ rule resolved_config:
         **job_params("resolved_config"),
     shell:
         "lmadapt resolved-config --config-json {params.config} --out {output} > {log} 2>&1"
+
+
+# The cost model calibrated on every finished job (local, seconds): fits per stage, model and device, the page of
+# predicted against measured, and the grid's status. After every other job, as runtimes; no table depends on it.
+# The requests of jobs still to run read it (lmadapt/sizing.py), which never reruns one.
+rule calibration:
+    input:
+        layout.TABLES,
+        derived_summary_target(),
+        plan=layout.PREFLIGHT_JSON,
+    output:
+        json=layout.CALIBRATION_JSON,
+        md=report(layout.CALIBRATION_MD, caption="../report/calibration.rst", category="Plan"),
+        status=report(layout.STATUS_MD, caption="../report/status.rst", category="Plan"),
+    log:
+        layout.log("calibration"),
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        config=run_setting(config),
+    shell:
+        "lmadapt calibrate --plan {input.plan} --benchmarks results/benchmarks --out-json {output.json}"
+        " --out-md {output.md} > {log} 2>&1 && lmadapt status --config-json {params.config} --out {output.status}"
+        " >> {log} 2>&1"

@@ -18,6 +18,7 @@ from lmadapt.config import FINETUNE_RUN_SETTINGS, SCHEMA_PATH, ConfigError, read
 from lmadapt.grid import derived_models
 from lmadapt.jobs import PARAMS, Jobs, as_arg
 from lmadapt.methods import method_pattern
+from lmadapt.sizing import Requests
 
 # lmadapt's check names the bad key path (tasks.rte.k[0]: -3 is less than the minimum of 1) and fills defaults;
 # Snakemake's own validation then records the schema for the report. Each config file is read again, strictly:
@@ -32,6 +33,7 @@ if PROBLEMS:
     raise ConfigError("invalid configuration:\n  " + "\n  ".join(PROBLEMS))
 
 JOBS = Jobs(config)  # every job's params and inputs, each computed once
+REQUESTS = Requests(config)  # every job's runtime and mem_mb, from its predicted cost
 
 
 NAME = "[a-z][a-z0-9_]*"
@@ -158,30 +160,27 @@ def instruction_sets_arg(wildcards, input):
 # ---------------------------------------------------------------- resources: never part of a result
 
 
-def per_attempt(amount):
-    """A resource that grows with the attempt (mem_mb, runtime): a job killed for it gets more on its retry."""
+def sized(rule, runtime, mem_mb=None, scale=1):
+    """runtime (minutes) and mem_mb of a rule's jobs: each job's predicted cost times requests.margin
+    (lmadapt/sizing.py), else these static values (mem_mb None: the model's mem_mb x scale); a job killed for
+    either gets more on its retry."""
 
     @known_signature
-    def scaled(wildcards, attempt):
-        return amount * attempt
-
-    return scaled
-
-
-def model_resources(scale=1, gpus="one"):
-    """mem_mb (growing with the attempt) and GPUs of a model job: `one` for inference, `all` of the model's for
-    fine-tuning (one task: torchrun starts a process per GPU)."""
+    def minutes(wildcards, attempt):
+        return REQUESTS.runtime(rule, cell_of(wildcards), attempt, runtime)
 
     @known_signature
-    def mem_mb(wildcards, attempt):
-        return config["models"][wildcards.model]["mem_mb"] * scale * attempt
+    def megabytes(wildcards, attempt):
+        static = config["models"][wildcards.model]["mem_mb"] * scale if mem_mb is None else mem_mb
+        return REQUESTS.mem_mb(rule, cell_of(wildcards), attempt, static)
 
-    @known_signature
-    def gpu(wildcards):
-        count = config["models"][wildcards.model]["gpus"]
-        return count if gpus == "all" else min(count, 1)
+    return {"runtime": minutes, "mem_mb": megabytes}
 
-    return {"mem_mb": mem_mb, "gpu": gpu}
+
+def job_gpus(rule):
+    """The GPUs of a rule's model jobs (lmadapt/jobs.py: all of the model's to train, one task that torchrun
+    splits into a process per GPU; one to infer)."""
+    return known_signature(lambda wildcards: JOBS.gpus(rule, wildcards.model))
 
 
 @known_signature

@@ -34,8 +34,7 @@ rule sample:
     conda:
         CONDA_ENV
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=10,
+        **sized("sample", runtime=10, mem_mb=4000),
     params:
         **job_params("sample"),
         inputs=sample_roles,

@@ -43,8 +43,8 @@ rule instruct:
         CONDA_ENV
     threads: THREADS
     resources:
-        **model_resources(scale=2, gpus="all"),
-        runtime=per_attempt(1440),
+        **sized("instruct", runtime=1440, scale=2),
+        gpu=job_gpus("instruct"),
         tasks=launcher_tasks,
     params:
         **job_params("instruct"),
@@ -78,8 +78,8 @@ rule classifier:
         CONDA_ENV
     threads: THREADS
     resources:
-        **model_resources(scale=2, gpus="all"),
-        runtime=per_attempt(240),
+        **sized("classifier", runtime=240, scale=2),
+        gpu=job_gpus("classifier"),
         tasks=launcher_tasks,
     params:
         **job_params("classifier"),
@@ -112,8 +112,8 @@ rule ppo:
         CONDA_ENV
     threads: THREADS
     resources:
-        **model_resources(scale=3),
-        runtime=per_attempt(1440),
+        **sized("ppo", runtime=1440, scale=3),
+        gpu=job_gpus("ppo"),
     params:
         **job_params("ppo"),
     shell:

@@ -19,8 +19,8 @@ rule teacher:
         CONDA_ENV
     threads: THREADS
     resources:
-        **model_resources(),
-        runtime=60,
+        **sized("teacher", runtime=60),
+        gpu=job_gpus("teacher"),
     params:
         **job_params("teacher"),
         demos=input_option("demos", "--demos"),
@@ -49,8 +49,8 @@ rule finetune:
         CONDA_ENV
     threads: THREADS
     resources:
-        **model_resources(scale=2, gpus="all"),
-        runtime=per_attempt(240),
+        **sized("finetune", runtime=240, scale=2),
+        gpu=job_gpus("finetune"),
         tasks=launcher_tasks,
     params:
         **job_params("finetune"),

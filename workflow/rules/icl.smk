@@ -18,8 +18,8 @@ rule icl:
         CONDA_ENV
     threads: THREADS
     resources:
-        **model_resources(),
-        runtime=240,
+        **sized("icl", runtime=240),
+        gpu=job_gpus("icl"),
     params:
         **job_params("icl"),
         demos=input_option("demos", "--train"),

@@ -19,8 +19,8 @@ rule extract:
         CONDA_ENV
     threads: THREADS
     resources:
-        **model_resources(),
-        runtime=240,
+        **sized("extract", runtime=240),
+        gpu=job_gpus("extract"),
     params:
         **job_params("extract"),
         demos=extract_demos_arg,
@@ -46,8 +46,7 @@ rule probe:
         CONDA_ENV
     threads: THREADS
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=60,
+        **sized("probe", runtime=60, mem_mb=4000),
     params:
         **job_params("probe"),
         evals=probe_evals,
@@ -73,8 +72,7 @@ rule bow:
     conda:
         CONDA_ENV
     resources:
-        mem_mb=per_attempt(2000),
-        runtime=30,
+        **sized("bow", runtime=30, mem_mb=2000),
     params:
         **job_params("bow"),
     shell:
