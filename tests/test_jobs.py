@@ -2,13 +2,18 @@
 and input paths, lmadapt/jobs.py, what Snakemake compares) changes only when what it computes changes.
 tests/test_workflow.py checks on a finished run that Snakemake agrees."""
 import copy
+import json
+import math
 
 import pytest
 import yaml
 
 from conftest import REPO
+from lmadapt import layout
+from lmadapt.calibration import COSTED, cell_key, plan_predictions
 from lmadapt.checks import check_config
 from lmadapt.jobs import PARAMS, Jobs
+from lmadapt.sizing import Requests
 
 CONFIGS = {name: yaml.safe_load((REPO / f"config/{name}.yaml").read_text()) for name in ("config", "paper")}
 
@@ -55,8 +60,15 @@ def test_resources_and_how_jobs_run_change_no_job(grid):
         config["threads"] = config.get("threads", 4) + 3
         for spec in config["models"].values():
             spec["mem_mb"] = spec.get("mem_mb", 8000) * 2
+            for stage in ("extract", "icl"):  # a model's own inference batch sizes too
+                if "batch_size" in spec.get(stage, {}):
+                    spec[stage]["batch_size"] += 1
         config.setdefault("finetune", {}).update(checkpoint_every=7, keep_checkpoint=True)
+        config["finetune"].setdefault("distill", {})["batch_size"] = 3  # the teacher's: inference
         config.setdefault("instruct", {})["checkpoint_every"] = 9
+        for stage in ("extract", "icl"):
+            config.setdefault(stage, {})["batch_size"] = 5
+        config["requests"] = {"margin": 4.0, "min_runtime": 90, "min_mem_mb": 9000, "startup_seconds": 300}
 
     assert not changed(jobs, everything(edit(raw, resources)))
 
@@ -101,3 +113,55 @@ def test_a_probe_setting_reruns_the_probes_alone(grid):
     after = everything(edit(raw, lambda c: c.setdefault("probe", {}).setdefault("mlp", {}).__setitem__("epochs", 7)))
     assert {rule for rule, _ in changed(jobs, after)} == {"probe", "resolved_config"}
     assert {job for job in jobs if job[0] == "probe"} <= changed(jobs, after)
+
+
+def synthetic_plan(jobs: Jobs) -> dict:
+    """A preflight plan of every costed cell of a grid, each with its own numbers (what the preflight would
+    measure with the real tokenizers: here made up per cell, so that a request shows which cell it read)."""
+    plan = []
+    for n, (rule, cell) in enumerate((rule, cell) for rule in COSTED for cell in jobs.cells().get(rule, [])):
+        fields = dict(cell, stage=rule, task=cell.get("task", "-"), gpus=jobs.gpus(rule, cell["model"]))
+        for pattern in (["p1", "p2"] if rule == "icl" else [None]):  # an ICL job runs every pattern of its task
+            plan.append(dict(fields, pattern=pattern, parameters=10**8, flops=1e12 * (n + 1),
+                             memory_gb=1.0 + n % 7, load_seconds=20.0, compute_seconds=30.0 + n))
+    return {"jobs": plan, "cluster": {"gpu_memory_gb": 80, "gpu_tflops": 312}}
+
+
+def test_every_job_asks_slurm_for_its_own_prediction_and_no_request_reruns_a_job(grid, tmp_path):
+    """Every job of config.yaml and paper.yaml: static requests without a plan, the preflight's estimate of its
+    own cell with one, its calibrated prediction with a calibration; its params the same under all three."""
+    name, raw, jobs = grid
+    config = check_config(copy.deepcopy(raw))
+    grid_jobs = Jobs(config)
+    plan = synthetic_plan(grid_jobs)
+    predictions = plan_predictions(plan)
+    (tmp_path / "results/plan").mkdir(parents=True)
+    requests = Requests(config, tmp_path)
+    cells = [(rule, cell) for rule, rule_cells in grid_jobs.cells().items() for cell in rule_cells]
+    assert all(requests.runtime(rule, cell, 2, 240) == 480 and requests.mem_mb(rule, cell, 1, 4000) == 4000
+               for rule, cell in cells)  # nothing predicted: the static values, growing with the attempt
+    (tmp_path / layout.PREFLIGHT_JSON).write_text(json.dumps(plan))
+    margin, startup = config["requests"]["margin"], config["requests"]["startup_seconds"]
+    costed = [(rule, cell) for rule, cell in cells if rule in COSTED]
+    assert costed and all(requests.prediction(rule, cell)[2] == "preflight" for rule, cell in costed)
+    for rule, cell in costed:
+        predicted = predictions[rule, cell_key(rule, cell)]
+        seconds = startup + predicted["load_seconds"] + predicted["compute_seconds"]
+        assert requests.runtime(rule, cell, 1, 240) == max(math.ceil(seconds * margin / 60), 10)
+    calibration = {"fits": [{"stage": rule, "model": model, "device": "NVIDIA H100", "jobs": 2, "gpus": 1,
+                             "throughput_flops_per_s": 1e14, "compute_intercept_s": 5.0, "load_bytes_per_s": 2e9,
+                             "startup_s": 40.0, "memory_intercept_mb": 3000.0, "memory_factor": 1.5,
+                             "gpu_memory_factor": 1.2} for rule, model in {(r, c["model"]) for r, c in costed}],
+                   "rules": [{"rule": rule, "model": None, "jobs": 3, "max_seconds": 100.0, "max_mb": 500.0}
+                             for rule in grid_jobs.cells()], "jobs": 10}
+    (tmp_path / layout.CALIBRATION_JSON).write_text(json.dumps(calibration))
+    for rule, cell in cells:
+        predicted = predictions.get((rule, cell_key(rule, cell)))
+        if predicted:
+            seconds = 40 + 2 * 10**8 / 2e9 + 5 + predicted["flops"] / 1e14
+            megabytes = 3000 + 1.5 * predicted["memory_mb"]
+        else:  # what the preflight does not cost: the longest and largest of its rule's finished jobs
+            seconds, megabytes = 100.0, 500.0
+        assert requests.runtime(rule, cell, 1, 240) == max(math.ceil(seconds * margin / 60), 10), (rule, cell)
+        assert requests.mem_mb(rule, cell, 3, 4000) == 3 * max(math.ceil(megabytes * margin), 1000), (rule, cell)
+    assert everything(raw) == jobs  # the plan and the calibration are no job's params or inputs

@@ -123,10 +123,13 @@ def test_a_finished_run_reruns_only_the_jobs_a_change_makes_stale(finished_run, 
     run, models = finished_run, (tiny_opt, tiny_bert)
     assert "Nothing to be done" in run_snakemake(run.workdir, "--configfile", str(run.config), "-n").stdout
 
-    def resources(c):  # Slurm requests and how jobs run: never what they compute
+    def resources(c):  # Slurm requests and how jobs run (batch sizes of inference): never what they compute
         c["models"]["tiny"]["mem_mb"] = 3000
         c["threads"] = 3
         c["requests"] = {"margin": 3.0, "min_runtime": 30}
+        c["extract"]["batch_size"] = 3
+        c["icl"]["batch_size"] = 5
+        c["finetune"]["distill"]["batch_size"] = 7
         c["finetune"].update(checkpoint_every=7, keep_checkpoint=True)
     assert plan_after(run, models, resources) == {}
 

@@ -1,6 +1,7 @@
 """The preflight's cost model calibrated on finished jobs (rule `calibration`, `lmadapt calibrate`): what each job
 measured (its cost record, metrics.write_cost, and Snakemake's benchmark file) against what the preflight
-predicted for its cell (results/plan/preflight.json), fitted per (stage, model, device):
+predicted for its cell (results/plan/preflight.json), fitted per (stage, model, method, device) (a method: the
+fine-tuning method, whose FLOPs per token the formula counts but whose speed it does not):
 
     compute seconds = intercept + FLOPs / throughput       least squares over the jobs (FLOPs: costs.py, the
                                                            same formula in the preflight and in the job)
@@ -104,8 +105,9 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(intercept), float(slope)
 
 
-def fit_group(stage: str, model: str, device: str, pairs: list[tuple[dict, dict]]) -> dict:
-    """The cost model's constants for one (stage, model, device) from its jobs' (measurement, prediction)."""
+def fit_group(stage: str, model: str, method: str | None, device: str, pairs: list[tuple[dict, dict]]) -> dict:
+    """The cost model's constants for one (stage, model, method, device) from its jobs' (measurement,
+    prediction)."""
     costs = [measured["cost"] for measured, _ in pairs]
     compute_intercept, seconds_per_flop = _line(np.array([c["flops"] for c in costs]),
                                                 np.array([c["compute_seconds"] for c in costs]))
@@ -118,7 +120,7 @@ def fit_group(stage: str, model: str, device: str, pairs: list[tuple[dict, dict]
     memory_intercept += max(0.0, float((measured_mb - memory_intercept - memory_factor * predicted_mb).max()))
     gpu = [c["peak_gpu_mb"] / max(p["memory_mb"], 1e-9) for (_, p), c in zip(pairs, costs) if c.get("peak_gpu_mb")]
     gpus = max(max(c.get("gpus") or p["gpus"], 1) for (_, p), c in zip(pairs, costs))
-    return {"stage": stage, "model": model, "device": device, "jobs": len(pairs), "gpus": gpus,
+    return {"stage": stage, "model": model, "method": method, "device": device, "jobs": len(pairs), "gpus": gpus,
             "throughput_flops_per_s": 1 / max(seconds_per_flop, 1e-30), "compute_intercept_s": compute_intercept,
             "load_bytes_per_s": weight_bytes / max(sum(c["load_seconds"] for c in costs), 1e-9),
             "startup_s": max(float(np.median(startups)), 0.0) if startups else 0.0,
@@ -140,15 +142,15 @@ def envelopes(measurements: list[dict]) -> list[dict]:
 
 
 def calibrate(plan: dict, measurements: list[dict]) -> dict:
-    """The calibration of a plan on finished jobs: a fit per (stage, model, device) where a costed job measured
-    its work, and every rule's envelope."""
+    """The calibration of a plan on finished jobs: a fit per (stage, model, method, device) where a costed job
+    measured its work, and every rule's envelope."""
     predictions, groups = plan_predictions(plan), defaultdict(list)
     for measured in measurements:
         cost, cell = measured["cost"], measured["cell"]
         predicted = predictions.get((measured["rule"], cell_key(measured["rule"], cell))) if cell is not None \
             and measured["rule"] in COSTED else None
         if cost and cost.get("flops") and predicted:
-            groups[measured["rule"], cell["model"], cost["device"]].append((measured, predicted))
+            groups[measured["rule"], cell["model"], cell.get("method"), cost["device"]].append((measured, predicted))
     return {"fits": [fit_group(*key, pairs) for key, pairs in sorted(groups.items())],
             "rules": envelopes(measurements), "jobs": len(measurements)}
 
@@ -158,12 +160,13 @@ def calibrate(plan: dict, measurements: list[dict]) -> dict:
 
 def job_prediction(calibration: dict, rule: str, cell: dict, predicted: dict | None,
                    startup_s: float = 0.0) -> tuple[float | None, float | None, str | None]:
-    """(seconds, host MB, source) of a job: `calibrated` from its (stage, model) fit and its plan prediction (the
-    slowest device where it ran on several), else `measured` (its rule's envelope, and model's where it has one),
-    else `preflight` (the plan's load and compute seconds plus startup_s; no host memory: the preflight predicts
-    GPU memory), else (None, None, None)."""
+    """(seconds, host MB, source) of a job: `calibrated` from its (stage, model, method) fit and its plan
+    prediction (the slowest device where it ran on several), else `measured` (its rule's envelope, and model's
+    where it has one), else `preflight` (the plan's load and compute seconds plus startup_s; no host memory: the
+    preflight predicts GPU memory), else (None, None, None)."""
     model = cell.get("model")
-    fits = [entry for entry in calibration.get("fits", []) if entry["stage"] == rule and entry["model"] == model]
+    fits = [entry for entry in calibration.get("fits", []) if entry["stage"] == rule and entry["model"] == model
+            and entry.get("method") == cell.get("method")]
     if fits and predicted:
         return max((fitted_seconds(entry, predicted), fitted_mb(entry, predicted), "calibrated") for entry in fits)
     measured = [entry for entry in calibration.get("rules", []) if entry["rule"] == rule and entry["model"] in
@@ -209,14 +212,15 @@ def calibration_markdown(plan: dict, calibration: dict, measurements: list[dict]
     for entry in calibration["fits"]:
         pairs = [(m, predictions[m["rule"], cell_key(m["rule"], m["cell"])]) for m in measurements
                  if m["rule"] == entry["stage"] and m["cost"] and m["cost"].get("device") == entry["device"]
-                 and (m["cell"] or {}).get("model") == entry["model"]
+                 and (m["cell"] or {}).get("model") == entry["model"] and m["cell"].get("method") == entry["method"]
                  and (m["rule"], cell_key(m["rule"], m["cell"])) in predictions]
         before = [_ratio(p["load_seconds"] + p["compute_seconds"], m["wall_s"]) for m, p in pairs]
         after = [_ratio(fitted_seconds(entry, p), m["wall_s"]) for m, p in pairs]
         memory = [_ratio(fitted_mb(entry, p), m["peak_mb"]) for m, p in pairs]
         peak = entry["gpus"] * cluster.get("gpu_tflops", 0) * 1e12
         utilisation = f"{entry['throughput_flops_per_s'] / peak:.1%}" if entry["device"] != "cpu" and peak else "–"
-        rows.append([entry["stage"], entry["model"], entry["device"], entry["jobs"], _median(before), _median(after),
+        rows.append([" ".join(filter(None, (entry["stage"], entry["method"]))), entry["model"], entry["device"],
+                     entry["jobs"], _median(before), _median(after),
                      _median(memory), f"{entry['throughput_flops_per_s'] / 1e12:.3g}", utilisation,
                      f"{entry['load_bytes_per_s'] / 1e9:.2f}", f"{entry['startup_s']:.1f}"])
         off += [(abs(math.log(a)), entry["stage"], m["cell"], a) for (m, _), a in zip(pairs, after) if a == a and a]
@@ -239,12 +243,12 @@ def grid_lines(plan: dict, calibration: dict, predictions: dict) -> list[str]:
     before = after = 0.0
     too_big = []
     for (rule, key), predicted in sorted(predictions.items()):
-        gpus = max(predicted["gpus"], 1)
+        gpus, cell = max(predicted["gpus"], 1), dict(zip(cell_fields(rule), key))
         before += (predicted["load_seconds"] + predicted["compute_seconds"]) * gpus / 3600
-        seconds, _, _ = job_prediction(calibration, rule, dict(zip(cell_fields(rule), key)), predicted)
+        seconds, _, _ = job_prediction(calibration, rule, cell, predicted)
         after += (seconds or 0.0) * gpus / 3600
         factors = [e["gpu_memory_factor"] for e in calibration["fits"] if e["stage"] == rule and
-                   e["model"] == predicted["model"] and e["gpu_memory_factor"]]
+                   e["model"] == predicted["model"] and e["method"] == cell.get("method") and e["gpu_memory_factor"]]
         if factors and predicted["memory_mb"] * max(factors) / 1024 > gpu_gb:
             too_big.append(f"{rule} {'/'.join(key)}: {predicted['memory_mb'] * max(factors) / 1024:.0f} GB")
     lines = ["## The grid", "", f"{len(predictions)} costed job(s): {before:.1f} GPU-hours as the preflight "

@@ -50,6 +50,11 @@ def settings_arg(stage: str) -> tuple[str, dict]:
     return arg("--settings", type=json_value, required=True, settings_of=stage)
 
 
+def run_settings_arg(what: str) -> tuple[str, dict]:
+    return arg("--run-settings", type=json_value, default={}, help=f"{what}, as JSON (how it runs; never part of "
+               "what it computes)")
+
+
 def keys_arg(what: str = "task, model, k, seed, ...") -> tuple[str, dict]:
     return arg("--keys", type=json_value, required=True, help=f"the cell's keys: {what}")
 
@@ -96,13 +101,15 @@ VERBS = (
         *MODEL_TASK, arg("--sample", nargs="+", required=True, help="sample files, all with the same prefix"),
         arg("--demos", help="the seed's demonstration pool the few-shot prefix is drawn from"),
         arg("--seed", type=int, help="seed of the demonstration draw"), settings_arg("extract"),
+        run_settings_arg("batch_size"),
         arg("--out", nargs="+", required=True, help="one activation file per sample, in order"))),
     Verb("teacher", cmd_teacher, "the prompted model's label distribution on the training inputs", (
         *MODEL_TASK, TRAIN, arg("--demos", help="the seed's demonstration pool (not needed for 0 shots)"),
-        arg("--seed", type=int, required=True, help="seed of the demonstration draw"), settings_arg("teacher"), OUT)),
+        arg("--seed", type=int, required=True, help="seed of the demonstration draw"), settings_arg("teacher"),
+        run_settings_arg("batch_size"), OUT)),
     Verb("classifier", cmd_classifier, "derive a classifier: a task's head fine-tuned, saved as a model folder", (
         *MODEL_TASK, *DERIVED, TRAIN, EVAL, settings_arg("finetune"),
-        arg("--run-settings", type=json_value, default={}, help="checkpoint_every, keep_checkpoint, as JSON"),
+        run_settings_arg("checkpoint_every, keep_checkpoint"),
         *TRAINING, keys_arg("task, model, method, k, seed"), *DERIVED_OUT,
         arg("--metrics", required=True, help="its evaluation, as a fine-tuning cell's metrics file"))),
     Verb("instruct", cmd_instruct, "derive an instruction-tuned model (Alpaca layout, response-only loss)", (
@@ -110,7 +117,7 @@ VERBS = (
         arg("--data", nargs="+", required=True, metavar="NAME=PATH",
             help="instruction sets: corpora (read through --corpora) and tasks' instruction samples"),
         arg("--corpora", type=json_value, default={}, help="the corpora entries of the config, as JSON"),
-        settings_arg("instruct"), arg("--run-settings", type=json_value, default={}, help="checkpoint_every, as JSON"),
+        settings_arg("instruct"), run_settings_arg("checkpoint_every"),
         *TRAINING, *DERIVED_OUT, arg("--metrics", required=True),
         arg("--generations", required=True, help="held-out instructions answered, as Parquet"))),
     Verb("ppo", cmd_ppo, "derive a model by RL against a reward classifier (RLOO with PPO clipping)", (
@@ -180,13 +187,12 @@ BOW_VERB = Verb("bow", cmd_bow, "bag-of-words baseline on the samples' text", (
     arg("--train", required=True, help="the training sample"), EVAL, settings_arg("bow"), keys_arg(), OUT))
 ICL_VERB = Verb("icl", cmd_icl, "in-context learning with k demonstrations, every pattern of the task", (
     *MODEL_TASK, arg("--train", help="the seed's demonstration pool (not needed for 0 shots)"), EVAL,
-    settings_arg("icl"), keys_arg("task, model, k (shots), seed"), OUT))
+    settings_arg("icl"), run_settings_arg("batch_size"), keys_arg("task, model, k (shots), seed"), OUT))
 FINETUNE_VERB = Verb("finetune", cmd_finetune, "DeepSpeed fine-tuning of one method on one training sample, then "
                      "evaluation", (
     *MODEL_TASK, TRAIN, EVAL, arg("--teacher", help="teacher label distributions (method distill)"),
     settings_arg("finetune"),
-    arg("--run-settings", type=json_value, default={}, help="checkpoint_every, keep_checkpoint, as JSON (how it runs; "
-        "never part of a checkpoint's hash)"),
+    run_settings_arg("checkpoint_every, keep_checkpoint (never part of a checkpoint's hash)"),
     *TRAINING, keys_arg("task, model, method, k, seed"), OUT))
 
 

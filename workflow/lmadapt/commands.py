@@ -71,7 +71,7 @@ def cmd_extract(args) -> int:
     task = check_task_slice(args.task, args.task_config)
     if len(args.sample) != len(args.out):
         raise SystemExit("lmadapt extract: give one --out per --sample")
-    settings = read_settings("extract", args.settings)
+    settings = read_settings("extract", dict(args.settings, **args.run_settings))
     for meta, out in zip(run_extract(args.model_dir, task, list(zip(args.sample, args.out)), settings,
                                      demos_path=args.demos, seed=args.seed), args.out):
         print(f"{out}: {meta['n']} rows, layers {meta['layers']}, prefix {meta['prompt']['prefix_tokens']} "
@@ -101,7 +101,7 @@ def cmd_icl(args) -> int:
 
     task = check_task_slice(args.task, args.task_config)
     result = run_icl(args.model_dir, task, args.train, _pairs(args.eval), args.out,
-                     read_settings("icl", args.settings), args.keys)
+                     read_settings("icl", dict(args.settings, **args.run_settings)), args.keys)
     for r in result["records"]:
         score = f"accuracy {r['accuracy']:.3f}" + (" DEGENERATE" if r["degenerate"] else "") \
             if r["skipped"] is None else f"skipped: {r['skipped']['reason']}"
@@ -114,7 +114,7 @@ def cmd_teacher(args) -> int:
 
     task = check_task_slice(args.task, args.task_config)
     meta = run_teacher(args.model_dir, task, args.train, args.demos, args.out,
-                       read_settings("teacher", args.settings), args.seed)
+                       read_settings("teacher", dict(args.settings, **args.run_settings)), args.seed)
     print(f"{args.out}: teacher with {meta['shots']} demonstrations, accuracy on the training inputs "
           f"{meta['teacher_accuracy']:.3f}")
     return 0

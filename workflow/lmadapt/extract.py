@@ -14,12 +14,11 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from .config import ConfigError
 from .costs import inference_flops, model_shape
 from .resources import model_layers, resolve_layers
-from .forward import EncoderForward, PrefixForward, batches_by_length, pool
+from .forward import EncoderForward, HalvingBatches, PrefixForward, pool
 from .io import activation_column, atomic_path, read_table
 from .methods import DECODER, ENCODER, folder_kind
 from .metrics import Cost, write_cost
@@ -50,7 +49,7 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
         demos, _ = prefix_demonstrations(lm, pattern, read_table(demos_path, META_KEY)[0], len(task["labels"]),
                                          settings.shots, seed, max_length)
     layers = layers or resolve_layers(settings.layers, lm.model.config.num_hidden_layers)
-    forward = None
+    forward, sizes = None, HalvingBatches(settings.batch_size)
     metas = []
     for sample_path, out in samples:
         start = time.time()
@@ -60,17 +59,17 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
             forward = (PrefixForward(lm, prompt.prefix, depth=max(layers)) if lm.kind == DECODER
                        else EncoderForward(lm, prompt.prefix, lm.trailing_ids()))
         meta = _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length,
-                                  sample_path, sample_meta, out)
+                                  sample_path, sample_meta, out, sizes)
         meta["seconds"] = time.time() - start
         metas.append(meta)
         ran = len(prompt.prefix) + sum(map(len, prompt.examples))  # as the preflight costs an extract job
         write_cost("extract", out, cost.as_dict(tokens=ran, flops=inference_flops(parameters, ran),
-                                                batch_size=settings.batch_size))
+                                                batch_size=sizes.size))
     return metas
 
 
 def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settings, max_length, sample_path,
-                       sample_meta, out) -> dict:
+                       sample_meta, out, sizes: HalvingBatches) -> dict:
     demos_requested = demos is not None
     demos = rows.iloc[:0] if demos is None else demos
     store = pa.float16() if settings.store_dtype == "float16" else pa.float32()
@@ -92,29 +91,33 @@ def _write_activations(lm, forward, pattern, prompt, rows, demos, layers, settin
     }
     writer = None
     pending: list[pa.RecordBatch] = []
+
+    def write_batch(batch):  # one batch's pooled states, appended in order (a batch halved: its halves in order)
+        nonlocal writer, pending
+        states, mask = forward.hidden_states([prompt.examples[i] for i in batch], layers)
+        for row, i in enumerate(batch):  # pool the example's own tokens, not the separator before it
+            mask[row, : prompt.own_from[i]] = 0
+        columns = {"id": pa.array(rows["id"].iloc[batch].tolist(), pa.string()),
+                   "label": pa.array(rows["label"].iloc[batch].tolist(), pa.int64())}
+        for how in settings.pooling:
+            for layer in layers:
+                states_of = forward.first[layer] if how == "cls" else pool(states[layer].float(), mask, how)
+                vectors = states_of.float().to(store_torch).cpu().numpy()
+                columns[activation_column(how, layer)] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.reshape(-1), store), vectors.shape[1])
+        if writer is None:
+            schema = pa.schema(fields + [pa.field(name, col.type) for name, col in columns.items()
+                                         if name not in ("id", "label")])
+            writer = pq.ParquetWriter(tmp, schema.with_metadata({META_KEY: json.dumps(meta, sort_keys=True)}))
+        pending.append(pa.RecordBatch.from_pydict(columns, schema=writer.schema))
+        if sum(b.num_rows for b in pending) >= ROWS_PER_GROUP:
+            writer.write_table(pa.Table.from_batches(pending))
+            pending = []
+
     with atomic_path(out) as tmp:
         try:
-            batches = batches_by_length([len(ids) for ids in prompt.examples], settings.batch_size)
-            for batch in tqdm(batches, desc=f"extract {sample_meta['task']}/{sample_meta['split']}", unit="batch"):
-                states, mask = forward.hidden_states([prompt.examples[i] for i in batch], layers)
-                for row, i in enumerate(batch):  # pool the example's own tokens, not the separator before it
-                    mask[row, : prompt.own_from[i]] = 0
-                columns = {"id": pa.array(rows["id"].iloc[batch].tolist(), pa.string()),
-                           "label": pa.array(rows["label"].iloc[batch].tolist(), pa.int64())}
-                for how in settings.pooling:
-                    for layer in layers:
-                        states_of = forward.first[layer] if how == "cls" else pool(states[layer].float(), mask, how)
-                        vectors = states_of.float().to(store_torch).cpu().numpy()
-                        columns[activation_column(how, layer)] = pa.FixedSizeListArray.from_arrays(
-                            pa.array(vectors.reshape(-1), store), vectors.shape[1])
-                if writer is None:
-                    schema = pa.schema(fields + [pa.field(name, col.type) for name, col in columns.items()
-                                                 if name not in ("id", "label")])
-                    writer = pq.ParquetWriter(tmp, schema.with_metadata({META_KEY: json.dumps(meta, sort_keys=True)}))
-                pending.append(pa.RecordBatch.from_pydict(columns, schema=writer.schema))
-                if sum(b.num_rows for b in pending) >= ROWS_PER_GROUP:
-                    writer.write_table(pa.Table.from_batches(pending))
-                    pending = []
+            sizes.each([len(ids) for ids in prompt.examples], write_batch,
+                       f"extract {sample_meta['task']}/{sample_meta['split']}")
             if pending:
                 writer.write_table(pa.Table.from_batches(pending))
         finally:

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .forward import pad_batch
+from .forward import out_of_memory, pad_batch, release_memory
 from .config import FINETUNE_RUN_SETTINGS, ConfigError
 from .io import read_table, write_json, write_parquet
 from .methods import METHODS, Method, folder_kind, kind_refusal
@@ -74,14 +74,14 @@ def checked_method(model_dir: str, keys: dict) -> Method:
     return method
 
 
-def load_cell(model_dir: str, task: dict, settings: Settings, keys: dict):
-    """(method, pattern, loaded model, trainable model) of a cell: the method checked against the model's kind and
-    the pattern against its tokenizer before the weights load."""
+def checked_cell(model_dir: str, task: dict, settings: Settings, keys: dict):
+    """(method, pattern, tokens) of a cell: the method checked against the model's kind and the pattern against
+    its tokenizer, before any weights load."""
     method, pattern = checked_method(model_dir, keys), task_pattern(task, settings.pattern)
     tokens = load_tokens(model_dir)
     if method.head.verbalizer is not None:  # refused where the tokenizer cannot tell the labels apart
         check_verbalizers(tokens, [pattern], first_token=method.head.verbalizer == "first")
-    return method, pattern, *build_model(model_dir, keys["method"], len(task["labels"]), settings, tokens)
+    return method, pattern, tokens
 
 
 @dataclass
@@ -180,62 +180,125 @@ def run_finetune(model_dir: str, task: dict, train_path: str, eval_paths: dict[s
                  settings: Settings, keys: dict, work_dir: str, ds_config_path: str,
                  teacher_path: str | None = None) -> dict | None:
     """Train one cell and evaluate it; rank 0 writes the metrics file. Returns the result on rank 0."""
-    import deepspeed
-
     rank, world = init_distributed()
     cost, work = Cost(), Path(work_dir)
-    torch.manual_seed(keys["seed"])
-    method, pattern, lm, model = load_cell(model_dir, task, settings, keys)
-    cost.loaded()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
-    sample = TrainingSample.read(train_path, lm, pattern, method, settings, keys["seed"], teacher_path)
+    method, pattern, tokens = checked_cell(model_dir, task, settings, keys)
+    sample = TrainingSample.read(train_path, tokens, pattern, method, settings, keys["seed"], teacher_path)
     evals = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
     fingerprints = [sample.meta["fingerprint"]] + [meta["fingerprint"] for _, meta in evals.values()]
-    accum, order_length, total_steps = schedule(len(sample.examples), settings, world)
-    dtype = precision(settings.precision)
-    config = deepspeed_config(ds_config_path, settings, method.learning_rate(settings), accum, total_steps, dtype)
-    job_hash = own_checkpoints(work / "checkpoints", {
-        "settings": {k: v for k, v in settings.raw.items() if k not in FINETUNE_RUN_SETTINGS}, "keys": keys,
-        "data": fingerprints, "world": world, "teacher": sample.teacher_meta}, rank)
-    engine, *_ = deepspeed.initialize(model=model, config=config,
-                                      model_parameters=[p for p in model.parameters() if p.requires_grad])
-    trainee = Trainee(engine, lm, method, pattern, [lm.encode(pattern.verbalizer[label]) for label in task["labels"]],
-                      settings, work / "checkpoints", job_hash, rank)
-    train_start = time.time()
-    state = train_epochs(engine, np.array([len(example) for example in sample.examples]), order_length, settings,
-                         keys["seed"], rank, world, accum, trainee.checkpoints, job_hash,
-                         lambda batch: trainee.batch_loss(sample, batch), {"validation": []},
-                         after_epoch=lambda epoch, state: trainee.validate(sample.validation, epoch, state))
-    train_seconds = time.time() - train_start
-    history = state["validation"]
-    best_epoch = int(np.argmax(history)) if history else None  # the first of equally good epochs
-    if best_epoch is not None and best_epoch < len(history) - 1:
-        engine.load_checkpoint(str(trainee.checkpoints), tag="best")
-    engine.eval()
+    job = {"keys": keys, "data": fingerprints, "world": world, "teacher": sample.teacher_meta}
+
+    def train(trial: Settings):  # each try on a fresh model: one that ran out of memory leaves nothing behind
+        torch.manual_seed(keys["seed"])
+        lm, model = build_model(model_dir, keys["method"], len(task["labels"]), trial, tokens)
+        cost.loaded()
+        return train_cell(trial, job, sample, lm, model, method, pattern, task["labels"], work, ds_config_path, rank)
+
+    fit = train_halving(train, settings, world)
+    best_epoch = fit.restore_best()
     splits = {"train": sample.train, "validation": sample.validation} if len(sample.validation) else {}
     splits |= {split: rows for split, (rows, _) in evals.items()}
     teacher_shots = sample.teacher_meta["shots"] if sample.teacher_meta else 0
-    examples = len(sample.rows) + teacher_shots
-    records, truncated_eval, evaluated = trainee.evaluate(splits, keys, task["labels"], examples, work)
-    details = dict(training_summary(state, accum, total_steps, train_seconds), micro_steps=state["micro_step"],
-                   train_tokens_per_s=round(state["tokens"] * world / max(train_seconds, 1e-9), 1), world_size=world,
-                   effective_batch=settings.effective_batch, validation_accuracy_per_epoch=history,
-                   trainable_parameters=trainable, zero_stage=config["zero_optimization"]["stage"], precision=dtype,
+    records, truncated_eval, evaluated = fit.trainee.evaluate(splits, keys, task["labels"],
+                                                              len(sample.rows) + teacher_shots, work)
+    details = dict(fit.summary(), effective_batch=settings.effective_batch,
+                   validation_accuracy_per_epoch=fit.state["validation"], trainable_parameters=fit.trainable,
                    truncated_train_inputs=sample.truncated, truncated_eval_inputs=truncated_eval,
-                   lr=method.learning_rate(settings), saved=_save(engine, lm, method, work, settings),
-                   best_epoch=None if best_epoch is None else best_epoch + 1, teacher=sample.teacher_meta)
+                   lr=method.learning_rate(settings), saved=_save(fit.engine, fit.trainee.lm, method, work,
+                                                                   fit.trainee.settings),
+                   best_epoch=best_epoch, teacher=sample.teacher_meta)
     for record in records:
         record["details"] = details
-    if rank == 0 and not settings.keep_checkpoint and trainee.checkpoints.exists():
-        shutil.rmtree(trainee.checkpoints)  # the run finished; checkpoints only serve a restart
-    spent = finetune_cost(cost, model_dir, method, settings, sample, evaluated, world,
+    if rank == 0 and not settings.keep_checkpoint and fit.trainee.checkpoints.exists():
+        shutil.rmtree(fit.trainee.checkpoints)  # the run finished; checkpoints only serve a restart
+    spent = finetune_cost(cost, model_dir, method, fit.trainee.settings, sample, evaluated, world,
                           train_tokens_per_s=details["train_tokens_per_s"])
-    result = finish(records, spent, provenance(settings.raw, lm.info["revision"], fingerprints))
+    result = finish(records, spent, provenance(settings.raw, fit.trainee.lm.info["revision"], fingerprints))
     if rank == 0:
         write_json(result, out)
         write_cost("finetune", out, spent)
     torch.distributed.barrier()
     return result if rank == 0 else None
+
+
+def train_halving(train, settings: Settings, world: int) -> Fitted:
+    """train(settings): a cell's training; where a micro-batch runs out of memory in a one-process job, the
+    micro-batch halves (the accumulation doubles: each optimizer step still sums the effective batch) and training
+    starts again, from the beginning. On several processes it fails the job (a rank cannot leave the others'
+    collectives): a retry of the job asks for more memory."""
+    trial = settings
+    while True:
+        try:
+            return train(trial)
+        except (RuntimeError, MemoryError) as error:
+            if world > 1 or trial.batch_size == 1 or not out_of_memory(error):
+                raise
+        release_memory()  # out of the handler: its traceback no longer holds the failed try's engine
+        micro = trial.batch_size // 2 if trial.batch_size % 2 == 0 else 1
+        print(f"out of memory on a micro-batch of {trial.batch_size}: training again with {micro}", flush=True)
+        trial = settings.updated(batch_size=micro)
+
+
+@dataclass
+class Fitted:
+    """A cell trained under DeepSpeed: its engine, what scores it, the training loop's state and schedule."""
+
+    engine: object
+    trainee: Trainee
+    state: dict
+    accum: int
+    total_steps: int
+    config: dict
+    seconds: float
+    trainable: int  # parameters the optimizer updates
+
+    def restore_best(self) -> int | None:
+        """The weights of the best validated epoch (the first of equally good ones), where validation chose one
+        before the last; the chosen epoch (1-based), or None without validation. The model is then evaluated."""
+        history = self.state["validation"]
+        best = int(np.argmax(history)) if history else None
+        if best is not None and best < len(history) - 1:
+            self.engine.load_checkpoint(str(self.trainee.checkpoints), tag="best")
+        self.engine.eval()
+        return None if best is None else best + 1
+
+    def summary(self) -> dict:
+        """How the training ran, for the record: steps, losses, time, the micro-batch it ended with, ZeRO."""
+        world = torch.distributed.get_world_size()
+        return dict(training_summary(self.state, self.accum, self.total_steps, self.seconds),
+                    micro_steps=self.state["micro_step"], micro_batch=self.trainee.settings.batch_size,
+                    train_tokens_per_s=round(self.state["tokens"] * world / max(self.seconds, 1e-9), 1),
+                    world_size=world, zero_stage=self.config["zero_optimization"]["stage"],
+                    precision=precision(self.trainee.settings.precision))
+
+
+def train_cell(settings: Settings, job: dict, sample: TrainingSample, lm, model, method: Method, pattern,
+               labels: list[str], work: Path, ds_config_path: str, rank: int) -> Fitted:
+    """Train a cell under DeepSpeed: its checkpoints are the job's (settings, cell, data, processes:
+    own_checkpoints)."""
+    import deepspeed
+
+    world = job["world"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
+    accum, order_length, total_steps = schedule(len(sample.examples), settings, world)
+    config = deepspeed_config(ds_config_path, settings, method.learning_rate(settings), accum, total_steps,
+                              precision(settings.precision))
+    job_hash = own_checkpoints(work / "checkpoints", dict(job, settings={
+        k: v for k, v in settings.raw.items() if k not in FINETUNE_RUN_SETTINGS}), rank)
+    engine, *_ = deepspeed.initialize(model=model, config=config,
+                                      model_parameters=[p for p in model.parameters() if p.requires_grad])
+    trainee = Trainee(engine, lm, method, pattern, [lm.encode(pattern.verbalizer[label]) for label in labels],
+                      settings, work / "checkpoints", job_hash, rank)
+    start = time.time()
+    try:
+        state = train_epochs(engine, np.array([len(example) for example in sample.examples]), order_length, settings,
+                             job["keys"]["seed"], rank, world, accum, trainee.checkpoints, job_hash,
+                             lambda batch: trainee.batch_loss(sample, batch), {"validation": []},
+                             after_epoch=lambda epoch, state: trainee.validate(sample.validation, epoch, state))
+    except BaseException:
+        engine.destroy()  # its hooks would keep it, its buffers and the model alive for the next try
+        raise
+    return Fitted(engine, trainee, state, accum, total_steps, config, time.time() - start, trainable)
 
 
 def finetune_cost(cost: Cost, model_dir: str, method: Method, settings: Settings, sample: TrainingSample,

@@ -7,6 +7,8 @@ reuse a prefix: `EncoderForward` encodes prefix and example together.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 from contextlib import contextmanager
 
 import numpy as np
@@ -44,6 +46,60 @@ def batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed: a GPU's out of memory, or the host's under a memory limit (torch's `can't
+    allocate memory`, Python's MemoryError, a thread whose stack finds no room)."""
+    return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or isinstance(error, RuntimeError) and any(
+        words in str(error) for words in ("out of memory", "can't allocate memory", "can't start new thread"))
+
+
+def release_memory() -> None:
+    """What a failed batch held, back to the system: the GPU's cache to the device, and the freed host heap (glibc
+    keeps large freed blocks in it once they have been reused, where a retry cannot map them again)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator keeps what it keeps
+        pass
+
+
+class HalvingBatches:
+    """A batch size that halves where a batch runs out of memory: `run` splits that batch in two and goes on, and
+    every later batch is cut to the size that fitted. Each example of a batch is computed apart from the others
+    (padding is masked, positions explicit), so the outputs are the full batches'. `size`: the size it ended
+    with, for the job's record."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    @classmethod
+    def of(cls, batch_size) -> HalvingBatches:
+        return batch_size if isinstance(batch_size, cls) else cls(batch_size)
+
+    def run(self, batch: list, compute) -> None:
+        """compute(part) for parts of `batch` of at most `size` items, in order."""
+        pending = [batch[i: i + self.size] for i in range(0, len(batch), self.size)]
+        while pending:
+            part = pending.pop(0)
+            try:
+                compute(part)
+                continue
+            except (RuntimeError, MemoryError) as error:
+                if len(part) == 1 or not out_of_memory(error):
+                    raise
+            release_memory()  # out of the handler: its traceback no longer holds the failed batch's tensors
+            self.size = len(part) // 2
+            print(f"out of memory on a batch of {len(part)}: batches of {self.size} from here on", flush=True)
+            pending[:0] = [part[: self.size], part[self.size:]]
+
+    def each(self, lengths: list[int], compute, desc: str) -> None:
+        """compute(indices) for every batch of similar-length items (batches_by_length), halving as `run` does."""
+        for batch in tqdm(batches_by_length(lengths, self.size), desc=desc, unit="batch"):
+            self.run(batch, compute)
 
 
 class PrefixForward:
@@ -145,7 +201,7 @@ class PrefixForward:
 
 @torch.no_grad()
 def seq2seq_label_logprobs(model, pad_id: int, inputs: list[list[int]], verbalizers: list[list[int]],
-                           batch_size: int, desc: str = "icl") -> np.ndarray:
+                           batch_size: int | HalvingBatches, desc: str = "icl") -> np.ndarray:
     """Encoder-decoder models (Flan-T5): each whole input (prompt and the tokenizer's closing </s>) goes to the
     encoder, each verbalizer is scored as the decoder's continuation. The encoder attends both ways, so there is
     no prefix cache: each batch is encoded once and its states reused for every label. `seq2seq` fine-tuning
@@ -153,15 +209,20 @@ def seq2seq_label_logprobs(model, pad_id: int, inputs: list[list[int]], verbaliz
     device = next(model.parameters()).device
     start = model.config.decoder_start_token_id
     out = np.zeros((len(inputs), len(verbalizers)))
-    for batch in tqdm(batches_by_length([len(i) for i in inputs], batch_size), desc=desc, unit="batch"):
+
+    def score(batch):
         ids, mask = pad_batch([inputs[i] for i in batch], pad_id, device)
         encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        scores = np.zeros((len(batch), len(verbalizers)))
         for c, verbalizer in enumerate(verbalizers):
             decoder_ids = torch.tensor([[start] + verbalizer[:-1]] * len(batch), device=device)
             logprobs = model(encoder_outputs=encoded, attention_mask=mask,
                              decoder_input_ids=decoder_ids).logits.float().log_softmax(-1)
             targets = torch.tensor(verbalizer, device=device)
-            out[batch, c] = logprobs[:, torch.arange(len(verbalizer)), targets].sum(-1).cpu().numpy()
+            scores[:, c] = logprobs[:, torch.arange(len(verbalizer)), targets].sum(-1).cpu().numpy()
+        out[batch] = scores
+
+    HalvingBatches.of(batch_size).each([len(i) for i in inputs], score, desc)
     return out
 
 

@@ -12,9 +12,8 @@ import json
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from .forward import PrefixForward, batches_by_length, seq2seq_label_logprobs
+from .forward import HalvingBatches, PrefixForward, seq2seq_label_logprobs
 from .costs import inference_flops, model_shape
 from .io import read_table, write_json
 from .metrics import Cost, classification_record, finish, group_columns, provenance, skipped_record, write_cost
@@ -26,20 +25,25 @@ from .settings import Settings
 
 
 def label_logprobs(forward: PrefixForward, examples: list[list[int]], verbalizers: list[list[int]],
-                   batch_size: int, desc: str = "icl") -> np.ndarray:
-    """[N, C]: log p(verbalizer of label c | prefix + example), summed over the verbalizer's tokens."""
-    out = np.zeros((len(examples), len(verbalizers)))
+                   batch_size: int | HalvingBatches, desc: str = "icl") -> np.ndarray:
+    """[N, C]: log p(verbalizer of label c | prefix + example), summed over the verbalizer's tokens. A batch that
+    runs out of memory is halved (forward.HalvingBatches)."""
+    out, sizes = np.zeros((len(examples), len(verbalizers))), HalvingBatches.of(batch_size)
     if all(len(v) == 1 for v in verbalizers):  # one pass per example: read the next-token distribution
         first = [v[0] for v in verbalizers]
-        for batch in tqdm(batches_by_length([len(e) for e in examples], batch_size), desc=desc, unit="batch"):
+
+        def next_token(batch):
             logprobs = forward.next_token_logprobs([examples[i] for i in batch],
                                                    [[len(examples[i]) - 1] for i in batch])
             out[batch] = torch.cat(logprobs)[:, first].cpu().numpy()
+
+        sizes.each([len(e) for e in examples], next_token, desc)
         return out
     # multi-token verbalizers: one sequence per (example, label), each verbalizer token scored in turn
     pairs = [(i, c) for i in range(len(examples)) for c in range(len(verbalizers))]
     sequences = [examples[i] + verbalizers[c] for i, c in pairs]
-    for batch in tqdm(batches_by_length([len(s) for s in sequences], batch_size), desc=desc, unit="batch"):
+
+    def every_token(batch):
         starts = [len(examples[pairs[j][0]]) - 1 for j in batch]  # the position that predicts the first token
         lengths = [len(verbalizers[pairs[j][1]]) for j in batch]
         logprobs = forward.next_token_logprobs([sequences[j] for j in batch],
@@ -47,6 +51,8 @@ def label_logprobs(forward: PrefixForward, examples: list[list[int]], verbalizer
         for j, scores in zip(batch, logprobs):
             i, c = pairs[j]
             out[i, c] = scores[torch.arange(len(verbalizers[c])), torch.tensor(verbalizers[c])].sum().item()
+
+    sizes.each([len(s) for s in sequences], every_token, desc)
     return out
 
 
@@ -65,13 +71,14 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     fingerprints = [meta["fingerprint"] for _, meta in read.values()]  # provenance sorts them
     evals = {split: read[split][0] for split in eval_paths}
     train = read["demonstrations"][0] if train_path else evals["test"].iloc[:0]
-    records, tokens = [], 0
+    records, tokens, sizes = [], 0, HalvingBatches(settings.batch_size)
     for pattern in patterns:
         cell = dict(keys, method="icl", prompt=pattern.name, layer=None, examples=keys["k"])
-        pattern_done, pattern_tokens = pattern_records(lm, pattern, cell, train, evals, task["labels"], settings)
+        pattern_done, pattern_tokens = pattern_records(lm, pattern, cell, train, evals, task["labels"], settings,
+                                                       sizes)
         records, tokens = records + pattern_done, tokens + pattern_tokens
     work = cost.as_dict(tokens=tokens, flops=inference_flops(model_shape(model_dir)["parameters"], tokens),
-                        batch_size=settings.batch_size)
+                        batch_size=sizes.size)
     result = finish(records, work, provenance(settings.raw, lm.info["revision"], fingerprints))
     write_json(result, out)
     write_cost("icl", out, work)
@@ -79,11 +86,12 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
 
 
 def pattern_records(lm, pattern, cell: dict, train: pd.DataFrame, evals: dict[str, pd.DataFrame], labels: list[str],
-                    settings: Settings) -> tuple[list[dict], int]:
+                    settings: Settings, sizes: HalvingBatches) -> tuple[list[dict], int]:
     """One pattern's records, a split each: the prompt fitted to the context as settings.fit says (skip: the cell,
     max: fewer demonstrations, skip_examples: the examples that do not fit, counted), scored, or skipped; and the
     tokens it ran through the model (the prefix once, each scored example once per label with a multi-token
-    verbalizer), as the preflight counts them."""
+    verbalizer), as the preflight counts them. sizes: the job's batch size, halved where a batch runs out of
+    memory."""
     shots, seed, max_length = cell["k"], cell["seed"], lm.context(settings.max_length)
     left_out = settings.fit == "skip_examples"
     guard = [encode_prompt(lm, pattern, rows, rows.iloc[:0], after_demonstrations=shots > 0) for rows in evals.values()]
@@ -106,9 +114,9 @@ def pattern_records(lm, pattern, cell: dict, train: pd.DataFrame, evals: dict[st
         desc = f"icl {cell['task']} {pattern.name} {shots}-shot {split}"
         if forward is None:
             scores = seq2seq_label_logprobs(lm.model, lm.tokenizer.pad_token_id, [prefix + example + lm.trailing_ids()
-                                            for example in examples], encoded.verbalizers, settings.batch_size, desc)
+                                            for example in examples], encoded.verbalizers, sizes, desc)
         else:
-            scores = label_logprobs(forward, examples, encoded.verbalizers, settings.batch_size, desc)
+            scores = label_logprobs(forward, examples, encoded.verbalizers, sizes, desc)
         scored = rows[fits]
         record = classification_record(dict(cell, split=split, examples=len(demos)), labels, scored["label"].to_numpy(),
                                        scores.argmax(1), group_columns(scored, scored["id"]))
@@ -150,9 +158,9 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
     rows, sample_meta = read_table(train_path, META_KEY)
     pool = read_table(demos_path, META_KEY)[0] if demos_path else rows.iloc[:0]
     demos, _, counts = teacher_demonstrations(lm, pattern, rows, pool, len(task["labels"]), settings.shots, seed)
-    prompt = encode_prompt(lm, pattern, rows, demos)
-    scores = label_logprobs(PrefixForward(lm, prompt.prefix), prompt.examples, prompt.verbalizers,
-                            settings.batch_size, desc="teacher")
+    prompt, sizes = encode_prompt(lm, pattern, rows, demos), HalvingBatches(settings.batch_size)
+    scores = label_logprobs(PrefixForward(lm, prompt.prefix), prompt.examples, prompt.verbalizers, sizes,
+                            desc="teacher")
     probs = torch.tensor(scores).softmax(-1).numpy()
     meta = {"model": lm.info, "pattern": pattern.name, "shots": len(demos), "shots_requested": settings.shots,
             "prefix_tokens": counts["prefix_tokens"], "demonstration_ids": demos["id"].tolist(),
@@ -163,5 +171,5 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
     write_parquet(table.replace_schema_metadata({"lmadapt": json.dumps(meta, sort_keys=True)}), out)
     ran = len(prompt.prefix) + sum(map(len, prompt.examples))  # as the preflight costs a teacher
     write_cost("teacher", out, cost.as_dict(tokens=ran, flops=inference_flops(model_shape(model_dir)["parameters"],
-                                                                              ran), batch_size=settings.batch_size))
+                                                                              ran), batch_size=sizes.size))
     return meta

@@ -33,6 +33,17 @@ PARAMS = {
 
 
 TRAINING_RULES = ("finetune", "instruct", "classifier")  # their jobs take all of their model's GPUs
+INFERENCE_RUN_SETTINGS = ("batch_size",)  # of extract and icl: how a job runs (Jobs.run_settings)
+
+
+def _without_run_settings(stage: str, settings: dict) -> dict:
+    """A stage's settings (a section, or a model's own) less its inference batch size: extract's and icl's, the
+    teacher's (finetune.distill's; fine-tuning's own micro-batch is what it computes with)."""
+    if stage == "finetune":
+        distill = settings.get("distill")
+        return settings if distill is None else dict(settings, distill={
+            k: v for k, v in distill.items() if k != "batch_size"})
+    return {k: v for k, v in settings.items() if k not in INFERENCE_RUN_SETTINGS}
 
 
 def as_arg(value) -> str:
@@ -85,9 +96,26 @@ class Jobs:
 
     def stage_settings(self, stage: str, model: str, **extra) -> str:
         """A model stage's settings for one model's jobs (its own over the section's) without the selections
-        (which models, tasks, shots, k: they name cells, they change no cell)."""
+        (which models, tasks, shots, k: they name cells, they change no cell) and the batch size (how it runs)."""
         return self._memo(("settings", stage, model, tuple(sorted(extra.items()))), lambda: as_arg(
-            {key: value for key, value in self.stage(stage, model).items() if key not in SELECTIONS} | extra))
+            {key: value for key, value in self.stage(stage, model).items()
+             if key not in SELECTIONS + INFERENCE_RUN_SETTINGS} | extra))
+
+    def run_settings(self, rule: str, cell: dict) -> dict:
+        """How a job runs, never what it computes: an inference job's batch size (padded batches give the same
+        numbers as one example at a time), a training job's checkpoint cadence. The rules pass them as a derived
+        param, which Snakemake never reruns a job for. (Fine-tuning's micro-batch is not among them: it decides
+        which examples each optimizer step sums, so it changes the result.)"""
+        model = cell.get("model")
+        if rule in ("extract", "icl"):
+            return {key: self.stage(rule, model)[key] for key in INFERENCE_RUN_SETTINGS}
+        if rule == "teacher":
+            return {"batch_size": self.stage("finetune", model)["distill"]["batch_size"]}
+        if rule in ("finetune", "classifier"):
+            return {key: self.stage("finetune", model)[key] for key in FINETUNE_RUN_SETTINGS}
+        if rule == "instruct":
+            return {"checkpoint_every": self.stage("instruct", model)["checkpoint_every"]}
+        return {}
 
     def eval_splits(self, task: str) -> list[str]:
         return layout.eval_splits(self.config["tasks"][task])
@@ -145,11 +173,10 @@ class Jobs:
         return str(corpus_path(self.config["corpora"][name], layout.CORPUS.format(corpus=name)))
 
     def teacher_settings(self, model: str) -> dict:
-        """The prompted teacher's settings: the model's distillation shots and batch, the fine-tuning pattern."""
+        """The prompted teacher's settings: the model's distillation shots and the fine-tuning pattern (its batch
+        is a run setting)."""
         finetune = self.stage("finetune", model)
-        distill = finetune["distill"]
-        return {"shots": distill["shots"], "pattern": finetune["pattern"], "batch_size": distill["batch_size"],
-                "dtype": "auto"}
+        return {"shots": finetune["distill"]["shots"], "pattern": finetune["pattern"], "dtype": "auto"}
 
     def instruction_sets(self, model: str) -> dict[str, str]:
         """An instruction-tuned model's sets: corpora (corpus_<name>) and tasks' instruction samples (task_<name>)."""
@@ -163,13 +190,17 @@ class Jobs:
         return classifier["task"], classifier["k"], classifier["seed"]
 
     def computed_config(self) -> dict:
-        """The config without how jobs run (threads, requests, mem_mb, checkpoint cadence): what the results depend
-        on."""
+        """The config without how jobs run (threads, requests, mem_mb, checkpoint cadence, inference batch sizes):
+        what the results depend on."""
         config = self.config
         computed = {key: value for key, value in config.items() if key not in ("threads", "requests")}
-        computed["finetune"] = {k: v for k, v in config["finetune"].items() if k not in FINETUNE_RUN_SETTINGS}
+        computed["finetune"] = _without_run_settings("finetune", {
+            k: v for k, v in config["finetune"].items() if k not in FINETUNE_RUN_SETTINGS})
         computed["instruct"] = {k: v for k, v in config["instruct"].items() if k != "checkpoint_every"}
-        computed["models"] = {name: {k: v for k, v in spec.items() if k != "mem_mb"}
+        for stage in ("extract", "icl"):
+            computed[stage] = _without_run_settings(stage, config[stage])
+        computed["models"] = {name: {k: _without_run_settings(k, v) if k in ("extract", "icl", "finetune") else v
+                                     for k, v in spec.items() if k != "mem_mb"}
                               for name, spec in config["models"].items()}
         return computed
 
@@ -258,8 +289,9 @@ class Jobs:
         return {"settings": as_arg(ppo), "corpus": as_arg(self.config["corpora"][ppo["prompts"]["corpus"]])}
 
     def _params_preflight(self):
-        """What the preflight reads: the grid and its prompts, fine-tuning and GPU settings; not the probe, bag-of-
-        words or table settings, and no Slurm request (mem_mb, threads), so changing those does not rerun it."""
+        """What makes the plan stale: the grid and its prompts, fine-tuning and GPU settings; not the probe, bag-of-
+        words or table settings, no Slurm request (mem_mb, threads) and no batch size, so changing those does not
+        rerun it (the rule passes the whole config, how jobs run included, as a derived param)."""
         plan = {key: value for key, value in self.computed_config().items() if key not in ("probe", "aggregate", "bow")}
         plan["bow"] = {key: self.config["bow"][key] for key in ("tasks", "full_train") if key in self.config["bow"]}
         return {"config": as_arg(plan)}

@@ -42,16 +42,19 @@ class ClassifierHead:
 
     def predict(self, model, inputs: list[list[int]], pad_id: int, verbalizers: list[list[int]], batch_size: int,
                 desc: str):
-        """Each input's likeliest class (numpy), in batches."""
+        """Each input's likeliest class (numpy), in batches (halved where one runs out of memory)."""
         import torch
 
-        from .forward import pad_batch
+        from .forward import HalvingBatches, pad_batch
         device = next(model.parameters()).device
         predictions = []
+
+        def predict_batch(batch):
+            ids, mask = pad_batch([inputs[i] for i in batch], pad_id, device)
+            predictions.append(self.logits(model, ids, mask, verbalizers).argmax(-1).cpu())
+
         with torch.no_grad():
-            for first in range(0, len(inputs), batch_size):
-                ids, mask = pad_batch(inputs[first: first + batch_size], pad_id, device)
-                predictions.append(self.logits(model, ids, mask, verbalizers).argmax(-1).cpu())
+            HalvingBatches.of(batch_size).run(list(range(len(inputs))), predict_batch)
         return torch.cat(predictions).numpy()
 
 

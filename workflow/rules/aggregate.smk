@@ -84,7 +84,7 @@ rule calibration:
     conda:
         CONDA_ENV
     params:
-        config=run_setting(config),
+        config=derived_arg(config),
     shell:
         "lmadapt calibrate --plan {input.plan} --benchmarks results/benchmarks --out-json {output.json}"
         " --out-md {output.md} > {log} 2>&1 && lmadapt status --config-json {params.config} --out {output.status}"

@@ -14,7 +14,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lmadapt's config code only
 from lmadapt import layout
 from lmadapt.checks import check_config, start_problems
-from lmadapt.config import FINETUNE_RUN_SETTINGS, SCHEMA_PATH, ConfigError, read_yaml, stage_config
+from lmadapt.config import SCHEMA_PATH, ConfigError, read_yaml
 from lmadapt.grid import derived_models
 from lmadapt.jobs import PARAMS, Jobs, as_arg
 from lmadapt.methods import method_pattern
@@ -102,22 +102,16 @@ def job_inputs(rule):
     return known_signature(lambda wildcards: JOBS.inputs(rule, cell_of(wildcards)))
 
 
-def run_setting(value):
-    """A param for how a job runs, not what it computes (checkpoint cadence). Snakemake counts a param function
-    that takes `resources` as derived, and a derived param never makes a job stale."""
+def run_settings(rule):
+    """A job's run settings (lmadapt/jobs.py: batch sizes of inference, checkpoint cadence; how it runs, never what
+    it computes) as one argument. Snakemake counts a param function that takes `resources` as derived, and a
+    derived param never makes a job stale."""
+    return known_signature(lambda wildcards, resources: as_arg(JOBS.run_settings(rule, cell_of(wildcards))))
+
+
+def derived_arg(value):
+    """A value as one argument that never makes a job stale (a derived param, as run_settings)."""
     return known_signature(lambda wildcards, resources: as_arg(value))
-
-
-@known_signature
-def instruct_run_settings(wildcards, resources):
-    """Checkpoint cadence: derived from resources, so that changing it reruns nothing."""
-    return as_arg({"checkpoint_every": stage_config(config, "instruct", wildcards.model)["checkpoint_every"]})
-
-
-@known_signature
-def classifier_run_settings(wildcards, resources):
-    finetune = stage_config(config, "finetune", wildcards.model)
-    return as_arg({key: finetune[key] for key in FINETUNE_RUN_SETTINGS})
 
 
 # Arguments made of input paths: derived from the input, so a moved file reruns nothing.

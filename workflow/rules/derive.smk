@@ -48,7 +48,7 @@ rule instruct:
         tasks=launcher_tasks,
     params:
         **job_params("instruct"),
-        run=instruct_run_settings,
+        run=run_settings("instruct"),
         data=instruction_sets_arg,
         work_dir=layout.DERIVE_WORK,
     shell:
@@ -83,7 +83,7 @@ rule classifier:
         tasks=launcher_tasks,
     params:
         **job_params("classifier"),
-        run=classifier_run_settings,
+        run=run_settings("classifier"),
         work_dir=layout.DERIVE_WORK,
     shell:
         offline(

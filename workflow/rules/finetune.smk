@@ -24,11 +24,12 @@ rule teacher:
     params:
         **job_params("teacher"),
         demos=input_option("demos", "--demos"),
+        run=run_settings("teacher"),
     shell:
         offline(
             "lmadapt teacher --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
-            " --train {input.train} {params.demos} --seed {wildcards.seed} --settings {params.settings} --out {output}"
-            " > {log} 2>&1"
+            " --train {input.train} {params.demos} --seed {wildcards.seed} --settings {params.settings}"
+            " --run-settings {params.run} --out {output} > {log} 2>&1"
         )
 
 
@@ -54,7 +55,7 @@ rule finetune:
         tasks=launcher_tasks,
     params:
         **job_params("finetune"),
-        run=run_setting({key: config["finetune"][key] for key in FINETUNE_RUN_SETTINGS}),
+        run=run_settings("finetune"),
         teacher=input_option("teacher", "--teacher"),
         work_dir=layout.FINETUNE_WORK,
     shell:

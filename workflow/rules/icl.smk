@@ -23,8 +23,10 @@ rule icl:
     params:
         **job_params("icl"),
         demos=input_option("demos", "--train"),
+        run=run_settings("icl"),
     shell:
         offline(
             "lmadapt icl --model-dir {input.model} --task {wildcards.task} --task-config {params.task} {params.demos}"
-            " --eval {params.evals} --settings {params.settings} --keys {params.cell} --out {output} > {log} 2>&1"
+            " --eval {params.evals} --settings {params.settings} --run-settings {params.run} --keys {params.cell}"
+            " --out {output} > {log} 2>&1"
         )

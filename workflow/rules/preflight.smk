@@ -1,6 +1,7 @@
 # Preflight: every cell checked with the real tokenizers and samples, and costed, before the model jobs matter.
 # A local rule (seconds, on the login node) that runs as soon as the models are fetched and the samples drawn;
-# run it alone before a submission: `snakemake --profile slurm --configfile config/paper.yaml preflight`.
+# run it alone before a submission: `snakemake --profile slurm --configfile config/paper.yaml preflight`. A
+# change to how jobs run (a batch size) does not rerun it: `--forcerun preflight` refreshes its memory estimate.
 
 
 rule preflight:
@@ -18,7 +19,8 @@ rule preflight:
     conda:
         CONDA_ENV
     params:
-        **job_params("preflight"),
+        **job_params("preflight"),  # what makes the plan stale (the grid and what its jobs compute with)
+        grid=derived_arg(config),  # what it reads, how jobs run included (batch sizes: its memory estimate)
     shell:
-        "lmadapt preflight --config-json {params.config} --samples results/samples --models resources/models"
+        "lmadapt preflight --config-json {params.grid} --samples results/samples --models resources/models"
         " --out-json {output.json} --out-md {output.md} > {log} 2>&1"

@@ -24,10 +24,12 @@ rule extract:
     params:
         **job_params("extract"),
         demos=extract_demos_arg,
+        run=run_settings("extract"),
     shell:
         offline(
             "lmadapt extract --model-dir {input.model} --task {wildcards.task} --task-config {params.task}"
-            " --sample {input.sample} --out {output} {params.demos} --settings {params.settings} > {log} 2>&1"
+            " --sample {input.sample} --out {output} {params.demos} --settings {params.settings}"
+            " --run-settings {params.run} > {log} 2>&1"
         )
 
 
