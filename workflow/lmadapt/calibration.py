@@ -89,6 +89,17 @@ def plan_predictions(plan: dict) -> dict[tuple, dict]:
     return out
 
 
+def pilot_cells(plan: dict) -> list[tuple[str, dict]]:
+    """The pilot: per (stage, model, method) the cheapest and the most expensive job the preflight costed (by its
+    predicted compute), the two ends a fit of a fixed and a per-FLOP cost needs. Ordinary cells of the grid."""
+    groups = defaultdict(list)
+    for (rule, key), predicted in plan_predictions(plan).items():
+        cell = dict(zip(cell_fields(rule), key))
+        groups[rule, predicted["model"], cell.get("method")].append((predicted["compute_seconds"], key, cell))
+    chosen = {(rule, end[1]): end[2] for (rule, _, _), jobs in groups.items() for end in (min(jobs), max(jobs))}
+    return [(rule, cell) for (rule, _), cell in sorted(chosen.items())]
+
+
 # ---------------------------------------------------------------- the fit
 
 

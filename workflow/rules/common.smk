@@ -2,6 +2,7 @@
 # job gets (its params and the inputs its cell determines) is computed in the package, lmadapt/jobs.py; the
 # functions here adapt it to Snakemake's wildcards.
 import inspect
+import json
 import os
 import re
 import sys
@@ -13,6 +14,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the DAG needs lmadapt's config code only
 from lmadapt import layout
+from lmadapt.calibration import pilot_cells
 from lmadapt.checks import check_config, start_problems
 from lmadapt.config import SCHEMA_PATH, ConfigError, read_yaml
 from lmadapt.grid import derived_models
@@ -203,6 +205,14 @@ def listed(paths):
 
 def derived_summary_target():
     return [layout.DERIVE_SUMMARY] if derived_models(config) else []
+
+
+@known_signature
+def pilot_targets(wildcards):
+    """The outputs of the pilot's cells (lmadapt/calibration.py: pilot_cells), once the preflight has costed the
+    grid."""
+    plan = json.loads(Path(checkpoints.preflight.get().output.json).read_text())
+    return [layout.OUTPUTS[rule].format(**cell) for rule, cell in pilot_cells(plan)]
 
 
 @known_signature
