@@ -201,8 +201,9 @@ EXTRACT_SETTINGS = read_settings("extract", {"layers": "all", "pooling": ["last"
 
 
 def planned_jobs(proc) -> dict[str, int]:
-    """Job counts from a dry run's 'Job stats' table."""
-    stats = proc.stdout.split("Job stats:")[1].split("\n\n")[0] if "Job stats:" in proc.stdout else ""
+    """Job counts from the 'Job stats' table of a dry run (or of a run: Snakemake prints it to stderr then)."""
+    output = proc.stdout + proc.stderr
+    stats = output.split("Job stats:")[1].split("\n\n")[0] if "Job stats:" in output else ""
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m[1] != "total"}
 
 
@@ -234,8 +235,8 @@ class FinishedRun:
     config: Path  # the config file it ran with, in workdir
 
     def copy(self, to: Path) -> "FinishedRun":
-        """A copy to change files in (the shared run stays as it finished)."""
-        shutil.copytree(self.workdir, to, symlinks=True)
+        """A copy to change files in (the shared run stays as it finished); `to` may be an empty folder."""
+        shutil.copytree(self.workdir, to, symlinks=True, dirs_exist_ok=True)
         return FinishedRun(to, to / self.config.name)
 
 

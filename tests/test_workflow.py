@@ -119,6 +119,27 @@ def test_each_model_job_measures_the_work_the_preflight_predicted_and_the_calibr
     assert Requests(config, elsewhere).mem_mb("icl", cell, 1, 1000) == 1000  # host memory: once measured
 
 
+def test_the_pilot_runs_the_cheapest_and_costliest_cell_of_each_costed_group_then_calibrates(finished_run,
+                                                                                              tmp_path_factory):
+    """The pilot's cells are ordinary cells: per (stage, model, method) the two ends of the preflight's costs; the
+    pilot runs what of them is missing and calibrates on it; the full run then does not redo them."""
+    from lmadapt import layout
+    from lmadapt.calibration import cell_fields, pilot_cells, plan_predictions
+
+    plan = json.loads((finished_run.workdir / "results/plan/preflight.json").read_text())
+    cells = pilot_cells(plan)
+    groups = {(rule, p["model"], dict(zip(cell_fields(rule), key)).get("method"))
+              for (rule, key), p in plan_predictions(plan).items()}
+    assert len(groups) <= len(cells) <= 2 * len(groups)
+    run = finished_run.copy(tmp_path_factory.mktemp("pilot"))  # as deep as the original: the same paths
+    icl = next(cell for rule, cell in cells if rule == "icl")
+    (run.workdir / layout.METRICS["icl"].format(**icl)).unlink()
+    ran = planned_jobs(run_snakemake(run.workdir, "pilot", "--configfile", str(run.config)))
+    assert ran == {"icl": 1, "pilot": 1}
+    assert (run.workdir / layout.PILOT_CALIBRATION_JSON).is_file()
+    assert "icl" not in planned_jobs(run_snakemake(run.workdir, "--configfile", str(run.config), "-n"))
+
+
 def test_a_finished_run_reruns_only_the_jobs_a_change_makes_stale(finished_run, tiny_opt, tiny_bert):
     run, models = finished_run, (tiny_opt, tiny_bert)
     assert "Nothing to be done" in run_snakemake(run.workdir, "--configfile", str(run.config), "-n").stdout
