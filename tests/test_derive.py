@@ -98,6 +98,8 @@ def test_an_instruction_tuned_folder_goes_through_extract_and_icl(tiny_opt, inst
     assert info["base"]["revision"] == base_revision and info["revision"].startswith(base_revision + "+instruct:")
     assert info["data_fingerprint"] and info["settings_hash"] and (tmp_path / "model/model.safetensors").is_file()
     assert not (tmp_path / "work/checkpoints").exists()
+    losses = pd.read_csv(tmp_path / "monitor/train/Train_Samples_train_loss.csv")  # DeepSpeed's monitor
+    assert len(losses) == metrics["train"]["optimizer_steps"]
     generations = pq.read_table(tmp_path / "generations.parquet").to_pandas()
     assert len(generations) == 3 and list(generations.columns) == ["origin", "instruction", "input", "reference",
                                                                    "generated"]

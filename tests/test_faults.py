@@ -7,6 +7,8 @@ import re
 import stat
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -204,6 +206,19 @@ def comparable(folder):
     return out
 
 
+def assert_status_of_a_killed_run(workdir: Path) -> None:
+    from lmadapt.status import grid_jobs, status_markdown
+
+    jobs = grid_jobs(load_config(workdir / "config.yaml"), workdir)
+    states = Counter(job["state"] for job in jobs)
+    assert states["finished"] and states["failed"] and states["not yet run"], states
+    page = status_markdown(jobs)
+    assert f"{states['failed']} failed" in page and "## Failed" in page
+    for job in (job for job in jobs if job["state"] == "failed"):  # its log, and its last line: why
+        assert str(job["log"]) in page
+        assert all(line.strip() in page for line in job["log"].read_text().splitlines()[-1:])
+
+
 @pytest.mark.slow
 def test_every_stage_killed_while_publishing_reruns_to_the_same_results(tmp_path, finished_run):
     reference, killed = finished_run.workdir, tmp_path / "killed"
@@ -224,12 +239,14 @@ def test_every_stage_killed_while_publishing_reruns_to_the_same_results(tmp_path
     marks.mkdir()
     env = clean_env(KILL_MARKS=str(marks), PYTHONPATH=str(REPO / "workflow"))
     env["PATH"] = f"{wrapper}{os.pathsep}{env['PATH']}"
-    for _ in range(8):  # a killed job's dependents wait for the next run
+    for attempt in range(8):  # a killed job's dependents wait for the next run
         proc = run_snakemake(killed, "--configfile", str(killed / "config.yaml"), "--keep-going", check=False,
                              env=env)
         for stage in ("samples", "activations", "teacher"):  # whatever is under a final name is whole
             for path in (killed / "results" / stage).rglob("*.parquet"):
                 read_metadata(path, "lmadapt")
+        if attempt == 1:  # half-finished: `lmadapt status` says what is done, what failed (and how), what is left
+            assert_status_of_a_killed_run(killed)
         if proc.returncode == 0:
             break
     assert proc.returncode == 0, output(proc)[-3000:]

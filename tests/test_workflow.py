@@ -81,6 +81,12 @@ def test_the_report_holds_tables_figures_plan_config_and_runtimes(finished_run, 
     assert runtimes["probe"] == len(list((results / "metrics/probe").rglob("*.json"))) and runtimes["aggregate"] == 1
 
 
+def layout_cell(rule: str, cell: dict) -> str:
+    from lmadapt import layout
+
+    return layout.CELLS[rule].format(**cell)
+
+
 def test_each_model_job_measures_the_work_the_preflight_predicted_and_the_calibration_sizes_requests(finished_run):
     """A model job's cost record counts its work in the preflight's units, and equals its prediction for the
     cell; the calibration fits every costed stage and model on them; the requests of the jobs follow it."""
@@ -98,6 +104,11 @@ def test_each_model_job_measures_the_work_the_preflight_predicted_and_the_calibr
         assert cost["load_seconds"] > 0 and cost["compute_seconds"] > 0 and cost["peak_rss_mb"] > 0
         assert cost["device"] == "cpu" and m["wall_s"] > cost["wall_seconds"]  # the process started before
         assert cost["flops"] == pytest.approx(predictions[m["rule"], cell_key(m["rule"], m["cell"])]["flops"]), m
+    for m in (m for m in measured if m["rule"] == "finetune"):  # DeepSpeed's monitor: every optimizer step's loss
+        monitor = results / "finetune" / layout_cell("finetune", m["cell"]) / "monitor/train"
+        steps = json.loads((results / "metrics/finetune" / f"{layout_cell('finetune', m['cell'])}.json").read_text())[
+            "records"][0]["details"]["optimizer_steps"]
+        assert len(pd.read_csv(monitor / "Train_Samples_train_loss.csv")) == steps
     calibration = json.loads((results / "plan/calibration.json").read_text())
     fitted = {(fit["stage"], fit["model"]) for fit in calibration["fits"]}
     assert fitted == {(m["rule"], m["cell"]["model"]) for m in measured}

@@ -282,7 +282,7 @@ def train_cell(settings: Settings, job: dict, sample: TrainingSample, lm, model,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     accum, order_length, total_steps = schedule(len(sample.examples), settings, world)
     config = deepspeed_config(ds_config_path, settings, method.learning_rate(settings), accum, total_steps,
-                              precision(settings.precision))
+                              precision(settings.precision), monitor=work / "monitor")
     job_hash = own_checkpoints(work / "checkpoints", dict(job, settings={
         k: v for k, v in settings.raw.items() if k not in FINETUNE_RUN_SETTINGS}), rank)
     engine, *_ = deepspeed.initialize(model=model, config=config,

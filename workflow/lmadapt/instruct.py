@@ -164,7 +164,8 @@ def run_instruct(name: str, base_dir: str, inputs: dict[str, str], corpora: dict
         lm, train, held, settings.max_length)
     accum, order_length, total_steps = schedule(len(examples), settings, world)
     dtype = precision(settings.precision)
-    config = deepspeed_config(ds_config_path, settings, settings.lr, accum, total_steps, dtype)
+    config = deepspeed_config(ds_config_path, settings, settings.lr, accum, total_steps, dtype,
+                              monitor=Path(metrics_path).parent / "monitor")
     computed = {key: value for key, value in settings.raw.items() if key != "checkpoint_every"}
     checkpoints = Path(work_dir) / "checkpoints"
     job_hash = own_checkpoints(checkpoints, {"settings": computed, "data": data_fingerprint, "world": world,

@@ -12,6 +12,7 @@ KL to the base; a sample of them side by side goes to generations.parquet.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from .metrics import Cost, code_version, write_cost
 from .models import load_model
 from .prompt import Pattern, classifier_inputs
 from .settings import Settings
+from .training import init_distributed, monitor_config
 
 
 class Reward:
@@ -186,9 +188,11 @@ def rloo_advantages(rewards: torch.Tensor, n: int) -> torch.Tensor:
     return (grouped - baseline).view(-1)
 
 
-def train_policy(policy: Policy, reward, train: list[str], held: list[str], settings: Settings) -> dict:
+def train_policy(policy: Policy, reward, train: list[str], held: list[str], settings: Settings,
+                 monitor=None) -> dict:
     """RLOO with PPO clipping for settings.steps steps of batch_size prompts; reward(texts) -> array of
-    rewards. Returns the held-out metrics, completions and rewards before and after, and each step's log."""
+    rewards. Returns the held-out metrics, completions and rewards before and after, and each step's log (also to
+    DeepSpeed's monitor where one is given: every step's reward, KL and loss)."""
     before = evaluate(policy, reward, held, settings)
     optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=settings.lr)
     n, batch, history = settings.samples, settings.batch_size, []
@@ -216,9 +220,22 @@ def train_policy(policy: Policy, reward, train: list[str], held: list[str], sett
             optimizer.step()
         history.append({"step": step + 1, "mean_reward": round(float(scores.mean()), 6),
                         "kl_to_base": round(float(kl.mean()), 6), "loss": round(loss.item(), 6)})
+        if monitor is not None:
+            monitor.write_events([(f"Train/Steps/{key}", history[-1][key], step + 1)
+                                  for key in ("mean_reward", "kl_to_base", "loss")])
         print(f"step {step + 1}: reward {history[-1]['mean_reward']:.4f}, KL {history[-1]['kl_to_base']:.4f}",
               flush=True)
     return {"before": before, "after": evaluate(policy, reward, held, settings), "per_step": history}
+
+
+def csv_monitor(folder: Path):
+    """DeepSpeed's CSV monitor (training.monitor_config) for a loop that DeepSpeed does not run (it writes from
+    rank 0 of a process group: a one-process group here)."""
+    from deepspeed.monitor.config import get_monitor_config
+    from deepspeed.monitor.monitor import MonitorMaster
+
+    init_distributed()
+    return MonitorMaster(get_monitor_config(monitor_config(folder)))
 
 
 def run_ppo(name: str, base_dir: str, reward_dir: str, prompts_path: str, prompts_source: dict, settings: Settings,
@@ -233,7 +250,7 @@ def run_ppo(name: str, base_dir: str, reward_dir: str, prompts_path: str, prompt
     reward = Reward(reward_dir, wanted.avoid if wanted.label is None else wanted.label, avoid=wanted.label is None)
     cost.loaded()  # the policy, its reference and the reward model (the preflight costs no PPO job: no FLOPs here)
     start = time.time()
-    trained = train_policy(policy, reward, train, held, settings)
+    trained = train_policy(policy, reward, train, held, settings, csv_monitor(Path(metrics_path).parent / "monitor"))
     train_seconds = time.time() - start
     (before, before_texts, before_rewards), (after, after_texts, after_rewards) = trained["before"], trained["after"]
     data_fingerprint = fingerprint([train, held])

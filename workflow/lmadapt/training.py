@@ -64,10 +64,13 @@ def schedule(n_examples: int, settings: Settings, world: int) -> tuple[int, int,
     return accum, order_length, -(-micro_per_epoch * settings.epochs // accum)
 
 
-def deepspeed_config(base_path: str, settings: Settings, lr: float, accum: int, total_steps: int, dtype: str) -> dict:
+def deepspeed_config(base_path: str, settings: Settings, lr: float, accum: int, total_steps: int, dtype: str,
+                     monitor: Path | None = None) -> dict:
     """The DeepSpeed config of a training job (finetune, instruct): the ZeRO file with batch, AdamW, warmup-decay
-    schedule and precision."""
+    schedule and precision, and DeepSpeed's CSV monitor writing into `monitor` (monitor_config)."""
     config = json.loads(Path(base_path).read_text())
+    if monitor is not None:
+        config.update(monitor_config(monitor))
     config.update(
         train_micro_batch_size_per_gpu=settings.batch_size,
         gradient_accumulation_steps=accum,
@@ -86,6 +89,12 @@ def deepspeed_config(base_path: str, settings: Settings, lr: float, accum: int, 
             if key in config.get("zero_optimization", {}):
                 config["zero_optimization"][key]["pin_memory"] = False
     return config
+
+
+def monitor_config(folder: Path) -> dict:
+    """DeepSpeed's own monitor, as CSV (no package beyond DeepSpeed): every optimizer step's loss and learning
+    rate in folder/train/*.csv (Train_Samples_train_loss.csv: step, value), plotted by any CSV reader."""
+    return {"csv_monitor": {"enabled": True, "output_path": str(folder), "job_name": "train"}}
 
 
 def epoch_batches(lengths: np.ndarray, order_length: int, seed: int, epoch: int, rank: int, world: int,
@@ -163,6 +172,9 @@ def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: Setti
             state["padded"] += mask.numel()
             micro += 1
             state["micro_step"] = micro
+            if micro % accum == 0 and engine.monitor.enabled and rank == 0:  # the optimizer step's loss
+                engine.monitor.write_events([("Train/Samples/train_loss", float(np.mean(state["losses"][-accum:])),
+                                              engine.global_samples)])
             if micro % accum == 0 and (micro // accum) % settings.checkpoint_every == 0:
                 save_checkpoint(engine, checkpoints, job_hash, rank, client_state=dict(
                     state, rng=torch.get_rng_state(),
