@@ -15,7 +15,9 @@ shapes, memory and speed, nothing downloaded) through lmadapt's own code:
     python benchmarks/gpu.py                 # on the GPU machine (docs/benchmarks.md says how): ~6 minutes
     python benchmarks/gpu.py --cpu-smoke     # tiny shapes on CPU (fp32 and bf16), the same code paths: a test
 
-Writes the GPU section of docs/benchmarks.md and docs/gpu-benchmark.json (--out DIR: both there instead).
+Writes the GPU section of docs/benchmarks.md, docs/gpu-benchmark.json and docs/gpu-calibration.json: the
+measurements in the calibration's format (lmadapt/calibration.py), which sizes the paper grid's requests of the
+cells measured once it lies at results/plan/pilot/calibration.json (--out DIR: the three there instead).
 """
 from __future__ import annotations
 
@@ -306,6 +308,7 @@ def icl_rows(lm, shots_list, n, rng) -> list[dict]:
             PrefixForward(lm, prefix), examples, [[v] for v in VERBALIZER_IDS], 16, "icl"))
         full, full_s, full_gb = timed(lm.device, lambda: full_logprobs(lm, prefix, examples, batches))
         rows.append(dict(shots=len(demos), shots_requested=shots, prefix_tokens=len(prefix), examples=n,
+                         tokens=len(prefix) + sum(map(len, examples)), seconds=ours_s,
                          lmadapt_examples_per_s=n / ours_s, baseline_examples_per_s=n / full_s, speedup=full_s / ours_s,
                          lmadapt_peak_gb=ours_gb, baseline_peak_gb=full_gb,
                          same_predictions=float((ours.argmax(1) == full.argmax(1)).mean()),
@@ -363,6 +366,7 @@ def extract_rows(lm, shots, n, rng) -> list[dict]:
         difference = max(float((a[j][k] - b[j][k]).abs().max()) for a, b in zip(mine, theirs) for j in layers
                          for k in (0, 1))
         rows.append(dict(shots=len(demos), shots_requested=wanted, prefix_tokens=len(prefix), examples=n,
+                         tokens=len(prefix) + sum(map(len, examples_fit)), seconds=ours_s,
                          layers=len(layers), lmadapt_examples_per_s=n / ours_s, baseline_examples_per_s=n / full_s,
                          speedup=full_s / ours_s, lmadapt_peak_gb=ours_gb, baseline_peak_gb=full_gb,
                          max_activation_difference=difference))
@@ -466,6 +470,26 @@ def markdown(result: dict) -> str:
     ])
 
 
+def gpu_calibration(result: dict, shape: str, parameters: int, paper: dict) -> dict:
+    """The measurements as lmadapt's calibration (lmadapt/calibration.py's format): a fit per (stage, model, method)
+    measured here, whose throughput a job of the paper grid's own cells divides its FLOPs by. Weights loading and a
+    job's start are not measured here (random weights, one process): the preflight's load rate and
+    requests.startup_seconds stand in; host memory neither (memory_factor None: the model's mem_mb stays)."""
+    device = "cpu" if result["smoke"] else result["environment"]["device"]  # as a job's cost record names it
+    common = dict(device=device, jobs=1, gpus=1, compute_intercept_s=0.0,
+                  load_bytes_per_s=paper["preflight"]["load_gb_per_s"] * 1e9,
+                  startup_s=paper["requests"]["startup_seconds"], memory_intercept_mb=0.0, memory_factor=None)
+    fits = [dict(common, stage="finetune", model=row["model"], method=row["method"],
+                 throughput_flops_per_s=row["flops_per_token"] * row["tokens_per_s"],
+                 gpu_memory_factor=row.get("memory_ratio")) for row in result["finetune"] if "error" not in row]
+    for stage in ("icl", "extract"):
+        rows = result[stage]
+        fits.append(dict(common, stage=stage, model=shape, method=None, jobs=len(rows), gpu_memory_factor=None,
+                         throughput_flops_per_s=2.0 * parameters * sum(r["tokens"] for r in rows) /
+                         sum(r["seconds"] for r in rows)))
+    return {"fits": fits, "rules": [], "jobs": len(fits), "source": "benchmarks/gpu.py"}
+
+
 def environment(device: torch.device, mfu_assumed: float) -> dict:
     import importlib.metadata as metadata
 
@@ -515,6 +539,11 @@ def main() -> None:
     out = args.out or REPO / "docs"
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu-benchmark.json").write_text(json.dumps(result, indent=2, default=str))
+    from lmadapt.costs import model_shape
+
+    with tempfile.TemporaryDirectory() as where:  # the preflight's parameter count of the shape measured
+        parameters = model_shape(opt_folder(shape, Path(where)))["parameters"]
+    (out / "gpu-calibration.json").write_text(json.dumps(gpu_calibration(result, shape, parameters, paper), indent=2))
     write_section(out / "benchmarks.md", "gpu", markdown(result))
     print(markdown(result))
 

@@ -6,6 +6,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, clean_env
 
 
@@ -31,3 +33,17 @@ def test_gpu_check_smoke_run_on_cpu(tmp_path):
     assert fp32["max_logprob_difference"] == 0.0 and fp32["same_predictions"] == 1.0
     assert 0 < bf16["max_activation_difference"] < 0.1
     assert "<!-- gpu:start -->" in (tmp_path / "benchmarks.md").read_text()
+    # its measurements in the calibration's format: a paper cell of a measured (stage, model, method) is predicted
+    from lmadapt.calibration import job_prediction
+
+    calibration = json.loads((tmp_path / "gpu-calibration.json").read_text())
+    assert {(fit["stage"], fit["model"], fit["method"]) for fit in calibration["fits"]} == {
+        ("finetune", "opt_1_3b", "pattern"), ("finetune", "opt_6_7b", "lora_pattern"), ("icl", "tiny", None),
+        ("extract", "tiny", None)}
+    predicted = {"parameters": 10**9, "flops": 1e15, "memory_mb": 2000.0, "load_seconds": 2.0,
+                 "compute_seconds": 10.0, "gpus": 1, "model": "opt_1_3b"}
+    seconds, megabytes, source = job_prediction(calibration, "finetune", {"model": "opt_1_3b", "method": "pattern"},
+                                                predicted)
+    fit = next(fit for fit in calibration["fits"] if fit["model"] == "opt_1_3b")
+    assert source == "calibrated" and megabytes is None and seconds == pytest.approx(
+        fit["startup_s"] + 2e9 / fit["load_bytes_per_s"] + 1e15 / fit["throughput_flops_per_s"])

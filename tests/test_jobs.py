@@ -141,17 +141,18 @@ def test_every_job_asks_slurm_for_its_own_prediction_and_no_request_reruns_a_job
     assert all(requests.runtime(rule, cell, 2, 240) == 480 and requests.mem_mb(rule, cell, 1, 4000) == 4000
                for rule, cell in cells)  # nothing predicted: the static values, growing with the attempt
     (tmp_path / layout.PREFLIGHT_JSON).write_text(json.dumps(plan))
-    margin, startup = config["requests"]["margin"], config["requests"]["startup_seconds"]
+    margin, startup, floor = (config["requests"][key] for key in ("margin", "startup_seconds", "min_runtime"))
     costed = [(rule, cell) for rule, cell in cells if rule in COSTED]
     assert costed and all(requests.prediction(rule, cell)[2] == "preflight" for rule, cell in costed)
     for rule, cell in costed:
         predicted = predictions[rule, cell_key(rule, cell)]
         seconds = startup + predicted["load_seconds"] + predicted["compute_seconds"]
-        assert requests.runtime(rule, cell, 1, 240) == max(math.ceil(seconds * margin / 60), 10)
-    calibration = {"fits": [{"stage": rule, "model": model, "device": "NVIDIA H100", "jobs": 2, "gpus": 1,
-                             "throughput_flops_per_s": 1e14, "compute_intercept_s": 5.0, "load_bytes_per_s": 2e9,
-                             "startup_s": 40.0, "memory_intercept_mb": 3000.0, "memory_factor": 1.5,
-                             "gpu_memory_factor": 1.2} for rule, model in {(r, c["model"]) for r, c in costed}],
+        assert requests.runtime(rule, cell, 1, 240) == max(math.ceil(seconds * margin / 60), floor)
+    calibration = {"fits": [{"stage": rule, "model": model, "method": method, "device": "NVIDIA H100", "jobs": 2,
+                             "gpus": 1, "throughput_flops_per_s": 1e14, "compute_intercept_s": 5.0,
+                             "load_bytes_per_s": 2e9, "startup_s": 40.0, "memory_intercept_mb": 3000.0,
+                             "memory_factor": 1.5, "gpu_memory_factor": 1.2}
+                            for rule, model, method in {(r, c["model"], c.get("method")) for r, c in costed}],
                    "rules": [{"rule": rule, "model": None, "jobs": 3, "max_seconds": 100.0, "max_mb": 500.0}
                              for rule in grid_jobs.cells()], "jobs": 10}
     (tmp_path / layout.CALIBRATION_JSON).write_text(json.dumps(calibration))
@@ -162,6 +163,6 @@ def test_every_job_asks_slurm_for_its_own_prediction_and_no_request_reruns_a_job
             megabytes = 3000 + 1.5 * predicted["memory_mb"]
         else:  # what the preflight does not cost: the longest and largest of its rule's finished jobs
             seconds, megabytes = 100.0, 500.0
-        assert requests.runtime(rule, cell, 1, 240) == max(math.ceil(seconds * margin / 60), 10), (rule, cell)
+        assert requests.runtime(rule, cell, 1, 240) == max(math.ceil(seconds * margin / 60), floor), (rule, cell)
         assert requests.mem_mb(rule, cell, 3, 4000) == 3 * max(math.ceil(megabytes * margin), 1000), (rule, cell)
     assert everything(raw) == jobs  # the plan and the calibration are no job's params or inputs

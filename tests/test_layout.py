@@ -29,8 +29,8 @@ def test_logs_and_benchmarks_follow_each_rule_s_cell():
     assert layout.benchmark("finetune") == "results/benchmarks/finetune/{model}/{task}/{method}/k{k}_seed{seed}.tsv"
     assert layout.log("aggregate") == "results/logs/aggregate.log"
     assert layout.benchmark("aggregate") == "results/benchmarks/aggregate/aggregate.tsv"
-    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk")),
-                           re.M))
+    rules = set(re.findall(r"^(?:rule|checkpoint) (\w+):", "".join(
+        p.read_text() for p in (REPO / "workflow/rules").glob("*.smk")), re.M))
     assert rules == set(layout.CELLS)  # every rule's log and benchmark come from here
     for stage, pattern in layout.METRICS.items():  # a metrics file's cell is its job's cell
         assert pattern.endswith(layout.CELLS[stage] + ".json")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from lmadapt.checks import load_config
-from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, finetune_settings, stage_config
+from lmadapt.config import ConfigError, finetune_settings
 from lmadapt.jobs import Jobs
 from lmadapt.settings import STAGE_SETTINGS, read_settings, section_settings, settings_class, stage_settings_schema
 
@@ -46,11 +46,7 @@ def job_settings(config: dict) -> dict[tuple, dict]:
     jobs, out = Jobs(config), {}
     for rule, cells in jobs.cells().items():
         for cell in cells if rule in STAGE_OF_RULE else []:
-            raw = json.loads(shlex.split(jobs.params(rule, cell)["settings"])[0])
-            if rule in ("finetune", "classifier"):
-                raw |= {key: stage_config(config, "finetune", cell.get("model"))[key] for key in FINETUNE_RUN_SETTINGS}
-            if rule == "instruct":
-                raw["checkpoint_every"] = stage_config(config, "instruct", cell["model"])["checkpoint_every"]
+            raw = json.loads(shlex.split(jobs.params(rule, cell)["settings"])[0]) | jobs.run_settings(rule, cell)
             method = "head" if rule == "classifier" else cell.get("method")
             out[(STAGE_OF_RULE[rule], method, json.dumps(raw, sort_keys=True))] = raw
     return out

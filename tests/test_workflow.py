@@ -121,7 +121,7 @@ def test_each_model_job_measures_the_work_the_preflight_predicted_and_the_calibr
     assert requests.prediction("icl", cell)[2] == "calibrated" and requests.prediction("probe", dict(
         cell, prompt="none", k="2"))[2] == "measured"
     seconds, megabytes, _ = requests.prediction("icl", cell)
-    assert requests.runtime("icl", cell, 2, 240) == 2 * max(-(-seconds * 1.5 // 60), 10)
+    assert requests.runtime("icl", cell, 2, 240) == 2 * max(-(-seconds * 1.5 // 60), config["requests"]["min_runtime"])
     assert requests.mem_mb("icl", cell, 1, 1000) == max(-(-megabytes * 1.5 // 1), 1000)
     elsewhere = finished_run.workdir.parent / "plan_only"
     (elsewhere / "results/plan").mkdir(parents=True, exist_ok=True)

@@ -195,7 +195,10 @@ def fitted_seconds(entry: dict, predicted: dict) -> float:
             entry["compute_intercept_s"] + predicted["flops"] / entry["throughput_flops_per_s"])
 
 
-def fitted_mb(entry: dict, predicted: dict) -> float:
+def fitted_mb(entry: dict, predicted: dict) -> float | None:
+    """Host memory; None from a fit that measured none (benchmarks/gpu.py's: the GPU's alone)."""
+    if entry["memory_factor"] is None:
+        return None
     return entry["memory_intercept_mb"] + entry["memory_factor"] * predicted["memory_mb"]
 
 
@@ -227,7 +230,7 @@ def calibration_markdown(plan: dict, calibration: dict, measurements: list[dict]
                  and (m["rule"], cell_key(m["rule"], m["cell"])) in predictions]
         before = [_ratio(p["load_seconds"] + p["compute_seconds"], m["wall_s"]) for m, p in pairs]
         after = [_ratio(fitted_seconds(entry, p), m["wall_s"]) for m, p in pairs]
-        memory = [_ratio(fitted_mb(entry, p), m["peak_mb"]) for m, p in pairs]
+        memory = [_ratio(fitted_mb(entry, p), m["peak_mb"]) for m, p in pairs if entry["memory_factor"] is not None]
         peak = entry["gpus"] * cluster.get("gpu_tflops", 0) * 1e12
         utilisation = f"{entry['throughput_flops_per_s'] / peak:.1%}" if entry["device"] != "cpu" and peak else "–"
         rows.append([" ".join(filter(None, (entry["stage"], entry["method"]))), entry["model"], entry["device"],

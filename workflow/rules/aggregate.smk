@@ -73,6 +73,8 @@ rule calibration:
     input:
         layout.TABLES,
         derived_summary_target(),
+        layout.RUNTIMES,  # the last jobs but this one: the status it writes sees none of them running
+        layout.RESOLVED_CONFIG,
         plan=layout.PREFLIGHT_JSON,
     output:
         json=layout.CALIBRATION_JSON,
