@@ -112,13 +112,14 @@ def summary(used: list[tuple], asked: list[tuple]) -> list[str]:
     time = [fold(p, u) for (_, _, p, _), (u, _) in zip(asked, used) if p]
     memory = [fold(p, u) for (_, _, _, p), (_, u) in zip(asked, used) if p]
     within = np.mean((requested[:, 0] >= used[:, 0]) & (requested[:, 1] >= used[:, 1]))
+    minutes = np.ceil(used[:, 0] / 60) * 60  # the least a job can ask Slurm for: whole minutes
     return [_errors(time), _errors(memory), f"{within:.0%}", f"{requested[:, 0].sum() / used[:, 0].sum():.1f}x",
-            f"{requested[:, 1].sum() / max(used[:, 1].sum(), 1):.1f}x"]
+            f"{requested[:, 0].sum() / minutes.sum():.1f}x", f"{requested[:, 1].sum() / max(used[:, 1].sum(), 1):.1f}x"]
 
 
 def table(rows: dict) -> str:
     header = ["rule", "jobs", "way", "time fold error: median / p95", "memory fold error: median / p95",
-              "within first request", "requested / used time", "requested / used memory"]
+              "within first request", "requested / used time", "… / used in whole minutes", "requested / used memory"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rule, row in sorted(rows.items()):
         lines += [f"| {rule} | {len(row['used'])} | {way} | " + " | ".join(summary(row["used"], row[way])) + " |"

@@ -218,17 +218,39 @@ def test_a_test_file_that_repeats_training_texts_is_refused_naming_both_files(tm
         assert not (tmp_path / f"{split}.parquet").exists()
 
 
-def test_the_workflow_refuses_the_leak_as_it_loads_before_any_job(tmp_path):
-    from conftest import fixture_config, run_snakemake, write_config
+def test_the_workflow_and_validate_config_refuse_leaks_and_files_a_sample_job_would_refuse_before_any_job(tmp_path):
+    """The files at hand are read as the workflow loads: a test file repeating training texts (a leak), an
+    out-of-domain set with a label the task does not declare and a training file whose header names a column twice
+    stop it before any job, with the lines `lmadapt validate-config` gives."""
+    import subprocess
 
-    task, _ = leaky_task(tmp_path)
+    from conftest import BIN, clean_env, fixture_config, run_snakemake, write_config
+
+    leaky_task(tmp_path)
+    hans = pd.read_csv(FIXTURES / "hans/heuristics_evaluation_set.txt", sep="\t")
+    hans.loc[3, "gold_label"] = "contradiction"
+    hans.to_csv(tmp_path / "hans.txt", sep="\t", index=False)
+    (tmp_path / "tweets.csv").write_text("text,label,text\nsunny again,2,x\nrain,0,y\n")
     config = fixture_config()
     config["tasks"]["rte"]["data"]["test"]["path"] = str(tmp_path / "dev.tsv")
+    config["tasks"]["rte"]["ood"]["hans"]["path"] = str(tmp_path / "hans.txt")
+    config["tasks"]["tweets"]["data"]["train"] = {"path": str(tmp_path / "tweets.csv")}
     path = write_config(tmp_path / "config.yaml", config)
+    validate = subprocess.run([str(BIN / "lmadapt"), "validate-config", str(path), "--directory", str(tmp_path)],
+                              capture_output=True, text=True, env=clean_env())
+    said = validate.stderr.splitlines()
+    assert validate.returncode == 2 and said[0] == f"lmadapt validate-config: error: {path}: invalid configuration:"
+    assert said[1] == (f"  tasks.rte.ood.hans: line 5 of {tmp_path / 'hans.txt'} (id ex3): column 'gold_label': "
+                       f"label 'contradiction' is not one of the declared labels ['entailment', 'not_entailment'] "
+                       f"(nor an index 0-1); map it with `label_map` or drop it with `exclude_labels`"), said
+    assert said[2].startswith(f"  tasks.rte: 4 training row(s) of {FIXTURES / 'glue_rte/train.tsv'} share their text "
+                              f"with the test sample of {tmp_path / 'dev.tsv'}; a test text in training leaks the "
+                              f"answer."), said
+    assert said[3] == (f"  tasks.tweets.data.train: {tmp_path / 'tweets.csv'}: the header names a column twice ('text' "
+                       f"is column 1 and 3); rename one, or the first would be read and the other silently ignored")
     proc = run_snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
     assert proc.returncode != 0 and not (tmp_path / "results").exists()
-    assert (f"tasks.rte: 4 training row(s) of {FIXTURES / 'glue_rte/train.tsv'} share their text with the test sample "
-            f"of {tmp_path / 'dev.tsv'}; a test text in training leaks the answer.") in proc.stdout + proc.stderr
+    assert all(line.strip() in proc.stdout + proc.stderr for line in said[1:])  # the workflow says the same
     assert list((tmp_path / ".snakemake/lmadapt").glob("sources-*.json"))  # the next plan reads no data
 
 
@@ -308,35 +330,6 @@ def test_verbalizers_a_tokenizer_cannot_tell_apart_are_refused_before_the_weight
         run_icl(str(folder), task, None, {}, str(tmp_path / "i.json"),
                 section_settings("icl", {"patterns": [], "dtype": "float32"}),
                 {"task": "rte", "model": "tiny", "k": 0, "seed": 1})
-
-
-def test_files_a_sample_job_would_refuse_are_named_as_the_workflow_loads_and_by_validate_config(tmp_path):
-    """The files at hand are read as the workflow loads: a test file with a label the task does not declare and a
-    training file whose header names a column twice stop it before any job, with validate-config's lines."""
-    import subprocess
-
-    from conftest import BIN, clean_env, fixture_config, run_snakemake, write_config
-
-    dev = pd.read_csv(FIXTURES / "glue_rte/dev.tsv", sep="\t")
-    dev.loc[3, "label"] = "neutral"
-    dev.to_csv(tmp_path / "dev.tsv", sep="\t", index=False)
-    (tmp_path / "tweets.csv").write_text("text,label,text\nsunny again,2,x\nrain,0,y\n")
-    config = fixture_config()
-    config["tasks"]["rte"]["data"]["test"]["path"] = str(tmp_path / "dev.tsv")
-    config["tasks"]["tweets"]["data"]["train"] = {"path": str(tmp_path / "tweets.csv")}
-    path = write_config(tmp_path / "config.yaml", config)
-    lines = [f"  tasks.rte.data.test: line 5 of {tmp_path / 'dev.tsv'} (id 3): column 'label': label 'neutral' is "
-             f"not one of",
-             f"  tasks.tweets.data.train: {tmp_path / 'tweets.csv'}: the header names a column twice ('text' is "
-             f"column 1 and 3); rename one, or the first would be read and the other silently ignored"]
-    validate = subprocess.run([str(BIN / "lmadapt"), "validate-config", str(path), "--directory", str(tmp_path)],
-                              capture_output=True, text=True, env=clean_env())
-    said = validate.stderr.splitlines()
-    assert validate.returncode == 2 and said[0] == f"lmadapt validate-config: error: {path}: invalid configuration:"
-    assert len(said) == 3 and said[1].startswith(lines[0]) and said[2] == lines[1], said
-    workflow = run_snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
-    assert workflow.returncode != 0 and not (tmp_path / "results").exists()
-    assert said[1] in workflow.stdout + workflow.stderr and said[2] in workflow.stdout + workflow.stderr
 
 
 def test_validate_config_says_what_the_workflow_would_say_as_it_loads(tmp_path, tiny_opt):

@@ -162,7 +162,7 @@ def calibrate(plan: dict, measurements: list[dict]) -> dict:
             and measured["rule"] in COSTED else None
         if cost and cost.get("flops") and predicted:
             groups[measured["rule"], cell["model"], cell.get("method"), cost["device"]].append((measured, predicted))
-    return {"fits": [fit_group(*key, pairs) for key, pairs in sorted(groups.items())],
+    return {"fits": [fit_group(*key, pairs) for key, pairs in sorted(groups.items(), key=str)],
             "rules": envelopes(measurements), "jobs": len(measurements)}
 
 
