@@ -466,8 +466,23 @@ def markdown(result: dict) -> str:
         table(result["numerics"], [("device", "device", ""), ("dtype", "dtype", ""),
                                    ("max |Δ activation|", "max_activation_difference", ".2e"),
                                    ("max |Δ log p|", "max_logprob_difference", ".2e"),
-                                   ("same predictions", "same_predictions", ".0%")]),
+                                   ("same predictions", "same_predictions", ".0%")]) + "\n",
+        calibration_note(result),
     ])
+
+
+def calibration_note(result: dict) -> str:
+    """What the calibration written beside the JSON predicts for the paper grid's cells of the measured kinds."""
+    lines = ["The measurements as a calibration (`docs/gpu-calibration.json`; copy it to the cluster's "
+             "`results/plan/pilot/calibration.json` to size the requests until the pilot's replaces it). What it "
+             "predicts: a cell's compute seconds are its FLOPs (the preflight's count) over the measured throughput, "
+             "so against the preflight's estimate:\n"]
+    for row in result["finetune"]:
+        if row.get("mfu"):
+            lines.append(f"- finetune {row['model']} {row['method']} ({row['zero']}): "
+                         f"{result['environment']['mfu_assumed'] / row['mfu']:.2f}x the estimated compute time "
+                         f"(MFU {row['mfu']:.1%} measured, {result['environment']['mfu_assumed']:.0%} assumed)")
+    return "\n".join(lines + ["- icl and extract: the throughput of the rows above, in the same file"])
 
 
 def gpu_calibration(result: dict, shape: str, parameters: int, paper: dict) -> dict:
