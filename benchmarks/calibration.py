@@ -92,7 +92,7 @@ def compare(workdir: Path, config_path: Path) -> tuple[str, dict]:
         row = rows[rule]
         row["used"].append((used_s, used_mb))
         row["static"].append((static_min * 60, static_mb, None, None))
-        row["seqera"].append((envelope["max_seconds"], envelope["max_mb"], envelope["max_seconds"],
+        row["seqera"].append((math.ceil(envelope["max_seconds"] / 60) * 60, envelope["max_mb"], envelope["max_seconds"],
                               envelope["max_mb"]) if envelope else (static_min * 60, static_mb, None, None))
         row["lmadapt"].append((ours_min * 60, ours_mb, seconds, megabytes))
     return table(rows), rows
@@ -168,7 +168,8 @@ def main() -> None:
                f"= max(predicted / used, used / predicted); a request covers a job when both its runtime and its "
                f"memory do. static = the rules' constants, seqera = the largest of the rule's (and model's) "
                f"calibration jobs, lmadapt = each job's calibrated prediction x requests.margin "
-               f"(runtime in whole minutes).\n\n{text}\n\nTargets (lmadapt, all jobs): {verdict(rows)}."
+               f"(runtimes in whole minutes, as Slurm takes them).\n\n{text}\n\n"
+               f"Targets (lmadapt, all jobs): {verdict(rows)}."
                + (f"\n\n{args.note}" if args.note else ""))
     print(section)
     write_section(REPO / "docs/benchmarks.md", f"calibration-{args.name}", section)
