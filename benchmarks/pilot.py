@@ -75,10 +75,14 @@ def share(plan: dict, paper: dict) -> tuple[str, float]:
         cost = (load + compute) * gpus / 3600
         hours[rule, predicted["model"]][0] += cost
         hours[rule, predicted["model"]][1] += cost if (rule, key) in pilot else 0.0
+    stages = defaultdict(lambda: [0.0, 0.0, 0])
+    for (stage, _), (g, p) in hours.items():
+        stages[stage][0] += g
+        stages[stage][1] += p
+        stages[stage][2] += 1
     grid, piloted = sum(h[0] for h in hours.values()), sum(h[1] for h in hours.values())
-    lines = ["| stage | model | grid GPU-hours | pilot GPU-hours | pilot share |", "|---|---|---|---|---|"]
-    lines += [f"| {stage} | {model} | {g:.1f} | {p:.2f} | {p / g:.1%} |" for (stage, model), (g, p)
-              in sorted(hours.items()) if g]
+    lines = ["| stage | models | grid GPU-hours | pilot GPU-hours | pilot share |", "|---|---|---|---|---|"]
+    lines += [f"| {stage} | {n} | {g:.1f} | {p:.2f} | {p / g:.1%} |" for stage, (g, p, n) in sorted(stages.items())]
     lines.append(f"| **all** | | {grid:.1f} | {piloted:.1f} | **{piloted / grid:.1%}** |")
     return "\n".join(lines), piloted / grid
 
@@ -92,7 +96,12 @@ def main() -> None:
     text, _ = share(plan, load_config(args.paper))
     print(text)
     write_section(REPO / "docs/benchmarks.md", "pilot", "## The pilot's share of the paper grid "
-                  "(benchmarks/pilot.py)\n\n" + text)
+                  f"(benchmarks/pilot.py)\n\nFrom {args.plan.name} of a rehearsal of config/paper.yaml with its 10 "
+                  f"seeds (the rehearsal's token counts, each model's real parameter count; priced under the plan's "
+                  f"`preflight` assumptions):\n\n{text}\n\nThe pilot runs the costliest cell of each (stage, "
+                  f"model, method) (k = 128, the long prompts) and the cheapest; instruction tuning is one job per "
+                  f"derived model, so the pilot runs all of it (the grid needs it anyway). Nothing the pilot runs is "
+                  f"run again.")
 
 
 if __name__ == "__main__":
