@@ -482,7 +482,11 @@ def calibration_note(result: dict) -> str:
             lines.append(f"- finetune {row['model']} {row['method']} ({row['zero']}): "
                          f"{result['environment']['mfu_assumed'] / row['mfu']:.2f}x the estimated compute time "
                          f"(MFU {row['mfu']:.1%} measured, {result['environment']['mfu_assumed']:.0%} assumed)")
-    return "\n".join(lines + ["- icl and extract: the throughput of the rows above, in the same file"])
+    return "\n".join(lines + [
+        "- icl and extract: the throughput of the rows above, in the same file",
+        "- across nodes (OPT-30B's training, two nodes): one GPU cannot measure a node's link. The preflight adds "
+        "ZeRO-3's all-gathers and gradient reduce-scatters at `preflight.internode_gb_per_s` (lmadapt/costs.py: "
+        "internode_bytes), not overlapped with compute; the pilot's OPT-30B cells measure what it really costs"])
 
 
 def gpu_calibration(result: dict, shape: str, parameters: int, paper: dict) -> dict:

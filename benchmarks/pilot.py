@@ -1,14 +1,15 @@
 """What the pilot costs on the paper grid: its share of the grid's GPU-hours, from a rehearsal's plan.
 
-The rehearsal's preflight counts every cell's tokens with the real tokenizers' stand-ins on hub-shaped data; its
-models are tiny. Each job's FLOPs and load are scaled here to its model's real parameter count (the shape fields
-of the hub's config.json of each model the paper grid pins, instantiated on the meta device by costs.model_shape,
-as the preflight counts them), then priced under the plan's `preflight` assumptions. The pilot's cells are
-calibration.pilot_cells of the same plan.
+The rehearsal's preflight counts every cell's tokens with the real tokenizers' stand-ins on hub-shaped data. Each
+job's compute seconds (its FLOPs, and on several nodes the bytes its link moves: both in proportion to the model's
+size) and load are scaled here to its model's real parameter count (the shape fields of the hub's config.json of
+each model the paper grid pins, instantiated on the meta device by costs.model_shape, as the preflight counts
+them), then priced under the plan's `preflight` assumptions; the plan of benchmarks/preflight.py has the real
+sizes and the paper's layouts already (nothing scaled). The pilot's cells are calibration.pilot_cells of the same
+plan.
 
-    lmadapt rehearsal --paper config/paper.yaml --out rehearsal && \\
-        snakemake --cores 2 --configfile rehearsal/config.yaml --directory rehearsal preflight
-    python benchmarks/pilot.py --plan rehearsal/results/plan/preflight.json
+    python benchmarks/preflight.py   # or any rehearsal's results/plan/preflight.json
+    python benchmarks/pilot.py --plan resources/benchmarks/preflight/plan.json
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ REAL_SHAPES = {
                                     word_embed_proj_dim=2560),
     "facebook/opt-6.7b": OPT | dict(hidden_size=4096, ffn_dim=16384, num_hidden_layers=32, num_attention_heads=32,
                                     word_embed_proj_dim=4096),
+    "facebook/opt-13b": OPT | dict(hidden_size=5120, ffn_dim=20480, num_hidden_layers=40, num_attention_heads=40,
+                                   word_embed_proj_dim=5120),
+    "facebook/opt-30b": OPT | dict(hidden_size=7168, ffn_dim=28672, num_hidden_layers=48, num_attention_heads=56,
+                                   word_embed_proj_dim=7168),
     "openai-community/gpt2": dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=50257,
                                   n_positions=1024, n_embd=768, n_layer=12, n_head=12),
     "google/flan-t5-base": dict(model_type="t5", architectures=["T5ForConditionalGeneration"], vocab_size=32128,
@@ -70,8 +75,7 @@ def share(plan: dict, paper: dict) -> tuple[str, float]:
             continue
         gpus = max(predicted["gpus"], 1)
         load = BYTES_16BIT * real / (cluster["load_gb_per_s"] * 1e9)
-        compute = predicted["flops"] * real / predicted["parameters"] / (
-            gpus * cluster["gpu_tflops"] * 1e12 * cluster["mfu"])
+        compute = predicted["compute_seconds"] * real / predicted["parameters"]  # FLOPs and bytes moved: ∝ size
         cost = (load + compute) * gpus / 3600
         hours[rule, predicted["model"]][0] += cost
         hours[rule, predicted["model"]][1] += cost if (rule, key) in pilot else 0.0
@@ -89,7 +93,7 @@ def share(plan: dict, paper: dict) -> tuple[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plan", type=Path, default=Path("rehearsal/results/plan/preflight.json"))
+    parser.add_argument("--plan", type=Path, default=REPO / "resources/benchmarks/preflight/plan.json")
     parser.add_argument("--paper", type=Path, default=REPO / "config/paper.yaml")
     args = parser.parse_args()
     plan = json.loads(args.plan.read_text())
@@ -97,8 +101,9 @@ def main() -> None:
     print(text)
     write_section(REPO / "docs/benchmarks.md", "pilot", "## The pilot's share of the paper grid "
                   f"(benchmarks/pilot.py)\n\nFrom {args.plan.name} of a rehearsal of config/paper.yaml with its 10 "
-                  f"seeds (the rehearsal's token counts, each model's real parameter count; priced under the plan's "
-                  f"`preflight` assumptions):\n\n{text}\n\nThe pilot runs the costliest cell of each (stage, "
+                  f"seeds (the rehearsal's token counts, each model's real parameter count and the paper's layouts, "
+                  f"OPT-30B's training on two nodes; priced under the plan's `preflight` assumptions):\n\n"
+                  f"{text}\n\nThe pilot runs the costliest cell of each (stage, "
                   f"model, method) (k = 128, the long prompts) and the cheapest; instruction tuning is one job per "
                   f"derived model, so the pilot runs all of it (the grid needs it anyway). Nothing the pilot runs is "
                   f"run again.")

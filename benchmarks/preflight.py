@@ -2,8 +2,9 @@
 
 The rehearsal of config/paper.yaml with all 10 seeds and all 30,000 HANS rows is fetched and sampled (hub-shaped
 data, the grid's exact cells); then each prepared model folder gets its hub model's sizes in its config.json
-(REAL_SIZES), so that the cost estimate is the real grid's while prompt lengths come from the
-rehearsal's tokenizer (about 1.6 tokens a word, a little above OPT's BPE on English). Times `lmadapt preflight`
+(REAL_SIZES) and its model entry the paper's GPUs and nodes (a rehearsal runs on one machine: it makes a model's
+nodes one node of as many processes), so that the cost estimate is the real grid's while prompt lengths come from
+the rehearsal's tokenizer (about 1.6 tokens a word, a little above OPT's BPE on English). Times `lmadapt preflight`
 (best of 3, after fetch and sample, as on a login node). Target: < 30 s. Writes docs/benchmarks.md.
 
     python benchmarks/preflight.py
@@ -35,7 +36,8 @@ def opt(hidden, layers, heads, ffn, projection):
 # FacebookAI/roberta-base), written over the rehearsal's tiny stand-ins of the same family.
 REAL_SIZES = {"opt_125m": opt(768, 12, 12, 3072, 768), "opt_350m": opt(1024, 24, 16, 4096, 512),
               "opt_1_3b": opt(2048, 24, 32, 8192, 2048), "opt_2_7b": opt(2560, 32, 32, 10240, 2560),
-              "opt_6_7b": opt(4096, 32, 32, 16384, 4096),
+              "opt_6_7b": opt(4096, 32, 32, 16384, 4096), "opt_13b": opt(5120, 40, 40, 20480, 5120),
+              "opt_30b": opt(7168, 48, 56, 28672, 7168),
               "gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257),
               "flan_t5_base": dict(d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_decoder_layers=12,
                                    num_heads=12, vocab_size=32128),
@@ -44,7 +46,10 @@ REAL_SIZES = {"opt_125m": opt(768, 12, 12, 3072, 768), "opt_350m": opt(1024, 24,
 
 
 def main() -> None:
+    import yaml
+
     from lmadapt.checks import load_config
+    from lmadapt.costs import INTERNODE_GB_PER_S
     from lmadapt.grid import root_model
 
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -60,6 +65,11 @@ def main() -> None:
     for name, sizes in REAL_SIZES.items():
         path = WORK / "resources/models" / name / "config.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | sizes, indent=2))
+    paper, rehearsed = (yaml.safe_load(path.read_text()) for path in (REPO / "config/paper.yaml", config))
+    for name, spec in rehearsed["models"].items():
+        spec.update({key: paper["models"][name][key] for key in ("gpus", "nodes") if key in paper["models"][name]})
+    config = WORK / "config-paper-layout.yaml"
+    config.write_text(yaml.safe_dump(rehearsed, sort_keys=False))
     runs = []
     for _ in range(3):
         start = time.time()
@@ -79,6 +89,19 @@ def main() -> None:
     for model in models:
         values = [by[model, stage] for stage in stages]
         rows.append(f"| {model} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {sum(values):.1f} |")
+    training = defaultdict(lambda: {"gpus": 0, "nodes": 1, "memory": 0.0, "hours": 0.0, "link": 0.0, "fits": True})
+    for job in plan["jobs"]:
+        if job["stage"] in ("finetune", "instruct") and root_model(grid, job["model"]).startswith("opt_"):
+            row = training[job["model"], job["stage"]]
+            row.update(gpus=job["gpus"], nodes=job["nodes"], memory=max(row["memory"], job["memory_gb"]))
+            row["hours"] += job["gpu_hours"]
+            row["link"] += job["communication_seconds"] * max(job["gpus"], 1) / 3600
+            row["fits"] &= job["fits"]
+    layouts = ["| model | stage | GPUs (nodes) | peak GB per GPU | fits | GPU-hours | of which inter-node |",
+               "|---|---|---|---|---|---|---|"]
+    for (model, stage), r in sorted(training.items(), key=lambda item: (models.index(item[0][0]), item[0][1])):
+        layouts.append(f"| {model} | {stage} | {r['gpus']} ({r['nodes']}) | {r['memory']:.0f} | "
+                       f"{'yes' if r['fits'] else '**no**'} | {r['hours']:.1f} | {r['link']:.1f} |")
     cluster = plan["cluster"]
     section = "\n".join([
         "## preflight (benchmarks/preflight.py)", "",
@@ -95,6 +118,10 @@ def main() -> None:
         f"{cluster['load_gb_per_s']} GB/s; fine-tuning FLOPs 6N per token (8N with gradient checkpointing, "
         "4N/6N for LoRA) over each model's epochs, inference 2N per token; instruct: the derived models' "
         "instruction tuning):", "", *rows, "",
+        "The OPT models' training on their layouts (config/paper.yaml: 4 GPUs for OPT-6.7B and 13B, two nodes of 4 "
+        "for 30B; ZeRO-3; the link between nodes at "
+        f"{cluster.get('internode_gb_per_s', INTERNODE_GB_PER_S)} GB/s, added to the compute's time):", "",
+        *layouts, "",
         f"**Total: {plan['gpu_hours']:.0f} GPU-hours.** No GPU was lent to this task, so these are estimates, not "
         "measurements.", ""])
     write_section(REPO / "docs" / "benchmarks.md", "preflight", section)

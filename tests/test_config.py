@@ -197,9 +197,10 @@ def test_a_derived_model_keeps_its_bases_settings_and_joins_every_stage():
     from lmadapt.stages import grid
 
     paper = load_config(REPO / "config/paper.yaml")
-    assert set(derived_models(paper, "instruct")) == {"gpt2_alpaca"} | {f"opt_{s}_alpaca" for s in
-                                                                        ("125m", "350m", "1_3b", "2_7b", "6_7b")}
+    assert set(derived_models(paper, "instruct")) == {"gpt2_alpaca"} | {
+        f"opt_{s}_alpaca" for s in ("125m", "350m", "1_3b", "2_7b", "6_7b", "13b", "30b")}
     assert paper["models"]["opt_6_7b_alpaca"]["gpus"] == 4 and root_model(paper, "flan_t5_base_ppo") == "flan_t5_base"
+    assert (paper["models"]["opt_30b_alpaca"]["nodes"], paper["models"]["opt_30b_alpaca"]["gpus"]) == (2, 4)
     assert stage_config(paper, "finetune", "gpt2_alpaca") == stage_config(paper, "finetune", "gpt2")
     cells = grid(paper)
     for stage in ("probe", "icl", "finetune"):

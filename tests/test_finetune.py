@@ -14,7 +14,7 @@ from conftest import BIN, REPO, clean_env, kill_after_first_checkpoint, rte_task
 from lmadapt.checks import check_config
 from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, finetune_settings
 from lmadapt.finetune import build_model, run_finetune
-from lmadapt.training import epoch_batches
+from lmadapt.training import epoch_batches, slurm_ranks
 from lmadapt.forward import pad_batch
 from lmadapt.methods import DECODER, METHODS, distill_loss
 from lmadapt.icl import run_teacher
@@ -179,6 +179,18 @@ def test_epoch_batches_group_lengths_and_split_ranks_evenly():
     shuffled = rng.permutation(len(lengths))[:order_length][0::2]
     random_batches = [shuffled[i: i + 8] for i in range(0, len(shuffled), 8)]
     assert padding(ranks[0]) < padding(random_batches) / 3
+
+
+def test_a_task_srun_started_joins_as_a_torchrun_process_would():
+    """srun's environment read as torchrun's (tests/test_slurm.py starts real ones on two nodes); rank 0 listens
+    on the node srun ran on, at a port of the job's own."""
+    task = {"SLURM_JOB_ID": "20042", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "3",
+            "SLURM_LOCALID": "1", "SLURM_LAUNCH_NODE_IPADDR": "10.77.0.2"}
+    assert slurm_ranks(task) == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "10.77.0.2",
+                                 "MASTER_PORT": "20042"}
+    assert slurm_ranks(task | {"SLURM_STEP_NUM_TASKS": "1"}) == {}  # alone: a one-process group, as off Slurm
+    assert slurm_ranks(task | {"WORLD_SIZE": "2"}) == {}  # torchrun inside a Slurm job already said
+    assert slurm_ranks({k: v for k, v in task.items() if k != "SLURM_STEP_ID"}) == {}  # the batch script itself
 
 
 def test_distillation_kl_is_zero_for_the_same_model_on_the_same_input(tiny_opt, rte, teacher):

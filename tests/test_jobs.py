@@ -166,3 +166,34 @@ def test_every_job_asks_slurm_for_its_own_prediction_and_no_request_reruns_a_job
         assert requests.runtime(rule, cell, 1, 240) == max(math.ceil(seconds * margin / 60), floor), (rule, cell)
         assert requests.mem_mb(rule, cell, 3, 4000) == 3 * max(math.ceil(megabytes * margin), 1000), (rule, cell)
     assert everything(raw) == jobs  # the plan and the calibration are no job's params or inputs
+
+
+def test_a_model_on_several_nodes_asks_slurm_for_them_and_srun_starts_a_process_per_gpu(grid):
+    """A training job on one node asks for its GPUs as one task (torchrun inside); on several, for the nodes, each
+    node's GPUs and a task per GPU, started by srun. Inference takes one GPU either way. Its nodes are what its
+    training computes with (the world size orders the batches): a change reruns that model's training jobs alone."""
+    name, raw, jobs = grid
+    config = check_config(copy.deepcopy(raw))
+    grid_jobs = Jobs(config)
+    for model, spec in config["models"].items():
+        gpus, nodes, slurm = spec["gpus"], spec.get("nodes", 1), grid_jobs.slurm_layout("finetune", model)
+        assert grid_jobs.gpus("icl", model) == min(gpus, 1)
+        if nodes == 1:
+            assert slurm == {"gpu": gpus, "tasks": 0 if gpus > 1 else 1, "nodes": None, "gres": None,
+                             "tasks_per_gpu": None, "tasks_per_node": None, "mpi": None}
+            assert not grid_jobs.launcher(model).startswith("srun")
+        else:
+            assert slurm == {"gpu": None, "gres": f"gpu:{gpus}", "nodes": nodes, "mpi": "srun",
+                             "tasks_per_node": gpus, "tasks": None, "tasks_per_gpu": None}
+            assert grid_jobs.launcher(model) == (f"srun --nodes {nodes} --ntasks-per-node {gpus} "
+                                                 f"--kill-on-bad-exit=1 lmadapt")
+    if name == "paper":
+        assert config["models"]["opt_30b_alpaca"]["nodes"] == config["models"]["opt_30b"]["nodes"] == 2  # inherited
+        one_gpu_nodes = edit(raw, lambda c: c["models"]["opt_30b"].update(gpus=1, finetune={"batch_size": 16}))
+        assert Jobs(check_config(one_gpu_nodes)).slurm_layout("finetune", "opt_30b") | {"mpi": None} == {
+            "gpu": None, "gres": "gpu:1", "nodes": 2, "mpi": None, "tasks_per_node": None, "tasks": 2,
+            "tasks_per_gpu": 1}
+        spread = everything(edit(raw, lambda c: c["models"]["opt_30b"].update(nodes=4, gpus=2)))  # still 8
+        training = {job for job in jobs if job[0] in ("finetune", "instruct") and
+                    dict(job[1])["model"] in ("opt_30b", "opt_30b_alpaca")}  # the instruction-tuned one inherits
+        assert training and changed(jobs, spread) - WHOLE_GRID == training

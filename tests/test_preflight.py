@@ -8,7 +8,8 @@ from transformers import OPTConfig
 from conftest import PATTERNS, rte_task
 from lmadapt.checks import check_config
 from lmadapt.config import ConfigError
-from lmadapt.costs import model_shape, training_memory
+from lmadapt.costs import Zero, internode_bytes, model_shape, training_memory
+from lmadapt.plan import Plan
 from lmadapt.preflight import run_preflight
 from lmadapt.settings import section_settings
 
@@ -106,3 +107,33 @@ def test_a_hub_source_not_pinned_to_a_commit_gets_the_commit_its_fetch_got(short
     notes = [c["what"] for c in result["notes"] if c["stage"] == "fetch"]
     assert notes == [f"models.opt.revision: 'main' is not a commit; its fetch got {commit}: pin it",
                      "corpora.alpaca.revision: 'main' is not a commit; fetch it and pin the commit"]
+
+
+def test_a_model_beyond_one_node_is_costed_with_its_link_and_an_error_names_the_fewest_nodes(short_context, tmp_path):
+    OPTConfig(hidden_size=7168, num_hidden_layers=48, ffn_dim=28672, num_attention_heads=56, vocab_size=50272,
+              max_position_embeddings=2048, word_embed_proj_dim=7168,
+              architectures=["OPTForCausalLM"]).save_pretrained(tmp_path)  # OPT-30B's config: no weights
+    shape = model_shape(tmp_path)
+    assert 29.5e9 < shape["parameters"] < 30.5e9
+    settings = section_settings("finetune", {"batch_size": 4, "gradient_checkpointing": True})
+    memory_on = lambda ranks: training_memory(shape, "head", settings, 3, False, ranks, 512)  # noqa: E731
+    plan, zero3 = Plan(config(short_context)), Zero("zero3", 3, False)
+    error = zero3.too_big(plan, memory_on, "opt_30b", (1, 4), "head fine-tuning", "finetune.batch_size")
+    assert len(error) == 1 and "needs about 122 GB per GPU under zero3 on 4 GPU(s)" in error[0]
+    assert "; set models.opt_30b.nodes: 2 (about 62 GB per GPU), add GPUs" in error[0]
+    assert zero3.too_big(plan, memory_on, "opt_30b", (2, 4), "head fine-tuning", "finetune.batch_size") == []
+    # each micro-batch gathers the 16-bit weights twice and reduce-scatters the gradients; a ring moves 7/8 of it
+    assert internode_bytes(shape, "head", 3, 1, 4, 100, 10) == 0  # NVLink inside a node: left out
+    assert internode_bytes(shape, "head", 3, 2, 8, 100, 10) == 2 * (100 * 3 + 10) * shape["parameters"] * 7 / 8
+    # the tiny model on two nodes of one GPU: its jobs say so and pay for the link
+    root = short_context
+    two_nodes = {"tiny": {"id": str(root / "models/tiny"), "gpus": 1, "nodes": 2}}
+    result = run_preflight(config(root, models=two_nodes, finetune={"methods": ["head"], "batch_size": 1,
+                                                                   "effective_batch": 2, "max_length": 24}),
+                           root / "samples", root / "models", tmp_path / "p.json", tmp_path / "p.md")
+    job = next(j for j in result["jobs"] if j["stage"] == "finetune")
+    assert job["nodes"] == 2 and job["gpus"] == 2 and job["communication_seconds"] > 0
+    assert job["gpu_hours"] == pytest.approx(
+        (job["load_seconds"] + job["compute_seconds"] + job["communication_seconds"]) * 2 / 3600)
+    assert all(j["communication_seconds"] == 0 for j in result["jobs"] if j["stage"] != "finetune")
+    assert "| tiny | finetune | 1 | 2 on 2 nodes |" in (tmp_path / "p.md").read_text()

@@ -212,21 +212,21 @@ def test_paper_grid_plans(tmp_path):
     plan = planned_jobs(run_snakemake(tmp_path, "--configfile", str(REPO / "config/paper.yaml"), "-n"))
     # training samples, one demonstration pool per task and seed, test samples, HANS, IMDB's full training set
     assert plan["sample"] == 4 * 3 * 10 + 4 * 10 + 4 + 1 + 10
-    # login node: 9 dataset splits, Alpaca GPT-4 and DialogSum; 8 models and the hate-speech reward model
-    assert plan["fetch_data"] == 9 and plan["fetch_corpus"] == 2 and plan["fetch_model"] == 9
+    # login node: 9 dataset splits, Alpaca GPT-4 and DialogSum; 10 models and the hate-speech reward model
+    assert plan["fetch_data"] == 9 and plan["fetch_corpus"] == 2 and plan["fetch_model"] == 11
     assert plan["preflight"] == 1
     # derived: every OPT and GPT-2 instruction-tuned on Alpaca GPT-4; Flan-T5 aligned by PPO
-    assert plan["instruct"] == 6 and plan["ppo"] == 1 and plan["derived_summary"] == 1
+    assert plan["instruct"] == 8 and plan["ppo"] == 1 and plan["derived_summary"] == 1
     # IMDB: without a prompt, every training sample and the test sample; after each seed's prefix, the seed's
-    # training samples and the test sample; for each OPT and its Alpaca-tuned twin
-    assert plan["extract"] == 2 * 5 * ((3 * 10 + 1) + 10 * (3 + 1))
-    assert plan["probe"] == 2 * 5 * 2 * 3 * 10
+    # training samples and the test sample; for each of the 7 OPTs and its Alpaca-tuned twin
+    assert plan["extract"] == 2 * 7 * ((3 * 10 + 1) + 10 * (3 + 1))
+    assert plan["probe"] == 2 * 7 * 2 * 3 * 10
     # OPT on every task: zero-shot once, 2/32/128 shots per seed; Flan-T5 on tweets: 0 once, 1 and 3 per seed;
     # each twice (the base and its derived model)
-    assert plan["icl"] == 2 * (5 * 4 * (1 + 3 * 10) + (1 + 2 * 10))
+    assert plan["icl"] == 2 * (7 * 4 * (1 + 3 * 10) + (1 + 2 * 10))
     # study 5: OPT on RTE, 4 methods; study 2: GPT-2 head; study 3: Flan-T5 seq2seq, lora_seq2seq; study 4:
     # RoBERTa head, lora_head; the derived models as their bases (RoBERTa has none)
-    assert plan["finetune"] == (2 * (5 * 4 + 1 + 2) + 2) * 3 * 10 and plan["teacher"] == 2 * 5 * 3 * 10
+    assert plan["finetune"] == (2 * (7 * 4 + 1 + 2) + 2) * 3 * 10 and plan["teacher"] == 2 * 7 * 3 * 10
     assert plan["bow"] == 4 * 3 * 10 + 10  # and IMDB's full training set, once per seed
 
 

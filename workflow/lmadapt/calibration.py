@@ -83,7 +83,7 @@ def plan_predictions(plan: dict) -> dict[tuple, dict]:
             "model": job["model"], "gpus": job["gpus"], "parameters": job["parameters"], "flops": 0.0,
             "memory_mb": 0.0, "load_seconds": 0.0, "compute_seconds": 0.0})
         entry["flops"] += job["flops"]
-        entry["compute_seconds"] += job["compute_seconds"]
+        entry["compute_seconds"] += job["compute_seconds"] + job.get("communication_seconds", 0.0)  # after loading
         entry["load_seconds"] = max(entry["load_seconds"], job["load_seconds"])
         entry["memory_mb"] = max(entry["memory_mb"], job["memory_gb"] * 1024)
     return out

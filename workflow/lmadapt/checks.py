@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import layout
 from .config import (DERIVE_KINDS, INHERITED, MODEL_STAGES, ConfigError, check_schema, fingerprint, merge_settings,
-                     read_yaml, setting_key, source_file_role, stage_config, task_sources)
+                     read_yaml, setting_key, source_file_role, stage_config, task_sources, training_layout)
 from .data import read_split, resolve_path, source_columns
 from .errors import DataError
 from .grid import demonstration_needs, stage_models, stage_names
@@ -299,17 +299,18 @@ def _model_source_problems(config: dict) -> list[str]:
 
 
 def _batch_problems(config: dict) -> list[str]:
-    """The effective batch is the same for every model, so it must split evenly over each model's GPUs."""
+    """The effective batch is the same for every model, so it must split evenly over each model's processes."""
     problems = []
     for name in stage_models(config, "finetune"):
         settings = stage_config(config, "finetune", name)
-        per_step = settings["batch_size"] * max(config["models"][name]["gpus"], 1)
+        nodes, per_node = training_layout(config["models"][name])
+        per_step = settings["batch_size"] * nodes * per_node
         if settings["methods"] and settings["effective_batch"] % per_step:
             own = config["models"][name].get("finetune", {})
             key = next((f"models.{name}.finetune.{key}" for key in ("effective_batch", "batch_size") if key in own),
                        "finetune.effective_batch")
             problems.append(f"{key}: effective batch {settings['effective_batch']} is not a multiple of batch_size x "
-                            f"gpus = {per_step} for model {name}")
+                            f"gpus{' x nodes' if nodes > 1 else ''} = {per_step} for model {name}")
     return problems
 
 

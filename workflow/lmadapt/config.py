@@ -49,9 +49,15 @@ MODEL_STAGES = ("extract", "icl", "finetune")
 # models.<name>.classifier.
 DERIVE_KINDS = ("instruct", "ppo", "classifier")
 DERIVE_STAGES = ("instruct", "ppo")
-INHERITED = ("gpus", "mem_mb", "dtype") + MODEL_STAGES  # what a derived model takes from its base unless it sets it
+# what a derived model takes from its base unless it sets it
+INHERITED = ("gpus", "nodes", "mem_mb", "dtype") + MODEL_STAGES
 FINETUNE_RUN_SETTINGS = ("checkpoint_every", "keep_checkpoint")  # how a job runs, never what it computes
 GRID_WIDE = ("models", "zero") + FINETUNE_RUN_SETTINGS
+
+
+def training_layout(model: dict) -> tuple[int, int]:
+    """(nodes, processes on each) of a model's training jobs: a process per GPU, one on a node without GPUs."""
+    return model.get("nodes", 1), max(model["gpus"], 1)
 
 
 def _without_defaults(schema):

@@ -63,6 +63,24 @@ def training_memory(shape: dict, method: str, settings, zero_stage: int, offload
             activation_bytes(shape, settings.batch_size, tokens, settings.gradient_checkpointing))
 
 
+INTERNODE_GB_PER_S = 25  # a node's link when preflight.internode_gb_per_s is unset: InfiniBand HDR, 200 Gb/s
+
+
+def internode_bytes(shape: dict, method: str, zero_stage: int, nodes: int, ranks: int, trained_batches: int,
+                    forward_batches: int) -> float:
+    """Bytes a training job moves through each node's link to the others when its ranks span nodes (none on one
+    node: NVLink inside it is an order faster, left out). For each micro-batch of a rank, ZeRO-3 all-gathers the
+    16-bit parameters for the forward and again for the backward, and every stage reduce-scatters the trained
+    parameters' gradients; a forward alone (validation, evaluation) gathers once. A ring passes (ranks - 1) /
+    ranks of each collective's data through every link. The preflight adds its time to the compute's (DeepSpeed
+    overlaps some of it: an upper bound, until a calibration measures the job)."""
+    if nodes < 2:
+        return 0.0
+    gathered = shape["parameters"] if zero_stage == 3 else 0
+    per_trained_batch = 2 * gathered + METHODS[method].trained_parameters(shape)
+    return BYTES_16BIT * (trained_batches * per_trained_batch + forward_batches * gathered) * (ranks - 1) / ranks
+
+
 def inference_memory(shape: dict, batch: int, tokens: int) -> float:
     """Bytes on one GPU: 16-bit weights, the batch's key/value cache and a layer's working activations."""
     kv = 2 * shape["layers"] * shape["hidden"] * tokens * batch * BYTES_16BIT
@@ -84,10 +102,17 @@ class Zero:
         zero = json.loads((Path(__file__).resolve().parents[2] / "config/deepspeed" / f"{name}.json").read_text())
         return cls(name, zero["zero_optimization"]["stage"], "offload_param" in zero["zero_optimization"])
 
-    def too_big(self, plan, memory: float, gpus: int, what: str, batch_key: str) -> list[str]:
-        """An error where a job's memory per GPU exceeds the GPUs the preflight assumes."""
-        if memory / 1e9 <= plan.cluster["gpu_memory_gb"]:
+    def too_big(self, plan, memory_on, model: str, layout: tuple[int, int], what: str, batch_key: str) -> list[str]:
+        """An error where a training job's memory per GPU (memory_on(ranks) bytes) exceeds a GPU's on its layout
+        (nodes, processes on each), naming the fewest nodes that would hold it, if any does (up to 64)."""
+        limit, (nodes, per_node) = plan.cluster["gpu_memory_gb"], layout
+        memory = memory_on(nodes * per_node)
+        if memory / 1e9 <= limit:
             return []
-        return [f"{what} needs about {memory / 1e9:.0f} GB per GPU under {self.name} on {max(gpus, 1)} GPU(s), more "
-                f"than preflight.gpu_memory_gb ({plan.cluster['gpu_memory_gb']}); add GPUs, use zero3/zero3_offload, "
-                f"or lower {batch_key}"]
+        fewest = next((n for n in range(nodes + 1, 65) if memory_on(n * per_node) / 1e9 <= limit), None)
+        on = f"{nodes * per_node} GPU(s)" + (f" on {nodes} nodes" if nodes > 1 else "")
+        remedy = (f"set models.{model}.nodes: {fewest} (about {memory_on(fewest * per_node) / 1e9:.0f} GB per GPU), "
+                  if fewest else "")
+        return [f"models.{model}.gpus: {what} needs about {memory / 1e9:.0f} GB per GPU under {self.name} on {on}, "
+                f"more than preflight.gpu_memory_gb ({limit}); {remedy}add GPUs, use zero3/zero3_offload, or lower "
+                f"{batch_key}"]

@@ -12,7 +12,7 @@ import json
 import shlex
 
 from . import layout
-from .config import FINETUNE_RUN_SETTINGS, SELECTIONS, finetune_settings, stage_config
+from .config import FINETUNE_RUN_SETTINGS, SELECTIONS, finetune_settings, stage_config, training_layout
 from .data import corpus_path, resolve_path
 from .grid import demonstration_pool, derived_models, reward_models, root_model
 from .layout import SampleName
@@ -146,9 +146,28 @@ class Jobs:
         return count if rule in TRAINING_RULES else min(count, 1)
 
     def launcher(self, model: str) -> str:
-        """One process per GPU through torchrun; a plain process on CPU or one GPU."""
+        """One process per GPU: srun on every node of a job that spans several (each process takes its rank from
+        Slurm), torchrun on one node; a plain process on CPU or one GPU."""
+        nodes, per_node = training_layout(self.config["models"][model])
+        if nodes > 1:
+            return f"srun --nodes {nodes} --ntasks-per-node {per_node} --kill-on-bad-exit=1 lmadapt"
         gpus = self.config["models"][model]["gpus"]
         return f"torchrun --standalone --nproc_per_node {gpus} -m lmadapt" if gpus > 1 else "lmadapt"
+
+    def slurm_layout(self, rule: str, model: str) -> dict[str, int | str | None]:
+        """How a training job's processes meet Slurm (the Slurm plugin's resources; None leaves one unset). On
+        one node: the model's GPUs and one task (tasks=0 on several GPUs: torchrun inside starts their processes,
+        not the plugin). On several: the nodes, each node's GPUs (gres), a task per GPU, and `mpi` so that the
+        plugin runs the command as it is and the command's own srun starts the tasks."""
+        nodes, per_node = training_layout(self.config["models"][model])
+        gpus = self.config["models"][model]["gpus"]
+        if nodes == 1:
+            unset = dict.fromkeys(("nodes", "gres", "tasks_per_gpu", "tasks_per_node", "mpi"))
+            return unset | {"gpu": self.gpus(rule, model), "tasks": 0 if gpus > 1 else 1}
+        # the plugin takes one of a task count per node or in all; Slurm refuses tasks per GPU beside the first
+        return {"gpu": None, "gres": f"gpu:{gpus}" if gpus else None, "nodes": nodes, "mpi": "srun",
+                "tasks_per_node": per_node if per_node > 1 else None, "tasks": nodes if per_node == 1 else None,
+                "tasks_per_gpu": 1 if gpus == 1 else None}
 
     @staticmethod
     def cell_of(**cell) -> dict:

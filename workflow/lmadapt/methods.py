@@ -163,12 +163,12 @@ class Method:
     def state_bytes(self, shape: dict, zero_stage: int, offload: bool, gpus: int) -> float:
         """Weights, gradients and optimizer states on one GPU: mixed-precision AdamW keeps 16 bytes a trained
         parameter (16-bit weight and gradient, fp32 master weight and two moments), partitioned by ZeRO over the
-        GPUs; LoRA keeps the frozen base in 16 bits and trains only its adapters."""
+        GPUs; LoRA keeps the frozen base in 16 bits (partitioned too under ZeRO-3) and trains only its adapters."""
         n, g = shape["parameters"], max(gpus, 1)
-        if self.lora:
-            return BYTES_16BIT * n + 16 * self.trained_parameters(shape)
         if offload:
             return BYTES_16BIT * n / g
+        if self.lora:
+            return BYTES_16BIT * n / (g if zero_stage == 3 else 1) + 16 * self.trained_parameters(shape)
         if zero_stage == 3:
             return 16 * n / g
         return BYTES_16BIT * n + 14 * n / g

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pandas as pd
 
-from .costs import BYTES_16BIT
+from .costs import BYTES_16BIT, INTERNODE_GB_PER_S
 from .io import markdown_table
 
 
@@ -17,17 +17,22 @@ class Plan:
     def __init__(self, config: dict):
         self.config = config
         self.cluster = config["preflight"]
+        self.internode_gb_per_s = self.cluster.get("internode_gb_per_s", INTERNODE_GB_PER_S)
         self.jobs: list[dict] = []
         self.cells: list[dict] = []  # skipped, reduced or truncated cells, and what each does
         self.errors: list[str] = []
 
-    def job(self, stage: str, model: str, task: str, gpus: int, flops: float, memory: float, shape: dict, **cell):
+    def job(self, stage: str, model: str, task: str, gpus: int, flops: float, memory: float, shape: dict,
+            nodes: int = 1, internode_bytes: float = 0.0, **cell):
+        """A job on `gpus` GPUs in all (over `nodes` nodes, moving internode_bytes through each node's link)."""
         load = BYTES_16BIT * shape["parameters"] / (self.cluster["load_gb_per_s"] * 1e9)
         compute = flops / (max(gpus, 1) * self.cluster["gpu_tflops"] * 1e12 * self.cluster["mfu"])
-        self.jobs.append(dict(stage=stage, model=model, task=task, gpus=gpus, parameters=shape["parameters"],
-                              flops=flops, memory_gb=memory / 1e9, fits=memory / 1e9 <= self.cluster["gpu_memory_gb"],
-                              load_seconds=load, compute_seconds=compute,
-                              gpu_hours=(load + compute) * max(gpus, 1) / 3600, **cell))
+        communication = internode_bytes / (self.internode_gb_per_s * 1e9)
+        self.jobs.append(dict(stage=stage, model=model, task=task, gpus=gpus, nodes=nodes,
+                              parameters=shape["parameters"], flops=flops, memory_gb=memory / 1e9,
+                              fits=memory / 1e9 <= self.cluster["gpu_memory_gb"], load_seconds=load,
+                              compute_seconds=compute, communication_seconds=communication,
+                              gpu_hours=(load + compute + communication) * max(gpus, 1) / 3600, **cell))
 
 
 
@@ -78,23 +83,30 @@ def to_markdown(result: dict) -> str:
                                 [[c["stage"], c["model"], c["task"],
                                   ", ".join(f"{k}={c[k]}" for k in cell_keys if c.get(k) is not None), c["what"]]
                                  for c in notes]) + [""]
-    by = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "memory": 0.0, "flops": 0.0, "fits": True, "gpus": 0})
+    by = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "memory": 0.0, "flops": 0.0, "fits": True, "gpus": 0,
+                              "communication": 0.0})
     for job in result["jobs"]:
         row = by[job["model"], job["stage"]]
         row["jobs"] += 1
         row["gpu_hours"] += job["gpu_hours"]
+        row["communication"] += job.get("communication_seconds", 0.0) * max(job["gpus"], 1) / 3600
         row["flops"] += job["flops"]
         row["memory"] = max(row["memory"], job["memory_gb"])
         row["fits"] &= job["fits"]
-        row["gpus"] = job["gpus"]
+        row["gpus"] = f"{job['gpus']} on {job['nodes']} nodes" if job.get("nodes", 1) > 1 else job["gpus"]
     lines += ["## Cost", "",
               f"Assumed: one GPU has {cluster['gpu_memory_gb']} GB and {cluster['gpu_tflops']} TFLOP/s at "
-              f"{cluster['mfu']:.0%} utilisation; weights load at {cluster['load_gb_per_s']} GB/s "
-              f"(config key `preflight`). Memory is the estimated peak on one GPU (16-bit weights; fine-tuning: "
-              f"AdamW states under ZeRO, activations of the longest input).", ""]
-    lines += markdown_table(["model", "stage", "jobs", "GPUs per job", "peak GB per GPU", "fits", "PFLOP", "GPU-hours"],
+              f"{cluster['mfu']:.0%} utilisation; weights load at {cluster['load_gb_per_s']} GB/s; a node's link to "
+              f"the others moves {cluster.get('internode_gb_per_s', INTERNODE_GB_PER_S)} GB/s (config key "
+              f"`preflight`). Memory is the estimated peak on one GPU (16-bit weights; fine-tuning: AdamW states "
+              f"under ZeRO, activations of the longest input). GPU-hours include the inter-node communication of "
+              f"jobs on several nodes.", ""]
+    lines += markdown_table(["model", "stage", "jobs", "GPUs per job", "peak GB per GPU", "fits", "PFLOP", "GPU-hours",
+                             "of which inter-node"],
                             [[m, s, r["jobs"], r["gpus"], f"{r['memory']:.1f}", "yes" if r["fits"] else "**no**",
-                              f"{r['flops'] / 1e15:.2f}", f"{r['gpu_hours']:.2f}"] for (m, s), r in sorted(by.items())])
+                              f"{r['flops'] / 1e15:.2f}", f"{r['gpu_hours']:.2f}",
+                              f"{r['communication']:.2f}" if r["communication"] else "–"]
+                             for (m, s), r in sorted(by.items())])
     lines += ["", f"**Estimated total: {result['gpu_hours']:.1f} GPU-hours** for {len(result['jobs'])} model jobs.",
               ""]
     return "\n".join(lines)

@@ -25,8 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from .checks import layer_problems, model_kind_problems
-from .config import ConfigError, finetune_settings, setting_key, stage_config
-from .costs import Zero, inference_flops, inference_memory, model_shape, training_flops, training_memory
+from .config import ConfigError, finetune_settings, setting_key, stage_config, training_layout
+from .costs import (Zero, inference_flops, inference_memory, internode_bytes, model_shape, training_flops,
+                    training_memory)
 from .data import corpus_path
 from .grid import demonstration_needs, derived_models, root_model
 from .io import read_metadata, read_table, write_json, write_text
@@ -313,19 +314,31 @@ def plan_finetune(m: Measuring, cells: dict) -> None:
             m.plan.cells.append(dict(stage="finetune", model=model, task=task, method="every method", k=k, seed=seed,
                                      what=f"inputs truncated to {setting_key(config, 'finetune', model, 'max_length')}"
                                           f": " + ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
-        shape, gpus = m.shapes[model], config["models"][model]["gpus"]
+        shape, (nodes, per_node) = m.shapes[model], training_layout(config["models"][model])
+        ranks = nodes * per_node
         per_token = METHODS[method].flops_per_token(settings.gradient_checkpointing)
         held = settings.validation or 0  # validated (forward only) after every epoch instead of trained on
         flops = training_flops(shape["parameters"], per_token, settings.epochs, (1 - held) * train["tokens"],
                                held * train["tokens"], sum(e["tokens"] for e in evaluated.values()) +
                                (train["tokens"] if held else 0))  # with validation, the job evaluates its rows too
-        memory = training_memory(shape, method, settings, zero.stage, zero.offload, gpus, train["longest"])
-        m.plan.job("finetune", model, task, gpus, flops, memory, shape, method=method, k=k, seed=seed)
+
+        def memory_on(ranks, method=method, settings=settings, longest=train["longest"]):
+            return training_memory(shape, method, settings, zero.stage, zero.offload, ranks, longest)
+
+        def batches(rows, settings=settings, ranks=ranks):
+            return math.ceil(rows / (settings.batch_size * ranks))
+
+        forwards = settings.epochs * batches(held * train["n"]) + sum(batches(e["n"]) for e in evaluated.values())
+        moved = internode_bytes(shape, method, zero.stage, nodes, ranks,
+                                settings.epochs * batches((1 - held) * train["n"]), forwards)
+        gpus = nodes * config["models"][model]["gpus"]
+        m.plan.job("finetune", model, task, gpus, flops, memory_on(ranks), shape, nodes=nodes, internode_bytes=moved,
+                   method=method, k=k, seed=seed)
         if METHODS[method].lora and not shape["lora_parameters"]:
             m.plan.errors.append(f"{setting_key(config, 'finetune', model, 'lora', 'target_modules')}: "
                                  f"{settings.lora.target_modules} name no projection of model {model}; {method} "
                                  f"would adapt nothing (give the model's own, e.g. [q, v] for T5)")
-        m.plan.errors += zero.too_big(m.plan, memory, gpus, f"models.{model}.gpus: {method} fine-tuning",
+        m.plan.errors += zero.too_big(m.plan, memory_on, model, (nodes, per_node), f"{method} fine-tuning",
                                       setting_key(config, "finetune", model, "batch_size"))
 
 
@@ -360,16 +373,24 @@ def plan_instruct(m: Measuring, corpora: Path) -> None:
                        settings.max_length)
         trained = m.measure(name, measured_as + ("train",), lambda t: instruction_lengths(t, train))
         evaluated = m.measure(name, measured_as + ("held",), lambda t: instruction_lengths(t, held))
-        shape, gpus = m.shapes[name], config["models"][name]["gpus"]
+        shape, (nodes, per_node) = m.shapes[name], training_layout(config["models"][name])
+        ranks = nodes * per_node
         per_token = METHODS["pattern"].flops_per_token(settings.gradient_checkpointing)
         flops = training_flops(shape["parameters"], per_token, settings.epochs, trained["tokens"],
                                evaluated=2 * evaluated["tokens"])  # the held-out set before and after
-        memory = training_memory(shape, "pattern", settings, zero.stage, zero.offload, gpus, trained["longest"])
-        m.plan.job("instruct", name, where["task"], gpus, flops, memory, shape)
+
+        def memory_on(ranks, settings=settings, longest=trained["longest"]):
+            return training_memory(shape, "pattern", settings, zero.stage, zero.offload, ranks, longest)
+
+        per_batch = settings.batch_size * ranks
+        moved = internode_bytes(shape, "pattern", zero.stage, nodes, ranks, settings.epochs *
+                                math.ceil(len(train) / per_batch), 2 * math.ceil(len(held) / per_batch))
+        m.plan.job("instruct", name, where["task"], nodes * config["models"][name]["gpus"], flops, memory_on(ranks),
+                   shape, nodes=nodes, internode_bytes=moved)
         if trained["cut"]:
             m.plan.cells.append(dict(where, what=f"{trained['cut']} of {len(train)} training examples cut to "
                                                  f"{setting_key(config, 'instruct', name, 'max_length')}"))
-        m.plan.errors += zero.too_big(m.plan, memory, gpus, f"models.{name}.gpus: instruction tuning",
+        m.plan.errors += zero.too_big(m.plan, memory_on, name, (nodes, per_node), "instruction tuning",
                                       setting_key(config, "instruct", name, "batch_size"))
 
 

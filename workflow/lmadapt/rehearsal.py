@@ -260,6 +260,9 @@ def build_rehearsal(paper_path: str | Path, out: str | Path, seeds: int = 2, mod
     # the reward models' labels: the label a PPO model's reward names, unless the hub model's are known
     rewards = {reward["model"]: reward for reward in (stage_config(checked, "ppo", m)["reward"]
                                                         for m in derived_models(checked, "ppo"))}
+    for spec in config["models"].values():  # one machine: a model's nodes become one node of as many processes
+        if spec.get("nodes", 1) > 1:
+            spec["gpus"] = spec.get("gpus", 1) * spec.pop("nodes")
     for i, (name, spec) in enumerate(sorted(config["models"].items())):
         if checked["models"][name].get("derive") or is_local_model(checked["models"][name]):
             continue  # a derived model is trained by the run; a local or packaged one runs as it is

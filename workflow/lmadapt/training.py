@@ -15,15 +15,29 @@ import numpy as np
 import torch
 
 from .config import ConfigError, fingerprint
-from .io import write_json
+from .io import write_json, write_text
 from .settings import Settings
 
 
+def slurm_ranks(environ: dict) -> dict[str, str]:
+    """What torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*), read from a task that srun started, one
+    of several: rank 0 listens on the node srun ran on (the job's first, where its first tasks go), at a port of
+    the job's own so that two jobs sharing that node do not meet. Nothing outside srun's tasks."""
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1")))
+    if "WORLD_SIZE" in environ or "SLURM_STEP_ID" not in environ or tasks < 2:
+        return {}
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(tasks), "LOCAL_RANK": environ["SLURM_LOCALID"],
+            "MASTER_ADDR": environ["SLURM_LAUNCH_NODE_IPADDR"],
+            "MASTER_PORT": str(20000 + int(environ["SLURM_JOB_ID"]) % 20000)}
+
+
 def init_distributed() -> tuple[int, int]:
-    """Join the process group that torchrun / the deepspeed launcher describe (RANK, WORLD_SIZE, MASTER_*), or,
-    alone, create a one-process group over a file store: no TCP port, so concurrent jobs cannot collide."""
+    """Join the process group that torchrun, the deepspeed launcher or srun describe (RANK, WORLD_SIZE, MASTER_*;
+    srun's SLURM_* as slurm_ranks reads them), or, alone, create a one-process group over a file store: no TCP
+    port, so concurrent jobs cannot collide."""
     import deepspeed
 
+    os.environ.update(slurm_ranks(os.environ))
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
@@ -187,7 +201,13 @@ def train_epochs(engine, lengths: np.ndarray, order_length: int, settings: Setti
 def save_checkpoint(engine, checkpoints: Path, job_hash: str, rank: int, tag: str | None = None,
                     client_state: dict | None = None) -> None:
     """A resumable checkpoint (tag None: the one `latest` names) or the best epoch's weights (tag "best"), marked
-    with the job that wrote it."""
-    engine.save_checkpoint(str(checkpoints), tag=tag, client_state=client_state, save_latest=tag is None)
+    with the job that wrote it. `latest` names a checkpoint once every rank has written its shards (DeepSpeed's
+    own is written by rank 0 before the others finish theirs), so a job killed meanwhile resumes from the one
+    before, on any nodes."""
+    resumable, tag = tag is None, tag or f"global_step{engine.global_steps}"
+    engine.save_checkpoint(str(checkpoints), tag=tag, client_state=client_state, save_latest=False)
+    torch.distributed.barrier()
     if rank == 0:
+        if resumable:
+            write_text(tag, checkpoints / "latest")
         write_json({"job_hash": job_hash}, checkpoints / JOB_FILE)

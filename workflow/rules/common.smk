@@ -174,15 +174,17 @@ def sized(rule, runtime, mem_mb=None, scale=1):
 
 
 def job_gpus(rule):
-    """The GPUs of a rule's model jobs (lmadapt/jobs.py: all of the model's to train, one task that torchrun
-    splits into a process per GPU; one to infer)."""
+    """The GPU an inference job of a rule's model takes (lmadapt/jobs.py)."""
     return known_signature(lambda wildcards: JOBS.gpus(rule, wildcards.model))
 
 
-@known_signature
-def launcher_tasks(wildcards):
-    """Slurm tasks of a fine-tuning job: 0 on several GPUs (torchrun starts the processes, not the plugin)."""
-    return 0 if config["models"][wildcards.model]["gpus"] > 1 else 1
+def training_resources(rule):
+    """A training job's GPUs, nodes and tasks as Slurm resources (lmadapt/jobs.py: Jobs.slurm_layout); one left
+    None is unset."""
+    return {
+        key: known_signature(lambda wildcards, key=key: JOBS.slurm_layout(rule, wildcards.model)[key])
+        for key in ("gpu", "tasks", "nodes", "gres", "tasks_per_gpu", "tasks_per_node", "mpi")
+    }
 
 
 def derived_pattern(kind):

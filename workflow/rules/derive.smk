@@ -22,8 +22,8 @@ rule fetch_corpus:
         "lmadapt fetch-data --source {params.source} --out {output} > {log} 2>&1"
 
 
-# Instruction tuning: DeepSpeed on all of the model's GPUs (one task: torchrun starts a process per GPU), as
-# finetune; checkpoints in the work folder let a restarted job resume.
+# Instruction tuning: DeepSpeed on all of the model's GPUs (on one node, torchrun starts a process per GPU; on
+# several, srun), as finetune; checkpoints in the work folder let a restarted job resume.
 rule instruct:
     input:
         unpack(job_inputs("instruct")),
@@ -44,8 +44,7 @@ rule instruct:
     threads: THREADS
     resources:
         **sized("instruct", runtime=1440, scale=2),
-        gpu=job_gpus("instruct"),
-        tasks=launcher_tasks,
+        **training_resources("instruct"),
     params:
         **job_params("instruct"),
         run=run_settings("instruct"),
@@ -79,8 +78,7 @@ rule classifier:
     threads: THREADS
     resources:
         **sized("classifier", runtime=240, scale=2),
-        gpu=job_gpus("classifier"),
-        tasks=launcher_tasks,
+        **training_resources("classifier"),
     params:
         **job_params("classifier"),
         run=run_settings("classifier"),

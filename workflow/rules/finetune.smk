@@ -1,6 +1,7 @@
 # Fine-tuning: the prompted teacher's label distribution (once per training sample, reused by every student),
 # then one DeepSpeed job per (model, task, method, k, seed). On a GPU cluster the job asks Slurm for the model's
-# GPUs with tasks=0 (one task: the plugin must not start a copy per GPU) and torchrun starts one process per GPU.
+# GPUs with tasks=0 (one task: the plugin must not start a copy per GPU) and torchrun starts one process per GPU;
+# a model on several nodes asks for them and a task per GPU, and srun starts the processes (lmadapt/jobs.py).
 # Checkpoints live in results/finetune/... outside the declared outputs, so a restarted job resumes from them.
 # A job's params hold its method's settings only: a LoRA setting reruns LoRA jobs, no other.
 
@@ -51,8 +52,7 @@ rule finetune:
     threads: THREADS
     resources:
         **sized("finetune", runtime=240, scale=2),
-        gpu=job_gpus("finetune"),
-        tasks=launcher_tasks,
+        **training_resources("finetune"),
     params:
         **job_params("finetune"),
         run=run_settings("finetune"),
