@@ -325,12 +325,11 @@ def plan_finetune(m: Measuring, cells: dict) -> None:
         def memory_on(ranks, method=method, settings=settings, longest=train["longest"]):
             return training_memory(shape, method, settings, zero.stage, zero.offload, ranks, longest)
 
-        def batches(rows, settings=settings, ranks=ranks):
-            return math.ceil(rows / (settings.batch_size * ranks))
-
-        forwards = settings.epochs * batches(held * train["n"]) + sum(batches(e["n"]) for e in evaluated.values())
-        moved = internode_bytes(shape, method, zero.stage, nodes, ranks,
-                                settings.epochs * batches((1 - held) * train["n"]), forwards)
+        # a rank trains on its share of each epoch's rows; every rank validates and evaluates every row
+        trained_batches = settings.epochs * math.ceil((1 - held) * train["n"] / (settings.batch_size * ranks))
+        forwards = sum(math.ceil(rows / settings.eval_batch_size) for rows in
+                       [held * train["n"]] * settings.epochs + [e["n"] for e in evaluated.values()])
+        moved = internode_bytes(shape, method, zero.stage, nodes, ranks, trained_batches, forwards)
         gpus = nodes * config["models"][model]["gpus"]
         m.plan.job("finetune", model, task, gpus, flops, memory_on(ranks), shape, nodes=nodes, internode_bytes=moved,
                    method=method, k=k, seed=seed)
@@ -382,9 +381,8 @@ def plan_instruct(m: Measuring, corpora: Path) -> None:
         def memory_on(ranks, settings=settings, longest=trained["longest"]):
             return training_memory(shape, "pattern", settings, zero.stage, zero.offload, ranks, longest)
 
-        per_batch = settings.batch_size * ranks
-        moved = internode_bytes(shape, "pattern", zero.stage, nodes, ranks, settings.epochs *
-                                math.ceil(len(train) / per_batch), 2 * math.ceil(len(held) / per_batch))
+        moved = internode_bytes(shape, "pattern", zero.stage, nodes, ranks, settings.epochs * math.ceil(
+            len(train) / (settings.batch_size * ranks)), math.ceil(len(held) / settings.eval_batch_size))  # after
         m.plan.job("instruct", name, where["task"], nodes * config["models"][name]["gpus"], flops, memory_on(ranks),
                    shape, nodes=nodes, internode_bytes=moved)
         if trained["cut"]:
