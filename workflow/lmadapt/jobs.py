@@ -164,7 +164,8 @@ class Jobs:
         if nodes == 1:
             unset = dict.fromkeys(("nodes", "gres", "tasks_per_gpu", "tasks_per_node", "mpi"))
             return unset | {"gpu": self.gpus(rule, model), "tasks": 0 if gpus > 1 else 1}
-        # the plugin takes one of a task count per node or in all; Slurm refuses tasks per GPU beside the first
+        # the plugin takes a task count per node (more than one) or in all; Slurm refuses --ntasks-per-gpu beside
+        # --ntasks-per-node, and the plugin would read `tasks` as tasks per GPU unless tasks_per_gpu is set
         return {"gpu": None, "gres": f"gpu:{gpus}" if gpus else None, "nodes": nodes, "mpi": "srun",
                 "tasks_per_node": per_node if per_node > 1 else None, "tasks": nodes if per_node == 1 else None,
                 "tasks_per_gpu": 1 if gpus == 1 else None}
