@@ -49,7 +49,6 @@ def main() -> None:
     import yaml
 
     from lmadapt.checks import load_config
-    from lmadapt.costs import INTERNODE_GB_PER_S
     from lmadapt.grid import root_model
 
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -120,7 +119,7 @@ def main() -> None:
         "instruction tuning):", "", *rows, "",
         "The OPT models' training on their layouts (config/paper.yaml: 4 GPUs for OPT-6.7B and 13B, two nodes of 4 "
         "for 30B; ZeRO-3; the link between nodes at "
-        f"{cluster.get('internode_gb_per_s', INTERNODE_GB_PER_S)} GB/s, added to the compute's time):", "",
+        f"{cluster['internode_gb_per_s']} GB/s, added to the compute's time):", "",
         *layouts, "",
         f"**Total: {plan['gpu_hours']:.0f} GPU-hours.** No GPU was lent to this task, so these are estimates, not "
         "measurements.", ""])

@@ -186,8 +186,14 @@ def job_prediction(calibration: dict, rule: str, cell: dict, predicted: dict | N
         entry = max(measured, key=lambda e: (e["model"] is not None, e["jobs"]))
         return entry["max_seconds"], entry["max_mb"] or None, "measured"
     if predicted:
-        return startup_s + predicted["load_seconds"] + predicted["compute_seconds"], None, "preflight"
+        return startup_s + preflight_seconds(predicted), None, "preflight"
     return None, None, None
+
+
+def preflight_seconds(predicted: dict) -> float:
+    """A job's seconds as the preflight estimates them, uncalibrated: loading, then computing (and moving data
+    between nodes)."""
+    return predicted["load_seconds"] + predicted["compute_seconds"]
 
 
 def fitted_seconds(entry: dict, predicted: dict) -> float:
@@ -228,7 +234,7 @@ def calibration_markdown(plan: dict, calibration: dict, measurements: list[dict]
                  if m["rule"] == entry["stage"] and m["cost"] and m["cost"].get("device") == entry["device"]
                  and (m["cell"] or {}).get("model") == entry["model"] and m["cell"].get("method") == entry["method"]
                  and (m["rule"], cell_key(m["rule"], m["cell"])) in predictions]
-        before = [_ratio(p["load_seconds"] + p["compute_seconds"], m["wall_s"]) for m, p in pairs]
+        before = [_ratio(preflight_seconds(p), m["wall_s"]) for m, p in pairs]
         after = [_ratio(fitted_seconds(entry, p), m["wall_s"]) for m, p in pairs]
         memory = [_ratio(fitted_mb(entry, p), m["peak_mb"]) for m, p in pairs if entry["memory_factor"] is not None]
         peak = entry["gpus"] * cluster.get("gpu_tflops", 0) * 1e12
@@ -258,7 +264,7 @@ def grid_lines(plan: dict, calibration: dict, predictions: dict) -> list[str]:
     too_big = []
     for (rule, key), predicted in sorted(predictions.items()):
         gpus, cell = max(predicted["gpus"], 1), dict(zip(cell_fields(rule), key))
-        before += (predicted["load_seconds"] + predicted["compute_seconds"]) * gpus / 3600
+        before += preflight_seconds(predicted) * gpus / 3600
         seconds, _, _ = job_prediction(calibration, rule, cell, predicted)
         after += (seconds or 0.0) * gpus / 3600
         factors = [e["gpu_memory_factor"] for e in calibration["fits"] if e["stage"] == rule and

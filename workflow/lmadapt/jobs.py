@@ -158,7 +158,11 @@ class Jobs:
         """How a training job's processes meet Slurm (the Slurm plugin's resources; None leaves one unset). On
         one node: the model's GPUs and one task (tasks=0 on several GPUs: torchrun inside starts their processes,
         not the plugin). On several: the nodes, each node's GPUs (gres), a task per GPU, and `mpi` so that the
-        plugin runs the command as it is and the command's own srun starts the tasks."""
+        plugin runs the command as it is and the command's own srun starts the tasks. Memoised: a rule asks once
+        per resource."""
+        return self._memo(("slurm", rule, model), lambda: self._slurm_layout(rule, model))
+
+    def _slurm_layout(self, rule: str, model: str) -> dict[str, int | str | None]:
         nodes, per_node = training_layout(self.config["models"][model])
         gpus = self.config["models"][model]["gpus"]
         if nodes == 1:

@@ -16,8 +16,7 @@ class Plan:
 
     def __init__(self, config: dict):
         self.config = config
-        self.cluster = config["preflight"]
-        self.internode_gb_per_s = self.cluster.get("internode_gb_per_s", INTERNODE_GB_PER_S)
+        self.cluster = {"internode_gb_per_s": INTERNODE_GB_PER_S} | config["preflight"]  # unset: its default
         self.jobs: list[dict] = []
         self.cells: list[dict] = []  # skipped, reduced or truncated cells, and what each does
         self.errors: list[str] = []
@@ -27,7 +26,7 @@ class Plan:
         """A job on `gpus` GPUs in all (over `nodes` nodes, moving internode_bytes through each node's link)."""
         load = BYTES_16BIT * shape["parameters"] / (self.cluster["load_gb_per_s"] * 1e9)
         compute = flops / (max(gpus, 1) * self.cluster["gpu_tflops"] * 1e12 * self.cluster["mfu"])
-        communication = internode_bytes / (self.internode_gb_per_s * 1e9)
+        communication = internode_bytes / (self.cluster["internode_gb_per_s"] * 1e9)
         self.jobs.append(dict(stage=stage, model=model, task=task, gpus=gpus, nodes=nodes,
                               parameters=shape["parameters"], flops=flops, memory_gb=memory / 1e9,
                               fits=memory / 1e9 <= self.cluster["gpu_memory_gb"], load_seconds=load,
@@ -97,7 +96,7 @@ def to_markdown(result: dict) -> str:
     lines += ["## Cost", "",
               f"Assumed: one GPU has {cluster['gpu_memory_gb']} GB and {cluster['gpu_tflops']} TFLOP/s at "
               f"{cluster['mfu']:.0%} utilisation; weights load at {cluster['load_gb_per_s']} GB/s; a node's link to "
-              f"the others moves {cluster.get('internode_gb_per_s', INTERNODE_GB_PER_S)} GB/s (config key "
+              f"the others moves {cluster['internode_gb_per_s']} GB/s (config key "
               f"`preflight`). Memory is the estimated peak on one GPU (16-bit weights; fine-tuning: AdamW states "
               f"under ZeRO, activations of the longest input). GPU-hours include the inter-node communication of "
               f"jobs on several nodes.", ""]

@@ -292,7 +292,7 @@ def plan_finetune(m: Measuring, cells: dict) -> None:
     """Every fine-tuning cell: its teacher (plan_teachers), its truncated inputs, FLOPs and memory under ZeRO (an
     error where it does not fit), and LoRA modules the model does not have."""
     plan_teachers(m, cells)
-    config, zero = m.config, m.zero
+    config = m.config
     for cell in cells["finetune"]:
         model, task, method, k, seed = (cell[key] for key in ("model", "task", "method", "k", "seed"))
         if model not in m.fetched:
@@ -314,38 +314,49 @@ def plan_finetune(m: Measuring, cells: dict) -> None:
             m.plan.cells.append(dict(stage="finetune", model=model, task=task, method="every method", k=k, seed=seed,
                                      what=f"inputs truncated to {setting_key(config, 'finetune', model, 'max_length')}"
                                           f": " + ", ".join(f"{s} {n}" for s, n in truncated.items() if n)))
-        shape, (nodes, per_node) = m.shapes[model], training_layout(config["models"][model])
-        ranks = nodes * per_node
+        shape = m.shapes[model]
         per_token = METHODS[method].flops_per_token(settings.gradient_checkpointing)
         held = settings.validation or 0  # validated (forward only) after every epoch instead of trained on
         flops = training_flops(shape["parameters"], per_token, settings.epochs, (1 - held) * train["tokens"],
                                held * train["tokens"], sum(e["tokens"] for e in evaluated.values()) +
                                (train["tokens"] if held else 0))  # with validation, the job evaluates its rows too
-
-        def memory_on(ranks, method=method, settings=settings, longest=train["longest"]):
-            return training_memory(shape, method, settings, zero.stage, zero.offload, ranks, longest)
-
-        # a rank trains on its share of each epoch's rows; every rank validates and evaluates every row
-        trained_batches = settings.epochs * math.ceil((1 - held) * train["n"] / (settings.batch_size * ranks))
-        forwards = sum(math.ceil(rows / settings.eval_batch_size) for rows in
-                       [held * train["n"]] * settings.epochs + [e["n"] for e in evaluated.values()])
-        moved = internode_bytes(shape, method, zero.stage, nodes, ranks, trained_batches, forwards)
-        gpus = nodes * config["models"][model]["gpus"]
-        m.plan.job("finetune", model, task, gpus, flops, memory_on(ranks), shape, nodes=nodes, internode_bytes=moved,
-                   method=method, k=k, seed=seed)
         if METHODS[method].lora and not shape["lora_parameters"]:
             m.plan.errors.append(f"{setting_key(config, 'finetune', model, 'lora', 'target_modules')}: "
                                  f"{settings.lora.target_modules} name no projection of model {model}; {method} "
                                  f"would adapt nothing (give the model's own, e.g. [q, v] for T5)")
-        m.plan.errors += zero.too_big(m.plan, memory_on, model, (nodes, per_node), f"{method} fine-tuning",
-                                      setting_key(config, "finetune", model, "batch_size"))
+        plan_training(m, "finetune", model, task, method, settings, flops, train["longest"], (1 - held) * train["n"],
+                      [held * train["n"]] * settings.epochs + [e["n"] for e in evaluated.values()],
+                      f"{method} fine-tuning", dict(method=method, k=k, seed=seed))
+
+
+def plan_training(m: Measuring, stage: str, model: str, task: str, method: str, settings, flops: float,
+                  longest: int, trained_rows: float, forward_rows: list[float], what: str, cell: dict | None = None
+                  ) -> None:
+    """A training job (finetune, instruct) on its model's layout: its memory per GPU under ZeRO over all its
+    ranks, the bytes its link between nodes moves (a rank trains on its share of each epoch's `trained_rows`; every
+    rank runs every forward-only row), and an error naming the fewest nodes that would hold it where it does not
+    fit."""
+    zero = m.zero
+    shape, (nodes, per_node) = m.shapes[model], training_layout(m.config["models"][model])
+    ranks = nodes * per_node
+
+    def memory_on(ranks):
+        return training_memory(shape, method, settings, zero.stage, zero.offload, ranks, longest)
+
+    moved = internode_bytes(shape, method, zero.stage, nodes, ranks,
+                            settings.epochs * math.ceil(trained_rows / (settings.batch_size * ranks)),
+                            sum(math.ceil(rows / settings.eval_batch_size) for rows in forward_rows))
+    m.plan.job(stage, model, task, nodes * m.config["models"][model]["gpus"], flops, memory_on(ranks), shape,
+               nodes=nodes, internode_bytes=moved, **(cell or {}))
+    m.plan.errors += zero.too_big(m.plan, memory_on, model, (nodes, per_node), what,
+                                  setting_key(m.config, stage, model, "batch_size"))
 
 
 def plan_instruct(m: Measuring, corpora: Path) -> None:
     """Every instruction-tuned model on its real instruction sets: tokens, FLOPs, memory, examples cut."""
     from .instruct import alpaca_prompt, read_instructions, split_rows  # torch: only where instructions are costed
 
-    config, zero = m.config, m.zero
+    config = m.config
     for name in derived_models(config, "instruct"):
         if name not in m.fetched:
             continue
@@ -372,24 +383,14 @@ def plan_instruct(m: Measuring, corpora: Path) -> None:
                        settings.max_length)
         trained = m.measure(name, measured_as + ("train",), lambda t: instruction_lengths(t, train))
         evaluated = m.measure(name, measured_as + ("held",), lambda t: instruction_lengths(t, held))
-        shape, (nodes, per_node) = m.shapes[name], training_layout(config["models"][name])
-        ranks = nodes * per_node
         per_token = METHODS["pattern"].flops_per_token(settings.gradient_checkpointing)
-        flops = training_flops(shape["parameters"], per_token, settings.epochs, trained["tokens"],
+        flops = training_flops(m.shapes[name]["parameters"], per_token, settings.epochs, trained["tokens"],
                                evaluated=2 * evaluated["tokens"])  # the held-out set before and after
-
-        def memory_on(ranks, settings=settings, longest=trained["longest"]):
-            return training_memory(shape, "pattern", settings, zero.stage, zero.offload, ranks, longest)
-
-        moved = internode_bytes(shape, "pattern", zero.stage, nodes, ranks, settings.epochs * math.ceil(
-            len(train) / (settings.batch_size * ranks)), math.ceil(len(held) / settings.eval_batch_size))  # after
-        m.plan.job("instruct", name, where["task"], nodes * config["models"][name]["gpus"], flops, memory_on(ranks),
-                   shape, nodes=nodes, internode_bytes=moved)
         if trained["cut"]:
             m.plan.cells.append(dict(where, what=f"{trained['cut']} of {len(train)} training examples cut to "
                                                  f"{setting_key(config, 'instruct', name, 'max_length')}"))
-        m.plan.errors += zero.too_big(m.plan, memory_on, name, (nodes, per_node), "instruction tuning",
-                                      setting_key(config, "instruct", name, "batch_size"))
+        plan_training(m, "instruct", name, where["task"], "pattern", settings, flops, trained["longest"], len(train),
+                      [len(held)], "instruction tuning")  # the held-out set after training: the trained model's
 
 
 def run_preflight(config: dict, samples_dir: str, models_dir: str, out_json: str, out_md: str) -> dict:
