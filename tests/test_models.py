@@ -2,11 +2,13 @@
 safetensors with the same weights; the weights a hub revision downloads; local models missing before any job."""
 import json
 
+import numpy as np
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import rte_task
+from conftest import REPO, rte_task
 from lmadapt.checks import check_config
 from lmadapt.config import ConfigError
 from lmadapt.resources import model_identity
@@ -52,6 +54,29 @@ def test_each_family_stand_in_prepares_and_loads_like_its_hub_model(hub_id, kind
     assert lm.tokenizer.pad_token_id is not None  # GPT-2 has none: the loader pads with its end-of-text token
 
 
+def test_the_opt_stand_ins_keep_the_real_models_ratios(tmp_path):
+    """The rehearsal's OPT stand-ins, OPT-125m to OPT-30B: a quarter of the real layers, a 64th of the width, the
+    heads in the real ratio to each other; the weights per layer grow as the real ones do (width squared)."""
+    import yaml
+
+    from lmadapt.rehearsal import HUB_MODEL_SIZES
+
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())["models"]
+    opts = [spec["id"] for spec in paper.values() if spec.get("id", "").startswith("facebook/opt-")]
+    assert opts[0] == "facebook/opt-125m" and opts[-1] == "facebook/opt-30b" and len(opts) == 7
+    configs = {}
+    for i, hub_id in enumerate(opts):
+        folder = build_model(tmp_path / str(i), hub_id, ["a few words for the tokenizer"], seed=i)
+        configs[hub_id] = json.loads((folder / "config.json").read_text())
+    smallest = HUB_MODEL_SIZES[opts[0]]
+    for hub_id, config in configs.items():
+        real = HUB_MODEL_SIZES[hub_id]
+        assert 4 * config["num_hidden_layers"] == real["num_hidden_layers"], hub_id
+        assert 64 * config["hidden_size"] == real["hidden_size"] == 16 * config["ffn_dim"], hub_id
+        assert (config["num_attention_heads"] * smallest["num_attention_heads"] ==
+                real["num_attention_heads"] * configs[opts[0]]["num_attention_heads"]), hub_id
+
+
 def test_weights_downloaded_from_a_hub_revision():
     opt_main = ["config.json", "pytorch_model.bin", "flax_model.msgpack", "tf_model.h5", "vocab.json", "merges.txt",
                 "special_tokens_map.json", "tokenizer_config.json", "generation_config.json", "README.md"]
@@ -76,3 +101,58 @@ def test_missing_local_model_is_a_config_error_naming_the_key(tmp_path, hub_layo
     spec = {"id": "facebook/opt-125m", "revision": "27dcfa74", "gpus": 4, "mem_mb": 9000, "dtype": "bfloat16"}
     assert model_identity(spec) == {"id": "facebook/opt-125m", "revision": "27dcfa74", "package": None,
                                     "gguf_file": None}
+
+
+def on_cpu_and_disk(device_map: dict) -> dict:
+    """A two-GPU map run here: GPU 0's modules on the CPU, GPU 1's offloaded to disk, so that accelerate's hooks
+    carry every module's inputs and weights between placements as between two GPUs. (BERT's pooler stays on the
+    CPU: the masked-LM checkpoint lacks it, the base model initialises it, and disk holds only saved weights.)"""
+    return {module: "cpu" if module == "pooler" else {0: "cpu", 1: "disk"}[device]
+            for module, device in device_map.items()}
+
+
+@pytest.mark.parametrize("build", ["opt", "t5", "bert"])
+def test_a_model_spread_over_two_gpus_computes_what_one_device_does(build, tmp_path):
+    """An inference job given two GPUs loads its model over both (models.spread_map: layers balanced in order,
+    one process); every forward the inference stages run gives the one-device numbers: hidden states after a
+    cached few-shot prefix and at a truncated depth, next-token log-probabilities, T5's label scores, an encoder's."""
+    from lmadapt.forward import EncoderForward, PrefixForward, seq2seq_label_logprobs
+    from lmadapt.models import spread_map
+    from lmadapt.testing import build_tiny_bert, build_tiny_opt, build_tiny_t5
+
+    texts = ["a few words for the tokenizer to learn from", "and some more of them"]
+    folder = {"opt": lambda: build_tiny_opt(tmp_path / "m", texts, hidden=64, layers=4),
+              "t5": lambda: build_tiny_t5(tmp_path / "m", texts, layers=3),
+              "bert": lambda: build_tiny_bert(tmp_path / "m", texts, layers=4)}[build]()
+    two_gpus = spread_map(folder, "auto", torch.float32, {0: 10**9, 1: 10**9})
+    assert set(two_gpus.values()) == {0, 1}
+    placed = list(two_gpus.values())
+    assert placed == sorted(placed) or build == "opt"  # OPT ties its head to the embeddings, on the first GPU
+    one = load_model(folder, dtype="float32", head="auto")
+    spread = load_model(folder, dtype="float32", head="auto", device_map=on_cpu_and_disk(two_gpus),
+                        offload_folder=tmp_path / "offload")
+    assert {str(p.device) for p in spread.model.parameters()} == {"cpu", "meta"}  # meta: on disk until used
+    ids = [one.encode(text) for text in texts]
+    if build == "opt":
+        prefix = one.leading_special_ids() + one.encode("a prefix of demonstrations")
+        for depth in (2, None):
+            a, b = PrefixForward(one, prefix, depth), PrefixForward(spread, prefix, depth)
+            indices = [0, 1, 2] if depth else [0, 4]
+            (states_a, mask_a), (states_b, mask_b) = a.hidden_states(ids, indices), b.hidden_states(ids, indices)
+            assert torch.equal(mask_a, mask_b)
+            for j in indices:
+                assert torch.equal(states_a[j], states_b[j]), j
+        positions = [[len(i) - 1] for i in ids]
+        for x, y in zip(a.next_token_logprobs(ids, positions), b.next_token_logprobs(ids, positions)):
+            assert torch.equal(x, y)
+    elif build == "t5":
+        verbalizers = [one.encode("yes"), one.encode("no more")]
+        inputs = [i + one.trailing_ids() for i in ids]
+        pad = one.tokenizer.pad_token_id
+        assert np.array_equal(seq2seq_label_logprobs(one.model, pad, inputs, verbalizers, 2),
+                              seq2seq_label_logprobs(spread.model, pad, inputs, verbalizers, 2))
+    if build != "opt":  # an encoder's states: BERT's, T5's encoder
+        (states_a, _), (states_b, _) = (EncoderForward(lm, lm.leading_special_ids(), lm.trailing_ids())
+                                        .hidden_states(ids, [0, 2]) for lm in (one, spread))
+        for j in (0, 2):
+            assert torch.equal(states_a[j], states_b[j]), j

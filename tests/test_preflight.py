@@ -137,3 +137,43 @@ def test_a_model_beyond_one_node_is_costed_with_its_link_and_an_error_names_the_
         (job["load_seconds"] + job["compute_seconds"] + job["communication_seconds"]) * 2 / 3600)
     assert all(j["communication_seconds"] == 0 for j in result["jobs"] if j["stage"] != "finetune")
     assert "| tiny | finetune | 1 | 2 on 2 nodes |" in (tmp_path / "p.md").read_text()
+
+
+def opt_shape(folder, hidden, layers, heads):
+    OPTConfig(hidden_size=hidden, num_hidden_layers=layers, ffn_dim=4 * hidden, num_attention_heads=heads,
+              vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=hidden,
+              architectures=["OPTForCausalLM"]).save_pretrained(folder)  # a config only: no weights
+    return model_shape(folder)
+
+
+def test_an_inference_job_one_gpu_cannot_hold_is_spread_over_the_fewest_gpus_of_its_node(short_context, tmp_path):
+    from lmadapt.sizing import Requests
+
+    opt_66b, opt_30b = opt_shape(tmp_path / "66b", 9216, 64, 72), opt_shape(tmp_path / "30b", 7168, 48, 56)
+    plan = Plan(config(short_context, models={name: {"id": str(short_context / "models/tiny"), "gpus": gpus}
+                                              for name, gpus in (("opt_66b", 4), ("opt_30b", 4), ("opt_66b_1", 1))},
+                       preflight={"gpu_memory_gb": 80}, finetune={"methods": []}))
+    flops = 2.0 * opt_66b["parameters"] * 1e6
+    plan.inference_job("icl", "opt_66b", "rte", flops, opt_66b, 512, 4, "icl.batch_size", shots=0, seed=1,
+                       pattern="gpt3")  # 132 GB of 16-bit weights: two 80 GB GPUs, layers in turn
+    spread = plan.jobs[-1]
+    assert spread["gpus"] == 2 and 66 < spread["memory_gb"] < 80 and spread["fits"]
+    assert spread["compute_seconds"] == pytest.approx(flops / (312e12 * plan.cluster["mfu"]))  # one GPU's speed
+    assert spread["gpu_hours"] == pytest.approx((spread["load_seconds"] + spread["compute_seconds"]) * 2 / 3600)
+    # OPT-30B's 60 GB fit one GPU; its teacher's batch of 16 long prompts does not: the batch halves, no GPU added
+    plan.inference_job("teacher", "opt_30b", "rte", flops, opt_30b, 2000, 16, "finetune.distill.batch_size", k=2,
+                       seed=1)
+    assert plan.jobs[-1]["gpus"] == 1 and plan.jobs[-1]["fits"] and not plan.errors
+    assert plan.cells[-1]["what"].startswith("a batch of 16 needs about 108 GB per GPU; it halves to 4 when it runs "
+                                             "out of memory (or set finetune.distill.batch_size: 4)")
+    # a node of one GPU cannot hold OPT-66B: an error naming the model's key
+    plan.inference_job("extract", "opt_66b_1", "rte", flops, opt_66b, 512, 4, "extract.batch_size", prompt="none",
+                       sample="test")
+    assert plan.errors == ["models.opt_66b_1.gpus: extract needs about 133 GB on one GPU for one example, more than "
+                           "preflight.gpu_memory_gb (80); give it more GPUs per node"]
+    # what the spread job asks Slurm for: its GPUs, from the plan in results/plan/
+    out = tmp_path / "results/plan/preflight.json"
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps({"jobs": plan.jobs}))
+    requests = Requests(plan.config, tmp_path)
+    assert requests.gpus("icl", spread, 1) == 2 and requests.gpus("teacher", plan.jobs[1], 1) == 1

@@ -86,6 +86,7 @@ def plan_predictions(plan: dict) -> dict[tuple, dict]:
         entry["compute_seconds"] += job["compute_seconds"] + job.get("communication_seconds", 0.0)  # after loading
         entry["load_seconds"] = max(entry["load_seconds"], job["load_seconds"])
         entry["memory_mb"] = max(entry["memory_mb"], job["memory_gb"] * 1024)
+        entry["gpus"] = max(entry["gpus"], job["gpus"])  # an ICL job's patterns: the one spread furthest
     return out
 
 

@@ -81,10 +81,12 @@ def internode_bytes(shape: dict, method: str, zero_stage: int, nodes: int, ranks
     return BYTES_16BIT * (trained_batches * per_trained_batch + forward_batches * gathered) * (ranks - 1) / ranks
 
 
-def inference_memory(shape: dict, batch: int, tokens: int) -> float:
-    """Bytes on one GPU: 16-bit weights, the batch's key/value cache and a layer's working activations."""
+def inference_memory(shape: dict, batch: int, tokens: int, gpus: int = 1) -> float:
+    """Bytes on each GPU of `gpus` that a model is spread over (models.load_model: spread): its share of the
+    16-bit weights and of the batch's key/value cache (both divide with the layers), and a layer's working
+    activations (whole on whichever GPU works)."""
     kv = 2 * shape["layers"] * shape["hidden"] * tokens * batch * BYTES_16BIT
-    return BYTES_16BIT * shape["parameters"] + kv + 16 * batch * tokens * shape["hidden"]
+    return (BYTES_16BIT * shape["parameters"] + kv) / max(gpus, 1) + 16 * batch * tokens * shape["hidden"]
 
 
 

@@ -39,7 +39,7 @@ def run_extract(model_dir: str, task: dict, samples: list[tuple[str, str]], sett
         raise ConfigError(f"extract.pooling: cls pooling reads an encoder's [CLS] / <s> token; {model_dir} holds "
                           f"a {folder_kind(model_dir)} model")
     cost = Cost()
-    lm = load_model(model_dir, dtype=settings.dtype, head="auto")
+    lm = load_model(model_dir, dtype=settings.dtype, head="auto", spread=True)
     cost.loaded()
     parameters = model_shape(model_dir)["parameters"]
     pattern = task_pattern(task, settings.pattern)

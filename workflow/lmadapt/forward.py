@@ -218,7 +218,7 @@ def seq2seq_label_logprobs(model, pad_id: int, inputs: list[list[int]], verbaliz
             decoder_ids = torch.tensor([[start] + verbalizer[:-1]] * len(batch), device=device)
             logprobs = model(encoder_outputs=encoded, attention_mask=mask,
                              decoder_input_ids=decoder_ids).logits.float().log_softmax(-1)
-            targets = torch.tensor(verbalizer, device=device)
+            targets = torch.tensor(verbalizer, device=logprobs.device)  # a spread model's head: its last GPU
             scores[:, c] = logprobs[:, torch.arange(len(verbalizer)), targets].sum(-1).cpu().numpy()
         out[batch] = scores
 
@@ -260,6 +260,7 @@ def last_positions(mask: torch.Tensor) -> torch.Tensor:
 
 def pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """[B, H] from [B, T, H]: the last real token, or the mean over real tokens."""
+    mask = mask.to(states.device)  # a spread model's layers return states on their own GPU
     if how == "last":
         return states[torch.arange(states.shape[0], device=states.device), last_positions(mask)]
     if how == "mean":

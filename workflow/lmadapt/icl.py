@@ -63,7 +63,7 @@ def run_icl(model_dir: str, task: dict, train_path: str | None, eval_paths: dict
     cost = Cost()
     patterns = [task_pattern(task, name) for name in settings.patterns or list(task["prompt"]["patterns"])]
     tokens = check_verbalizers(load_tokens(model_dir), patterns)
-    lm = load_model(model_dir, dtype=settings.dtype, head="auto", tokens=tokens)
+    lm = load_model(model_dir, dtype=settings.dtype, head="auto", tokens=tokens, spread=True)
     cost.loaded()
     read = {split: read_table(path, META_KEY) for split, path in eval_paths.items()}
     if train_path:
@@ -153,7 +153,7 @@ def run_teacher(model_dir: str, task: dict, train_path: str, demos_path: str | N
 
     cost, pattern = Cost(), task_pattern(task, settings.pattern)
     tokens = check_verbalizers(load_tokens(model_dir), [pattern])
-    lm = load_model(model_dir, dtype=settings.dtype, tokens=tokens)
+    lm = load_model(model_dir, dtype=settings.dtype, tokens=tokens, spread=True)
     cost.loaded()
     rows, sample_meta = read_table(train_path, META_KEY)
     pool = read_table(demos_path, META_KEY)[0] if demos_path else rows.iloc[:0]

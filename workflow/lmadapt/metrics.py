@@ -110,6 +110,12 @@ def _cuda():
     return torch.cuda if torch is not None and torch.cuda.is_available() else None
 
 
+def peak_gpu_bytes(cuda) -> int:
+    """The largest peak of this process on any GPU it sees: a spread model's largest share, in the preflight's
+    unit (memory per GPU); a training rank allocates on its own GPU only."""
+    return max(cuda.max_memory_allocated(index) for index in range(cuda.device_count()))
+
+
 class Cost:
     """Wall seconds, device and peak memory of a stage, measured from construction to `as_dict()`, split as the
     preflight's cost model splits a job: loading (until a model job calls `loaded()`) and computing (the rest).
@@ -119,7 +125,8 @@ class Cost:
         self.start = time.time()
         self.load_end = None
         if cuda := _cuda():
-            cuda.reset_peak_memory_stats()
+            for index in range(cuda.device_count()):
+                cuda.reset_peak_memory_stats(index)
 
     def loaded(self) -> None:
         """The model's weights are in memory: what follows is computing."""
@@ -132,7 +139,7 @@ class Cost:
                "compute_seconds": round(now - self.start - load, 3),
                "device": cuda.get_device_name() if cuda else "cpu",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "peak_gpu_mb": round(cuda.max_memory_allocated() / 2**20, 1) if cuda else None}
+               "peak_gpu_mb": round(peak_gpu_bytes(cuda) / 2**20, 1) if cuda else None}
         out.update(extra)
         return out
 

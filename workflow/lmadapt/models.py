@@ -243,40 +243,95 @@ def model_record(folder: str | Path) -> dict:
     return {"name": folder.name, "source": f"local:{folder}", "revision": folder_revision(folder)}
 
 
+def head_of(folder: Path, head: str) -> str:
+    """'auto': seq2seq for encoder-decoder models such as Flan-T5, base for encoders, else causal."""
+    from transformers import AutoConfig
+
+    if head != "auto":
+        return head
+    return {ENCODER_DECODER: "seq2seq", ENCODER: "base"}.get(
+        model_kind(AutoConfig.from_pretrained(folder).to_dict()), "causal")
+
+
+def head_loader(head: str):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    return {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "base": AutoModel,
+            "classification": AutoModelForSequenceClassification}[head]
+
+
+def visible_gpus() -> dict[int, int]:
+    """{index: bytes} of the GPUs this process sees, where it sees more than one (Slurm gave an inference job
+    several to spread its model over: the preflight plans that for a model one GPU cannot hold); else {}."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {i: torch.cuda.get_device_properties(i).total_memory for i in range(count)} if count > 1 else {}
+
+
+def spread_map(folder: str | Path, head: str, torch_dtype: torch.dtype, budgets: dict[int, int]) -> dict:
+    """accelerate's device map of a prepared model over GPUs ({index: bytes}): its layers balanced over them in
+    order, a decoder layer never split, tied weights kept together (the map is made on the meta device)."""
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from accelerate.utils import get_balanced_memory
+    from transformers import AutoConfig
+
+    folder = _checked_folder(folder)
+    with init_empty_weights():
+        empty = head_loader(head_of(folder, head)).from_config(AutoConfig.from_pretrained(folder), dtype=torch_dtype)
+    empty.tie_weights()
+    unsplit = empty._no_split_modules
+    balanced = get_balanced_memory(empty, max_memory=budgets, no_split_module_classes=unsplit, dtype=torch_dtype)
+    return dict(infer_auto_device_map(empty, max_memory=balanced, no_split_module_classes=unsplit, dtype=torch_dtype))
+
+
 def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", num_labels: int | None = None,
                device: torch.device | None = None, overrides: dict | None = None,
-               tokens: PromptTokens | None = None) -> LoadedModel:
+               tokens: PromptTokens | None = None, spread: bool = False, device_map: dict | None = None,
+               offload_folder: str | Path | None = None) -> LoadedModel:
     """Load a prepared model folder. head: 'causal' (LM head), 'seq2seq', 'classification' (new head), 'base' (no
-    head), or 'auto' (seq2seq for encoder-decoder models such as Flan-T5, base for encoders, else causal).
-    overrides: config values to change where the model has them (e.g. dropout, attention_dropout).
-    tokens: the folder's load_tokens, where a check before the weights already read them."""
-    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
-                              AutoModelForSequenceClassification, AutoTokenizer)
+    head), or 'auto' (head_of). overrides: config values to change where the model has them (e.g. dropout,
+    attention_dropout). tokens: the folder's load_tokens, where a check before the weights already read them.
+    spread (an inference job): over every GPU the process sees, where it sees several (spread_map), in one
+    process; the layers run in turn, each on its GPU, and the inputs go to the first. device_map: that placement
+    given ({module: device}; a "disk" one needs offload_folder)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     folder = _checked_folder(folder)
     device = device or pick_device()
     torch_dtype = pick_dtype(dtype, device)
-    if head == "auto":
-        head = {ENCODER_DECODER: "seq2seq", ENCODER: "base"}.get(
-            model_kind(AutoConfig.from_pretrained(folder).to_dict()), "causal")
+    head = head_of(folder, head)
+    if spread and device_map is None and visible_gpus():
+        device_map = spread_map(folder, head, torch_dtype, visible_gpus())
     info = model_record(folder)
     tokenizer = tokens.tokenizer if tokens is not None else AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
-    loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "base": AutoModel,
-              "classification": AutoModelForSequenceClassification}[head]
     kwargs = {"pad_token_id": tokenizer.pad_token_id} if head == "classification" else {}
     if num_labels:  # a new head's size; without it, a classifier's folder keeps its own head
         kwargs["num_labels"] = num_labels
     if overrides:
         config = AutoConfig.from_pretrained(folder)
         kwargs.update({key: value for key, value in overrides.items() if hasattr(config, key)})
-    model = loader.from_pretrained(folder, dtype=torch_dtype, **kwargs).to(device)
+    if device_map:
+        model = head_loader(head).from_pretrained(folder, dtype=torch_dtype, device_map=device_map,
+                                                  offload_folder=offload_folder, **kwargs)
+        device = first_device(device_map)
+    else:
+        model = head_loader(head).from_pretrained(folder, dtype=torch_dtype, **kwargs).to(device)
     model.eval()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return LoadedModel(tokenizer=tokenizer, max_length=context_length(model.config, tokenizer),
                        kind=model_kind(model.config.to_dict()), model=model, device=device,
                        dtype=torch_dtype, info=info)
+
+
+def first_device(device_map: dict) -> torch.device:
+    """Where a spread model takes its inputs: its first module's GPU (a CPU- or disk-placed one computes on the CPU)."""
+    import torch
+
+    first = next(iter(device_map.values()))
+    return torch.device("cuda", first) if isinstance(first, int) else torch.device("cpu")
 
 
 def _checked_folder(folder: str | Path) -> Path:

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pandas as pd
 
-from .costs import BYTES_16BIT, INTERNODE_GB_PER_S
+from .costs import BYTES_16BIT, INTERNODE_GB_PER_S, inference_memory
 from .io import markdown_table
 
 
@@ -22,10 +22,12 @@ class Plan:
         self.errors: list[str] = []
 
     def job(self, stage: str, model: str, task: str, gpus: int, flops: float, memory: float, shape: dict,
-            nodes: int = 1, internode_bytes: float = 0.0, **cell):
-        """A job on `gpus` GPUs in all (over `nodes` nodes, moving internode_bytes through each node's link)."""
+            nodes: int = 1, internode_bytes: float = 0.0, in_turn: bool = False, **cell):
+        """A job on `gpus` GPUs in all (over `nodes` nodes, moving internode_bytes through each node's link);
+        in_turn: its GPUs compute one after another (a model spread over them for inference), at one's speed."""
         load = BYTES_16BIT * shape["parameters"] / (self.cluster["load_gb_per_s"] * 1e9)
-        compute = flops / (max(gpus, 1) * self.cluster["gpu_tflops"] * 1e12 * self.cluster["mfu"])
+        computing = 1 if in_turn else max(gpus, 1)
+        compute = flops / (computing * self.cluster["gpu_tflops"] * 1e12 * self.cluster["mfu"])
         communication = internode_bytes / (self.cluster["internode_gb_per_s"] * 1e9)
         self.jobs.append(dict(stage=stage, model=model, task=task, gpus=gpus, nodes=nodes,
                               parameters=shape["parameters"], flops=flops, memory_gb=memory / 1e9,
@@ -33,6 +35,31 @@ class Plan:
                               compute_seconds=compute, communication_seconds=communication,
                               gpu_hours=(load + compute + communication) * max(gpus, 1) / 3600, **cell))
 
+    def inference_job(self, stage: str, model: str, task: str, flops: float, shape: dict, tokens: int, batch: int,
+                      batch_key: str, **cell) -> None:
+        """An inference job on batches of `tokens`-long inputs: on one GPU, or spread over the fewest of its node's
+        GPUs (models.<name>.gpus) that hold its model with one example (the layers run in turn); a batch that does
+        not fit there halves as the job does when it runs out of memory (a note says to what); an error names the
+        model where even the node's GPUs cannot hold it. A CPU model (gpus 0): none."""
+        memory_on = lambda gpus, size: inference_memory(shape, size, tokens, gpus)  # noqa: E731
+        per_node, limit = self.config["models"][model]["gpus"], self.cluster["gpu_memory_gb"]
+        fits = lambda gpus, size: memory_on(gpus, size) / 1e9 <= limit  # noqa: E731
+        gpus = next((n for n in range(1, per_node + 1) if fits(n, 1)), None) if per_node else 0
+        if gpus is None:
+            gpus, problem = per_node, f"models.{model}.gpus: {stage} needs about "
+            if not any(error.startswith(problem) for error in self.errors):
+                spread = f", {memory_on(per_node, 1) / 1e9:.0f} GB on each of its node's {per_node} GPUs"
+                self.errors.append(f"{problem}{memory_on(1, 1) / 1e9:.0f} GB on one GPU for one example"
+                                   f"{spread * (per_node > 1)}, more than preflight.gpu_memory_gb ({limit}); give it "
+                                   "more GPUs per node")
+        size = batch
+        while gpus and size > 1 and not fits(gpus, size):
+            size //= 2  # as forward.HalvingBatches halves it
+        if size < batch:
+            self.cells.append(dict(cell, stage=stage, model=model, task=task, what=(
+                f"a batch of {batch} needs about {memory_on(gpus, batch) / 1e9:.0f} GB per GPU; it halves to {size} "
+                f"when it runs out of memory (or set {batch_key}: {size})")))
+        self.job(stage, model, task, gpus, flops, memory_on(max(gpus, 1), size), shape, in_turn=True, **cell)
 
 
 def skipped_cells(plan: dict, tidy: pd.DataFrame) -> tuple[set, set]:

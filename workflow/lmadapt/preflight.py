@@ -26,8 +26,7 @@ import pandas as pd
 
 from .checks import layer_problems, model_kind_problems
 from .config import ConfigError, finetune_settings, setting_key, stage_config, training_layout
-from .costs import (Zero, inference_flops, inference_memory, internode_bytes, model_shape, training_flops,
-                    training_memory)
+from .costs import Zero, inference_flops, internode_bytes, model_shape, training_flops, training_memory
 from .data import corpus_path
 from .grid import demonstration_needs, derived_models, root_model
 from .io import read_metadata, read_table, write_json, write_text
@@ -141,9 +140,6 @@ class Measuring:
     def evals(self, task: str) -> dict[str, pd.DataFrame]:
         return {split: self.sample(task, split) for split in eval_splits(self.config["tasks"][task])}
 
-    def inference_gpus(self, model: str) -> int:
-        return min(self.config["models"][model]["gpus"], 1)
-
 
 def plan_extract(m: Measuring, cells: dict) -> None:
     """One job per (model, task, prompt, sample): its prefix's demonstrations, its truncated inputs, its cost."""
@@ -180,11 +176,10 @@ def plan_extract(m: Measuring, cells: dict) -> None:
         if counts["truncated"]:
             m.plan.cells.append(dict(where, what=f"{counts['truncated']} of {counts['n']} inputs truncated "
                                                  "(they keep their end)"))
-        shape = m.shapes[model]
+        shape, ran = m.shapes[model], counts["tokens"] + counts["prefix"]
         length = counts["prefix"] + counts["tokens"] // max(counts["n"], 1)
-        m.plan.job("extract", model, task, m.inference_gpus(model),
-                   inference_flops(shape["parameters"], counts["tokens"] + counts["prefix"]),
-                   inference_memory(shape, extract["batch_size"], length), shape, prompt=prompt, sample=name)
+        m.plan.inference_job("extract", model, task, inference_flops(shape["parameters"], ran), shape, length,
+                             extract["batch_size"], "extract.batch_size", prompt=prompt, sample=name)
 
 
 def plan_icl(m: Measuring, cells: dict) -> None:
@@ -216,10 +211,10 @@ def plan_icl(m: Measuring, cells: dict) -> None:
                                          f"after the prefix (icl.fit: skip_examples)"))
             shape = m.shapes[model]
             scored = counts["tokens"] * (counts["labels"] if counts["multi"] else 1)
-            m.plan.job("icl", model, task, m.inference_gpus(model),
-                       inference_flops(shape["parameters"], counts["prefix_tokens"] + scored),
-                       inference_memory(shape, icl["batch_size"], counts["prefix_tokens"] +
-                                        counts["tokens_after_prefix"]), shape, shots=shots, seed=seed, pattern=name)
+            length = counts["prefix_tokens"] + counts["tokens_after_prefix"]
+            flops = inference_flops(shape["parameters"], counts["prefix_tokens"] + scored)
+            m.plan.inference_job("icl", model, task, flops, shape, length, icl["batch_size"], "icl.batch_size",
+                                 shots=shots, seed=seed, pattern=name)
 
 
 def icl_fit(m: Measuring, tokens, task: str, pattern, evaluated: dict, shots: int, seed: int, fit: str,
@@ -281,11 +276,10 @@ def plan_teachers(m: Measuring, cells: dict) -> None:
             m.plan.cells.append(dict(stage="teacher", model=model, task=task, k=k, seed=seed,
                                      what=f"teacher uses {counts['shots_used']} of {counts['shots_requested']} "
                                           f"demonstrations (the longest training input must fit)"))
-        shape = m.shapes[model]
-        m.plan.job("teacher", model, task, m.inference_gpus(model),
-                   inference_flops(shape["parameters"], counts["prefix_tokens"] + counts["tokens"]),
-                   inference_memory(shape, ft["distill"]["batch_size"], counts["prefix_tokens"] +
-                                    counts["tokens_after_prefix"]), shape, k=k, seed=seed)
+        shape, length = m.shapes[model], counts["prefix_tokens"] + counts["tokens_after_prefix"]
+        flops = inference_flops(shape["parameters"], counts["prefix_tokens"] + counts["tokens"])
+        m.plan.inference_job("teacher", model, task, flops, shape, length, ft["distill"]["batch_size"],
+                             "finetune.distill.batch_size", k=k, seed=seed)
 
 
 def plan_finetune(m: Measuring, cells: dict) -> None:

@@ -43,6 +43,13 @@ class Requests:
         predicted = predictions.get((rule, cell_key(rule, cell))) if predictions else None
         return job_prediction(calibration, rule, cell, predicted, self.settings["startup_seconds"])
 
+    def gpus(self, rule: str, cell: dict, static: int) -> int:
+        """An inference job's GPUs: as many as the preflight spread its model over (more than one where one GPU
+        cannot hold it: preflight.Measuring.inference_job), else `static`."""
+        predictions = self._json(layout.PREFLIGHT_JSON, plan_predictions)
+        predicted = predictions.get((rule, cell_key(rule, cell))) if predictions else None
+        return max(predicted["gpus"], static) if predicted else static
+
     def runtime(self, rule: str, cell: dict, attempt: int, static: int) -> int:
         """Minutes: the predicted seconds times the margin (at least min_runtime), else `static`; x attempt."""
         seconds, _, _ = self.prediction(rule, cell)

@@ -174,8 +174,9 @@ def sized(rule, runtime, mem_mb=None, scale=1):
 
 
 def job_gpus(rule):
-    """The GPU an inference job of a rule's model takes (lmadapt/jobs.py)."""
-    return known_signature(lambda wildcards: JOBS.gpus(rule, wildcards.model))
+    """The GPUs an inference job takes: one (lmadapt/jobs.py), or as many as the preflight spread its model over
+    (lmadapt/sizing.py)."""
+    return known_signature(lambda wildcards: REQUESTS.gpus(rule, cell_of(wildcards), JOBS.gpus(rule, wildcards.model)))
 
 
 def training_resources(rule):
