@@ -2,10 +2,11 @@
 
 The rehearsal of config/paper.yaml with all 10 seeds and all 30,000 HANS rows is fetched and sampled (hub-shaped
 data, the grid's exact cells); then each prepared model folder gets its hub model's sizes in its config.json
-(REAL_SIZES) and its model entry the paper's GPUs and nodes (a rehearsal runs on one machine: it makes a model's
-nodes one node of as many processes), so that the cost estimate is the real grid's while prompt lengths come from
-the rehearsal's tokenizer (about 1.6 tokens a word, a little above OPT's BPE on English). Times `lmadapt preflight`
-(best of 3, after fetch and sample, as on a login node). Target: < 30 s. Writes docs/benchmarks.md.
+(lmadapt.rehearsal.HUB_MODEL_SIZES) and its model entry the paper's GPUs and nodes (a rehearsal runs on one
+machine: it makes a model's nodes one node of as many processes), so that the cost estimate is the real grid's
+while prompt lengths come from the rehearsal's tokenizer (about 1.6 tokens a word, a little above OPT's BPE on
+English). Times `lmadapt preflight` (best of 3, after fetch and sample, as on a login node). Target: < 30 s. Writes
+docs/benchmarks.md.
 
     python benchmarks/preflight.py
 """
@@ -27,29 +28,12 @@ BIN = Path(sys.executable).parent
 WORK = REPO / "resources" / "benchmarks" / "preflight"
 
 
-def opt(hidden, layers, heads, ffn, projection):
-    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
-                word_embed_proj_dim=projection, vocab_size=50272)
-
-
-# The sizes in each hub model's config.json (facebook/opt-*, openai-community/gpt2, google/flan-t5-base,
-# FacebookAI/roberta-base), written over the rehearsal's tiny stand-ins of the same family.
-REAL_SIZES = {"opt_125m": opt(768, 12, 12, 3072, 768), "opt_350m": opt(1024, 24, 16, 4096, 512),
-              "opt_1_3b": opt(2048, 24, 32, 8192, 2048), "opt_2_7b": opt(2560, 32, 32, 10240, 2560),
-              "opt_6_7b": opt(4096, 32, 32, 16384, 4096), "opt_13b": opt(5120, 40, 40, 20480, 5120),
-              "opt_30b": opt(7168, 48, 56, 28672, 7168),
-              "gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257),
-              "flan_t5_base": dict(d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_decoder_layers=12,
-                                   num_heads=12, vocab_size=32128),
-              "roberta_base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                   intermediate_size=3072, vocab_size=50265)}
-
-
 def main() -> None:
     import yaml
 
     from lmadapt.checks import load_config
     from lmadapt.grid import root_model
+    from lmadapt.rehearsal import HUB_MODEL_SIZES
 
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     subprocess.run([str(BIN / "lmadapt"), "rehearsal", "--paper", str(REPO / "config/paper.yaml"), "--out",
@@ -61,10 +45,12 @@ def main() -> None:
                              env=env, capture_output=True, text=True)
     if samples.returncode:
         raise RuntimeError(samples.stdout[-3000:] + samples.stderr[-3000:])
-    for name, sizes in REAL_SIZES.items():
+    paper, rehearsed = (yaml.safe_load(path.read_text()) for path in (REPO / "config/paper.yaml", config))
+    real = {name: HUB_MODEL_SIZES[spec["id"]] for name, spec in paper["models"].items()
+            if spec.get("id") in HUB_MODEL_SIZES}
+    for name, sizes in real.items():
         path = WORK / "resources/models" / name / "config.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | sizes, indent=2))
-    paper, rehearsed = (yaml.safe_load(path.read_text()) for path in (REPO / "config/paper.yaml", config))
     for name, spec in rehearsed["models"].items():
         spec.update({key: paper["models"][name][key] for key in ("gpus", "nodes") if key in paper["models"][name]})
     config = WORK / "config-paper-layout.yaml"
@@ -82,7 +68,7 @@ def main() -> None:
     for job in plan["jobs"]:
         by[job["model"], job["stage"]] += job["gpu_hours"]
     grid = load_config(config)  # a derived model (instruction-tuned OPT) is costed by its root's sizes
-    models = sorted({m for m, _ in by}, key=lambda m: (list(REAL_SIZES).index(root_model(grid, m)), m))
+    models = sorted({m for m, _ in by}, key=lambda m: (list(real).index(root_model(grid, m)), m))
     stages = ["extract", "icl", "teacher", "finetune", "instruct"]
     rows = ["| model | " + " | ".join(stages) + " | total |", "|---|" + "---|" * (len(stages) + 1)]
     for model in models:

@@ -124,8 +124,44 @@ def corpus_table(source: dict, rows: int, rng: np.random.Generator, vocabulary: 
 FAMILIES = ("roberta", "gpt2", "t5", "opt")
 
 
+def _opt(hidden: int, layers: int, heads: int, projection: int) -> dict:
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=4 * hidden,
+                word_embed_proj_dim=projection, vocab_size=50272)
+
+
+# The sizes in the hub models' config.json: a stand-in keeps their ratios (stand_in_sizes), and benchmarks/preflight.py
+# writes them over the stand-ins' configs to cost the real grid.
+HUB_MODEL_SIZES = {
+    "facebook/opt-125m": _opt(768, 12, 12, 768), "facebook/opt-350m": _opt(1024, 24, 16, 512),
+    "facebook/opt-1.3b": _opt(2048, 24, 32, 2048), "facebook/opt-2.7b": _opt(2560, 32, 32, 2560),
+    "facebook/opt-6.7b": _opt(4096, 32, 32, 4096), "facebook/opt-13b": _opt(5120, 40, 40, 5120),
+    "facebook/opt-30b": _opt(7168, 48, 56, 7168),
+    "openai-community/gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257),
+    "google/flan-t5-base": dict(d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_decoder_layers=12, num_heads=12,
+                                vocab_size=32128),
+    "FacebookAI/roberta-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                    intermediate_size=3072, vocab_size=50265),
+}
+
+
 def model_family(model_id: str) -> str:
     return next((family for family in FAMILIES if family in model_id.lower()), "opt")
+
+
+def stand_in_sizes(model_id: str) -> dict:
+    """The stand-in's layers, width and heads in the real model's ratios: a quarter of its layers, a 64th of its
+    width, heads of a 16th of its head size (at least 4 wide), so that OPT-30B's stand-in is to OPT-125m's as
+    the real models are in layers, width and weights per layer (the vocabulary stays the stand-in's). A model the
+    table does not know gets the family's smallest stand-in."""
+    from transformers import AutoConfig
+
+    real = HUB_MODEL_SIZES.get(model_id)
+    if real is None:
+        return {}
+    config = AutoConfig.for_model(model_family(model_id), **real)  # the family is its model_type
+    head = max(config.hidden_size // config.num_attention_heads // 16, 4)
+    heads = max(config.hidden_size // 64 // head, 1)
+    return {"layers": max(config.num_hidden_layers // 4, 1), "hidden": heads * head, "heads": heads}
 
 
 def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], seed: int,
@@ -139,7 +175,7 @@ def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], see
     from .testing import build_tiny_bert, build_tiny_gpt2, build_tiny_opt, build_tiny_t5
 
     family = model_family(model_id)
-    sizes = dict(texts=texts_for_tokenizer, seed=seed, vocab_size=1000)
+    sizes = dict(texts=texts_for_tokenizer, seed=seed, vocab_size=1000, **stand_in_sizes(model_id))
     if labels:
         from transformers import AutoModelForSequenceClassification
 
@@ -155,8 +191,8 @@ def build_model(folder: Path, model_id: str, texts_for_tokenizer: list[str], see
         return build_tiny_t5(folder, **sizes)
     if family == "roberta":
         return build_tiny_bert(folder, roberta=True, **sizes)
-    build = build_tiny_gpt2 if family == "gpt2" else partial(build_tiny_opt, layers=2, max_positions=2048)
-    build(folder, **sizes)
+    build = build_tiny_gpt2 if family == "gpt2" else partial(build_tiny_opt, max_positions=2048)
+    build(folder, **({"layers": 2} | sizes))
     model = AutoModelForCausalLM.from_pretrained(folder)
     base = {key: value.contiguous() for key, value in model.base_model.state_dict().items()}
     (folder / "model.safetensors").unlink()

@@ -63,15 +63,15 @@ def build_tiny_opt(folder: str | Path, texts=(), hidden: int = 32, layers: int =
     return folder
 
 
-def build_tiny_gpt2(folder: str | Path, texts=(), hidden: int = 32, layers: int = 2, max_positions: int = 1024,
-                    seed: int = 0, vocab_size: int = 400) -> Path:
+def build_tiny_gpt2(folder: str | Path, texts=(), hidden: int = 32, layers: int = 2, heads: int = 4,
+                    max_positions: int = 1024, seed: int = 0, vocab_size: int = 400) -> Path:
     """Save a random GPT-2 and a GPT-2-style tokenizer (<|endoftext|> only, no padding token)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = Path(folder)
     tokenizer = build_tokenizer(texts, vocab_size, family="gpt2")
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=4,
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=heads,
                         n_positions=max_positions, bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
@@ -80,7 +80,7 @@ def build_tiny_gpt2(folder: str | Path, texts=(), hidden: int = 32, layers: int 
     return folder
 
 
-def build_tiny_t5(folder: str | Path, texts=(), d_model: int = 32, layers: int = 2, seed: int = 0,
+def build_tiny_t5(folder: str | Path, texts=(), hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0,
                   vocab_size: int = 400) -> Path:
     """Save a random encoder-decoder T5 (Flan-T5 style: n_positions 512 in its config) and its tokenizer (pad 0,
     </s> 1 at the end)."""
@@ -89,17 +89,17 @@ def build_tiny_t5(folder: str | Path, texts=(), d_model: int = 32, layers: int =
 
     folder = Path(folder)
     tokenizer = build_tokenizer(texts, vocab_size, family="t5")
-    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=d_model * 2, num_layers=layers,
-                      num_decoder_layers=layers, num_heads=4, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
-                      n_positions=512)
+    config = T5Config(vocab_size=len(tokenizer), d_model=hidden, d_kv=hidden // heads, d_ff=hidden * 2,
+                      num_layers=layers, num_decoder_layers=layers, num_heads=heads,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id, n_positions=512)
     torch.manual_seed(seed)
     T5ForConditionalGeneration(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
-def build_tiny_bert(folder: str | Path, texts=(), hidden: int = 32, layers: int = 2, seed: int = 0,
+def build_tiny_bert(folder: str | Path, texts=(), hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0,
                     roberta: bool = False, vocab_size: int = 400) -> Path:
     """Save a random encoder with a masked-LM head, as roberta-base ships: BERT, or RoBERTa (positions after the
     padding index, 514 of them), with a RoBERTa-style tokenizer (<s> text </s>)."""
@@ -111,7 +111,7 @@ def build_tiny_bert(folder: str | Path, texts=(), hidden: int = 32, layers: int 
     config_class, model_class, positions = ((RobertaConfig, RobertaForMaskedLM, 514) if roberta
                                             else (BertConfig, BertForMaskedLM, 512))
     config = config_class(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, intermediate_size=hidden * 4, max_position_embeddings=positions,
+                          num_attention_heads=heads, intermediate_size=hidden * 4, max_position_embeddings=positions,
                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
