@@ -10,7 +10,9 @@ shapes, memory and speed, nothing downloaded) through lmadapt's own code:
   recomputation as lm-evaluation-harness scores (the whole context per example, 16 per batch);
 - extraction of every layer of 300 IMDB-length stand-in reviews, without and with an 8-shot prefix, vs a batched
   `output_hidden_states` forward of each whole prompt;
-- numerics: a tiny OPT's activations and ICL log-probabilities on the GPU (fp32, fp16) against the CPU in fp32.
+- numerics: a tiny OPT's activations and ICL log-probabilities on the GPU (fp32, fp16) against the CPU in fp32;
+- ZeRO-3's collectives (all-gather, reduce-scatter) in a group of one GPU: the floor under any link. The link
+  between nodes itself takes two machines: the preflight's `internode_gb_per_s` stands until a pilot measures it.
 
     python benchmarks/gpu.py                 # on the GPU machine (docs/benchmarks.md says how): ~6 minutes
     python benchmarks/gpu.py --cpu-smoke     # tiny shapes on CPU (fp32 and bf16), the same code paths: a test
@@ -289,6 +291,41 @@ def timed(device, function):
     return result, time.time() - start, peak_gb(device)
 
 
+# What ZeRO-3 gathers and reduce-scatters, in elements: DeepSpeed's stage3_param_persistence_threshold (smaller
+# parameters are never partitioned), its stage3_prefetch_bucket_size, and one OPT-30B layer (12 x 7,168^2).
+COLLECTIVE_SIZES, SMOKE_COLLECTIVE_SIZES = (10**5, 5 * 10**7, 12 * 7168**2), (10**3, 10**5)
+
+
+def collective_rows(device: torch.device, smoke: bool) -> list[dict]:
+    """ZeRO-3's all-gather and reduce-scatter through torch.distributed (NCCL on a GPU, gloo on the CPU) in a group
+    of one: each call's launch and on-device copy, the floor under whatever link joins nodes, at the sizes ZeRO-3
+    moves. One GPU cannot measure that link: the preflight prices it at preflight.internode_gb_per_s."""
+    import torch.distributed as dist
+
+    dtype = torch.float32 if smoke else torch.float16
+    rows = []
+    with tempfile.TemporaryDirectory() as where:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{where}/store",
+                                rank=0, world_size=1)
+        try:
+            for elements in SMOKE_COLLECTIVE_SIZES if smoke else COLLECTIVE_SIZES:
+                source = torch.ones(elements, dtype=dtype, device=device)
+                target = torch.empty_like(source)
+                calls = {"all-gather": lambda: dist.all_gather_into_tensor(target, source),
+                         "reduce-scatter": lambda: dist.reduce_scatter_tensor(target, source)}
+                for op, call in calls.items():
+                    call()  # the first call sets the communicator up
+                    repeats = 20
+                    _, seconds, _ = timed(device, lambda call=call: [call() for _ in range(repeats)])
+                    size = source.numel() * source.element_size()
+                    rows.append(dict(op=op, elements=elements, megabytes=size / 1e6,
+                                     microseconds_per_call=seconds / repeats * 1e6,
+                                     gb_per_s=size * repeats / seconds / 1e9))
+        finally:
+            dist.destroy_process_group()
+    return rows
+
+
 def icl_rows(lm, shots_list, n, rng) -> list[dict]:
     from lmadapt.forward import PrefixForward, batches_by_length
     from lmadapt.icl import label_logprobs
@@ -467,6 +504,11 @@ def markdown(result: dict) -> str:
                                    ("max |Δ activation|", "max_activation_difference", ".2e"),
                                    ("max |Δ log p|", "max_logprob_difference", ".2e"),
                                    ("same predictions", "same_predictions", ".0%")]) + "\n",
+        "ZeRO-3's collectives in a group of one GPU (the call's launch and on-device copy: the floor under any "
+        "link; DeepSpeed's persistence threshold, its prefetch bucket and one OPT-30B layer):\n",
+        table(result["collectives"], [("collective", "op", ""), ("MB", "megabytes", ".1f"),
+                                      ("µs per call", "microseconds_per_call", ".0f"), ("GB/s", "gb_per_s", ".1f")])
+        + "\n",
         calibration_note(result),
     ])
 
@@ -484,9 +526,10 @@ def calibration_note(result: dict) -> str:
                          f"(MFU {row['mfu']:.1%} measured, {result['environment']['mfu_assumed']:.0%} assumed)")
     return "\n".join(lines + [
         "- icl and extract: the throughput of the rows above, in the same file",
-        "- across nodes (OPT-30B's training, two nodes): one GPU cannot measure a node's link. The preflight adds "
-        "ZeRO-3's all-gathers and gradient reduce-scatters at `preflight.internode_gb_per_s` (lmadapt/costs.py: "
-        "internode_bytes), not overlapped with compute; the pilot's OPT-30B cells measure what it really costs"])
+        "- across nodes (OPT-30B's training, two nodes): one GPU measures the collectives' floor above, not a "
+        "node's link. The preflight adds ZeRO-3's all-gathers and gradient reduce-scatters at "
+        "`preflight.internode_gb_per_s` (lmadapt/costs.py: internode_bytes), not overlapped with compute; the "
+        "pilot's OPT-30B cells measure what it really costs"])
 
 
 def gpu_calibration(result: dict, shape: str, parameters: int, paper: dict) -> dict:
@@ -554,6 +597,7 @@ def main() -> None:
         del lm
         gc.collect()
         result["numerics"] = numerics_rows(Path(where), device, args.cpu_smoke)
+    result["collectives"] = collective_rows(device, args.cpu_smoke)
     result["seconds"] = time.time() - start
     out = args.out or REPO / "docs"
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,10 @@ def test_gpu_check_smoke_run_on_cpu(tmp_path):
     fp32, bf16 = result["numerics"]
     assert fp32["max_logprob_difference"] == 0.0 and fp32["same_predictions"] == 1.0
     assert 0 < bf16["max_activation_difference"] < 0.1
+    collectives = result["collectives"]  # ZeRO-3's collectives in a group of one: timed, at each size
+    assert [(row["op"], row["elements"]) for row in collectives] == [
+        (op, n) for n in (10**3, 10**5) for op in ("all-gather", "reduce-scatter")]
+    assert all(row["gb_per_s"] > 0 and row["microseconds_per_call"] > 0 for row in collectives)
     assert "<!-- gpu:start -->" in (tmp_path / "benchmarks.md").read_text()
     # its measurements in the calibration's format: a paper cell of a measured (stage, model, method) is predicted
     from lmadapt.calibration import job_prediction
