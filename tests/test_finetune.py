@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from conftest import BIN, REPO, clean_env, kill_after_first_checkpoint, rte_task
 from lmadapt.checks import check_config
 from lmadapt.config import FINETUNE_RUN_SETTINGS, ConfigError, finetune_settings
 from lmadapt.finetune import build_model, run_finetune
-from lmadapt.training import epoch_batches, slurm_ranks
+from lmadapt.training import epoch_batches, rank_share, slurm_ranks
 from lmadapt.forward import pad_batch
 from lmadapt.methods import DECODER, METHODS, distill_loss
 from lmadapt.icl import run_teacher
@@ -181,6 +182,18 @@ def test_epoch_batches_group_lengths_and_split_ranks_evenly():
     assert padding(ranks[0]) < padding(random_batches) / 3
 
 
+def test_each_rank_predicts_its_share_and_as_many_as_the_others():
+    """Evaluation over several processes: every row once, every rank the same count (ZeRO-3's forwards are
+    collectives): a short share repeats its last row, one with none repeats the first."""
+    assert rank_share(5, 0, 1) == [0, 1, 2, 3, 4] and rank_share(0, 1, 2) == []
+    shares = [rank_share(7, rank, 2) for rank in range(2)]
+    assert shares == [[0, 2, 4, 6], [1, 3, 5, 5]]
+    assert [rank_share(2, rank, 4) for rank in range(4)] == [[0], [1], [0], [0]]
+    for n, world in ((30000, 8), (277, 4), (3, 8)):
+        shares = [rank_share(n, rank, world) for rank in range(world)]
+        assert set().union(*shares) == set(range(n)) and len({len(share) for share in shares}) == 1
+
+
 def test_a_task_srun_started_joins_as_a_torchrun_process_would():
     """srun's environment read as torchrun's (tests/test_slurm.py starts real ones on two nodes); rank 0 listens
     on the node srun ran on, at a port of the job's own."""
@@ -211,12 +224,13 @@ def test_distillation_kl_is_zero_for_the_same_model_on_the_same_input(tiny_opt, 
     assert abs(kl.item()) < 1e-5
 
 
-def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), extra=None, **overrides):
+def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), evals=(), **overrides):
+    """The finetune command of a cell (evals: more SPLIT=PATH evaluation samples than the test split)."""
     task, folder = rte
     cmd = [*launcher, "finetune"] if launcher else [str(BIN / "lmadapt"), "finetune"]
     full = settings(**overrides)  # split as the rule splits it: what the job computes, how it runs
     cmd += ["--model-dir", str(tiny_opt), "--task", "rte", "--task-config", json.dumps(task),
-            "--train", str(folder / "train.parquet"), "--eval", f"test={folder / 'test.parquet'}",
+            "--train", str(folder / "train.parquet"), "--eval", f"test={folder / 'test.parquet'}", *evals,
             "--settings", json.dumps(finetune_settings({"finetune": full}, method)),
             "--run-settings", json.dumps({k: full[k] for k in FINETUNE_RUN_SETTINGS}),
             "--deepspeed-config",
@@ -226,11 +240,8 @@ def cli(tiny_opt, rte, tmp_path, method="pattern", launcher=(), extra=None, **ov
     return cmd, clean_env(PYTHONPATH=str(REPO / "workflow"))
 
 
-@pytest.mark.slow  # a training job in its own process
-def test_saved_model_predicts_the_same_in_a_new_process(tiny_opt, rte, tmp_path):
-    cmd, env = cli(tiny_opt, rte, tmp_path, zero="zero3", save_model=True)
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    saved = pd.read_parquet(tmp_path / "work/predictions_test.parquet")
+def saved_model_predictions(tmp_path, rte, env) -> list[int]:
+    """The test split's predictions of the model a job saved (work/model), by one process that loads it anew."""
     task, folder = rte
     script = f"""
 import json, sys, pandas as pd, torch
@@ -249,7 +260,15 @@ with torch.no_grad():
 """
     out = subprocess.run([sys.executable, "-c", script, json.dumps(task)], env=env, check=True, capture_output=True,
                          text=True).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == saved["prediction"].tolist()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # a training job in its own process
+def test_saved_model_predicts_the_same_in_a_new_process(tiny_opt, rte, tmp_path):
+    cmd, env = cli(tiny_opt, rte, tmp_path, zero="zero3", save_model=True)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    saved = pd.read_parquet(tmp_path / "work/predictions_test.parquet")
+    assert saved_model_predictions(tmp_path, rte, env) == saved["prediction"].tolist()
 
 
 def killed_after_a_checkpoint(cmd, env, tmp_path):
@@ -282,21 +301,30 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_opt, rte
 
 @pytest.mark.slow  # a training job in its own process
 def test_checkpoint_of_other_settings_is_not_resumed(tiny_opt, rte, tmp_path):
-    overrides = dict(epochs=6, checkpoint_every=5, batch_size=2, effective_batch=2)
+    overrides = dict(epochs=16, checkpoint_every=5, batch_size=2, effective_batch=2)  # long enough to be killed
     killed_after_a_checkpoint(*cli(tiny_opt, rte, tmp_path, **overrides), tmp_path)
     cmd, env = cli(tiny_opt, rte, tmp_path, **dict(overrides, lr=2e-3))  # what it computes: starts over
     proc = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     details = json.loads((tmp_path / "metrics.json").read_text())["records"][0]["details"]
     assert details["resumed_from_micro_step"] is None and "other settings" in proc.stdout
-    assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 6 * 8 and details["lr"] == 2e-3
+    assert details["optimizer_steps"] == details["planned_optimizer_steps"] == 16 * 8 and details["lr"] == 2e-3
 
 
 @pytest.mark.slow  # a training job in its own process
 def test_two_processes_over_gloo(tiny_opt, rte, tmp_path):
     launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmadapt"]
-    cmd, env = cli(tiny_opt, rte, tmp_path, launcher=launcher, zero="zero3", epochs=4, effective_batch=8)
+    task, folder = rte
+    test = pq.read_table(folder / "test.parquet")
+    pq.write_table(test.slice(0, 5), tmp_path / "five.parquet")  # with the sample's metadata: a split of 5 rows
+    cmd, env = cli(tiny_opt, rte, tmp_path, launcher=launcher, zero="zero3", epochs=4, effective_batch=8,
+                   save_model=True, evals=[f"five={tmp_path / 'five.parquet'}"])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "metrics.json").read_text())["records"][0]
     assert record["details"]["world_size"] == 2
     assert record["details"]["optimizer_steps"] == 4 * 2  # 16 examples, 8 per rank, batch 4
+    # each rank evaluated every other row (of five: one rank repeats its last) and they gathered them in order
+    saved = {split: pd.read_parquet(tmp_path / f"work/predictions_{split}.parquet") for split in ("test", "five")}
+    assert saved["test"]["id"].tolist() == test["id"].to_pylist() and len(saved["five"]) == 5
+    assert saved_model_predictions(tmp_path, rte, env) == saved["test"]["prediction"].tolist()
+    assert saved["five"]["prediction"].tolist() == saved["test"]["prediction"].tolist()[:5]

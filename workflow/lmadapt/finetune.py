@@ -29,8 +29,8 @@ from .models import load_model, load_tokens, model_record
 from .prompt import check_verbalizers, classifier_inputs, task_pattern
 from .sample import META_KEY, validation_split
 from .settings import Settings
-from .training import (deepspeed_config, init_distributed, own_checkpoints, precision, save_checkpoint, schedule,
-                       train_epochs, training_summary)
+from .training import (deepspeed_config, gather_shares, init_distributed, own_checkpoints, precision, rank_share,
+                       save_checkpoint, schedule, train_epochs, training_summary)
 
 
 # finetune.dropout, under each family's names (OPT; BERT/RoBERTa; T5); a model takes the ones its config has.
@@ -133,13 +133,17 @@ class Trainee:
     checkpoints: Path
     job_hash: str
     rank: int
+    world: int
 
     def predict(self, rows, desc: str) -> tuple[np.ndarray, int, int]:
         """Predicted label ids of rows (and how many inputs were cut, and their tokens): each one's likeliest
-        class."""
+        class. Each of several processes predicts its share of the rows (rank_share), and all gather them."""
         inputs, truncated = classifier_inputs(self.lm, self.pattern, rows, self.settings.max_length)
-        return self.method.head.predict(self.engine.module, inputs, self.lm.tokenizer.pad_token_id, self.verbalizers,
-                                        self.settings.eval_batch_size, desc), truncated, sum(map(len, inputs))
+        share = rank_share(len(inputs), self.rank, self.world)
+        predicted = self.method.head.predict(self.engine.module, [inputs[i] for i in share],
+                                             self.lm.tokenizer.pad_token_id, self.verbalizers,
+                                             self.settings.eval_batch_size, desc)
+        return gather_shares(share, predicted, len(inputs), self.world), truncated, sum(map(len, inputs))
 
     def batch_loss(self, sample: TrainingSample, batch):
         device = self.engine.device
@@ -288,7 +292,7 @@ def train_cell(settings: Settings, job: dict, sample: TrainingSample, lm, model,
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
     trainee = Trainee(engine, lm, method, pattern, [lm.encode(pattern.verbalizer[label]) for label in labels],
-                      settings, work / "checkpoints", job_hash, rank)
+                      settings, work / "checkpoints", job_hash, rank, world)
     start = time.time()
     try:
         state = train_epochs(engine, np.array([len(example) for example in sample.examples]), order_length, settings,

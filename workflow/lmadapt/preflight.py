@@ -320,15 +320,16 @@ def plan_finetune(m: Measuring, cells: dict) -> None:
                                  f"would adapt nothing (give the model's own, e.g. [q, v] for T5)")
         plan_training(m, "finetune", model, task, method, settings, flops, train["longest"], (1 - held) * train["n"],
                       [held * train["n"]] * settings.epochs + [e["n"] for e in evaluated.values()],
-                      f"{method} fine-tuning", dict(method=method, k=k, seed=seed))
+                      f"{method} fine-tuning", dict(method=method, k=k, seed=seed), shared_forward=True)
 
 
 def plan_training(m: Measuring, stage: str, model: str, task: str, method: str, settings, flops: float,
-                  longest: int, trained_rows: float, forward_rows: list[float], what: str, cell: dict | None = None
-                  ) -> None:
+                  longest: int, trained_rows: float, forward_rows: list[float], what: str, cell: dict | None = None,
+                  shared_forward: bool = False) -> None:
     """A training job (finetune, instruct) on its model's layout: its memory per GPU under ZeRO over all its
-    ranks, the bytes its link between nodes moves (a rank trains on its share of each epoch's `trained_rows`; every
-    rank runs every forward-only row), and an error naming the fewest nodes that would hold it where it does not
+    ranks, the bytes its link between nodes moves (a rank trains on its share of each epoch's `trained_rows`, and
+    runs its share of each of `forward_rows` where the ranks share them (fine-tuning's predictions: its
+    rank_share), else all of them), and an error naming the fewest nodes that would hold it where it does not
     fit."""
     zero = m.zero
     shape, (nodes, per_node) = m.shapes[model], training_layout(m.config["models"][model])
@@ -337,9 +338,11 @@ def plan_training(m: Measuring, stage: str, model: str, task: str, method: str, 
     def memory_on(ranks):
         return training_memory(shape, method, settings, zero.stage, zero.offload, ranks, longest)
 
+    forward_share = ranks if shared_forward else 1
     moved = internode_bytes(shape, method, zero.stage, nodes, ranks,
                             settings.epochs * math.ceil(trained_rows / (settings.batch_size * ranks)),
-                            sum(math.ceil(rows / settings.eval_batch_size) for rows in forward_rows))
+                            sum(math.ceil(math.ceil(rows / forward_share) / settings.eval_batch_size)
+                                for rows in forward_rows))
     m.plan.job(stage, model, task, nodes * m.config["models"][model]["gpus"], flops, memory_on(ranks), shape,
                nodes=nodes, internode_bytes=moved, **(cell or {}))
     m.plan.errors += zero.too_big(m.plan, memory_on, model, (nodes, per_node), what,

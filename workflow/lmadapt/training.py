@@ -6,6 +6,7 @@ wrote them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,6 +49,25 @@ def init_distributed() -> tuple[int, int]:
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, rank=0, world_size=1,
                                        init_method=f"file://{store}")
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def rank_share(n: int, rank: int, world: int) -> list[int]:
+    """The items (of n) a rank predicts: every world-th from its own index, its last repeated until it has as many
+    as the first rank (under ZeRO-3 every forward is a collective of all ranks: each must run as many batches)."""
+    mine = list(range(rank, n, world))
+    return mine + [mine[-1] if mine else 0] * (math.ceil(n / world) - len(mine)) if n else []
+
+
+def gather_shares(share: list[int], values: np.ndarray, n: int, world: int) -> np.ndarray:
+    """Every rank's values of its rank_share, put in the items' order, on every rank."""
+    if world == 1:
+        return values
+    shares = [None] * world
+    torch.distributed.all_gather_object(shares, (share, values.tolist()))
+    out = np.empty(n, dtype=values.dtype)
+    for indices, gathered in shares:
+        out[indices] = gathered
+    return out
 
 
 def precision(requested: str) -> str:
