@@ -301,8 +301,9 @@ def load_model(folder: str | Path, dtype: str = "auto", head: str = "causal", nu
     device = device or pick_device()
     torch_dtype = pick_dtype(dtype, device)
     head = head_of(folder, head)
-    if spread and device_map is None and visible_gpus():
-        device_map = spread_map(folder, head, torch_dtype, visible_gpus())
+    gpus = visible_gpus() if spread and device_map is None else {}
+    if gpus:
+        device_map = spread_map(folder, head, torch_dtype, gpus)
     info = model_record(folder)
     tokenizer = tokens.tokenizer if tokens is not None else AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none; padding is masked anyway
