@@ -14,11 +14,16 @@ from lmadapt.preflight import run_preflight
 from lmadapt.settings import section_settings
 
 
+def opt_shape(folder, hidden, layers, heads, lora=None):
+    """costs.model_shape of an OPT of these sizes, from its config alone (no weights are read)."""
+    OPTConfig(hidden_size=hidden, num_hidden_layers=layers, ffn_dim=4 * hidden, num_attention_heads=heads,
+              vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=hidden,
+              architectures=["OPTForCausalLM"]).save_pretrained(folder)
+    return model_shape(folder, lora)
+
+
 def test_costs_of_opt_6_7b_from_its_config(tmp_path):
-    OPTConfig(hidden_size=4096, num_hidden_layers=32, ffn_dim=16384, num_attention_heads=32, vocab_size=50272,
-              max_position_embeddings=2048, word_embed_proj_dim=4096,
-              architectures=["OPTForCausalLM"]).save_pretrained(tmp_path)  # config only: no weights are read
-    shape = model_shape(tmp_path, {"r": 32, "target_modules": ["q_proj", "v_proj"]})
+    shape = opt_shape(tmp_path, 4096, 32, 32, {"r": 32, "target_modules": ["q_proj", "v_proj"]})
     assert 6.6e9 < shape["parameters"] < 6.8e9
     assert shape["lora_parameters"] == 32 * 2 * 32 * (4096 + 4096)
     settings = section_settings("finetune", {"batch_size": 8, "gradient_checkpointing": True})
@@ -110,10 +115,7 @@ def test_a_hub_source_not_pinned_to_a_commit_gets_the_commit_its_fetch_got(short
 
 
 def test_a_model_beyond_one_node_is_costed_with_its_link_and_an_error_names_the_fewest_nodes(short_context, tmp_path):
-    OPTConfig(hidden_size=7168, num_hidden_layers=48, ffn_dim=28672, num_attention_heads=56, vocab_size=50272,
-              max_position_embeddings=2048, word_embed_proj_dim=7168,
-              architectures=["OPTForCausalLM"]).save_pretrained(tmp_path)  # OPT-30B's config: no weights
-    shape = model_shape(tmp_path)
+    shape = opt_shape(tmp_path, 7168, 48, 56)  # OPT-30B's
     assert 29.5e9 < shape["parameters"] < 30.5e9
     settings = section_settings("finetune", {"batch_size": 4, "gradient_checkpointing": True})
     memory_on = lambda ranks: training_memory(shape, "head", settings, 3, False, ranks, 512)  # noqa: E731
@@ -137,13 +139,6 @@ def test_a_model_beyond_one_node_is_costed_with_its_link_and_an_error_names_the_
         (job["load_seconds"] + job["compute_seconds"] + job["communication_seconds"]) * 2 / 3600)
     assert all(j["communication_seconds"] == 0 for j in result["jobs"] if j["stage"] != "finetune")
     assert "| tiny | finetune | 1 | 2 on 2 nodes |" in (tmp_path / "p.md").read_text()
-
-
-def opt_shape(folder, hidden, layers, heads):
-    OPTConfig(hidden_size=hidden, num_hidden_layers=layers, ffn_dim=4 * hidden, num_attention_heads=heads,
-              vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=hidden,
-              architectures=["OPTForCausalLM"]).save_pretrained(folder)  # a config only: no weights
-    return model_shape(folder)
 
 
 def test_an_inference_job_one_gpu_cannot_hold_is_spread_over_the_fewest_gpus_of_its_node(short_context, tmp_path):

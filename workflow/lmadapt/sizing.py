@@ -36,18 +36,19 @@ class Requests:
             self._read[path] = (stamp, derive(json.loads((self.root / path).read_text())))
         return self._read[path][1]
 
+    def planned(self, rule: str, cell: dict) -> dict | None:
+        """The preflight's prediction of a job (calibration.plan_predictions), or None."""
+        return self._json(layout.PREFLIGHT_JSON, plan_predictions).get((rule, cell_key(rule, cell)))
+
     def prediction(self, rule: str, cell: dict) -> tuple[float | None, float | None, str | None]:
         """(seconds, host MB, source) of a job (calibration.job_prediction)."""
         calibration = self._json(layout.CALIBRATION_JSON) or self._json(layout.PILOT_CALIBRATION_JSON)
-        predictions = self._json(layout.PREFLIGHT_JSON, plan_predictions)
-        predicted = predictions.get((rule, cell_key(rule, cell))) if predictions else None
-        return job_prediction(calibration, rule, cell, predicted, self.settings["startup_seconds"])
+        return job_prediction(calibration, rule, cell, self.planned(rule, cell), self.settings["startup_seconds"])
 
     def gpus(self, rule: str, cell: dict, static: int) -> int:
         """An inference job's GPUs: as many as the preflight spread its model over (more than one where one GPU
-        cannot hold it: preflight.Measuring.inference_job), else `static`."""
-        predictions = self._json(layout.PREFLIGHT_JSON, plan_predictions)
-        predicted = predictions.get((rule, cell_key(rule, cell))) if predictions else None
+        cannot hold it: plan.Plan.inference_job), else `static`."""
+        predicted = self.planned(rule, cell)
         return max(predicted["gpus"], static) if predicted else static
 
     def runtime(self, rule: str, cell: dict, attempt: int, static: int) -> int:
